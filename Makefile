@@ -1,0 +1,37 @@
+# cellblock: the two commands a new user types are `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test setup test-root test-unprivileged lint bench harness clean
+
+$(VENV)/.setup-done: pyproject.toml scripts/setup.sh
+	VENV=$(VENV) ./scripts/setup.sh
+
+setup: $(VENV)/.setup-done
+
+# Sets up, then runs an example through the sandbox with an embedded service.
+run: setup
+	$(PY) -m supervisor.cli run examples/hello.py
+
+# Every test, as root and again as an unprivileged user (user namespaces).
+test: setup lint test-root test-unprivileged
+
+test-root: setup
+	$(PY) -m pytest
+
+test-unprivileged: setup
+	./scripts/test-unprivileged.sh
+
+lint: setup
+	$(VENV)/bin/ruff check protocol supervisor worker tests scripts
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) scripts/bench.py
+
+harness: setup
+	$(PY) -m supervisor.cli harness
+
+clean:
+	rm -rf $(VENV) bench-results harness-results

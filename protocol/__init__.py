@@ -1,0 +1,1 @@
+"""cellblock's wire: messages, framing, errors, profiles, and a thin client."""

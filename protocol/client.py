@@ -1,0 +1,318 @@
+"""A thin client for host apps: one DEALER socket, typed replies.
+
+    with Client("/run/cellblock/client.sock") as client:
+        result = client.execute("print(1)")
+        print(result.status, result.stdout)
+
+Every call ends in a reply. If the service goes away while a call waits
+(its connection drops, or nothing comes back in time), the call returns an
+error reply with code ``connection_lost`` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
+
+from protocol import messages as m
+from protocol.errors import ErrorCode, ErrorInfo
+from protocol.wire import client_codec
+
+R = TypeVar("R")
+DEFAULT_TIMEOUT_S = 10.0
+# Wait this long past a run's own timeout before giving up on the service.
+REPLY_MARGIN_S = 30.0
+
+
+def default_socket() -> str:
+    if os.geteuid() == 0:
+        return "/run/cellblock/client.sock"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cellblock-{os.geteuid()}"
+    return os.path.join(runtime_dir, "cellblock", "client.sock")
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def lost(request_id: str, message: str) -> m.ExecuteResult:
+    return m.ExecuteResult(
+        id=request_id,
+        status=m.Status.INTERNAL_ERROR,
+        error=ErrorInfo(code=ErrorCode.CONNECTION_LOST, message=message),
+    )
+
+
+class ServiceError(Exception):
+    """A non-execute request failed; carries the service's ErrorInfo."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
+def _execute_request(
+    code: str,
+    language: str,
+    stdin: str,
+    limits: m.Limits | None,
+    capabilities: Iterable[m.Capability],
+    client_id: str,
+    conversation_id: str,
+    stream: bool,
+    profile: str,
+) -> m.ExecuteRequest:
+    return m.ExecuteRequest(
+        id=_new_id(),
+        code=code,
+        language=language,
+        stdin=stdin,
+        limits=limits or m.Limits(),
+        capabilities=list(capabilities),
+        client_id=client_id,
+        conversation_id=conversation_id,
+        stream=stream,
+        profile=profile,
+    )
+
+
+def _reply_wait(limits: m.Limits | None) -> float:
+    timeout_ms = (limits.timeout_ms if limits and limits.timeout_ms else None) or 60_000
+    return timeout_ms / 1000 + REPLY_MARGIN_S
+
+
+class Client:
+    """Synchronous client. Not thread-safe: one per thread."""
+
+    def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 2.0) -> None:
+        self.path = socket_path or default_socket()
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.linger = 0
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._sock.connect(f"ipc://{self.path}")
+        self._codec = client_codec()
+        self._connected = False
+        self._disconnected = False
+        self._connect_timeout = connect_timeout
+
+    def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _events(self) -> None:
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            # With IMMEDIATE set, a message can only be queued once the ZMTP
+            # handshake is done, not merely when the socket connected.
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected = True
+                self._disconnected = False
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._disconnected = True
+
+    def _send(self, request: m.Request) -> bool:
+        deadline = time.monotonic() + self._connect_timeout
+        while not self._connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._monitor.poll(int(remaining * 1000) + 1):
+                return False
+            self._events()
+        try:
+            self._sock.send_multipart(self._codec.encode(request), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._disconnected = False
+        return True
+
+    def _wait(self, request_id: str, wait_s: float, on_chunk: Callable[[m.OutputChunk], None] | None) -> m.ClientReply | None:
+        deadline = time.monotonic() + wait_s
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready = dict(poller.poll(int(remaining * 1000) + 1))
+            if self._monitor in ready:
+                self._events()
+                if self._disconnected and self._sock not in ready:
+                    return None
+            if self._sock in ready:
+                while True:
+                    try:
+                        frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    reply = self._codec.decode(frames)
+                    if getattr(reply, "id", None) != request_id:
+                        continue  # a late reply to an earlier, abandoned call
+                    if isinstance(reply, m.OutputChunk):
+                        if on_chunk is not None:
+                            on_chunk(reply)
+                        continue
+                    return reply
+
+    def execute(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        stdin: str = "",
+        limits: m.Limits | None = None,
+        capabilities: Iterable[m.Capability] = (),
+        client_id: str = "",
+        conversation_id: str = "",
+        on_chunk: Callable[[m.OutputChunk], None] | None = None,
+        profile: str = "",
+    ) -> m.ExecuteResult:
+        request = _execute_request(
+            code, language, stdin, limits, capabilities, client_id, conversation_id, on_chunk is not None, profile
+        )
+        if not self._send(request):
+            return lost(request.id, f"no cellblock service answers on {self.path}")
+        reply = self._wait(request.id, _reply_wait(limits), on_chunk)
+        if reply is None:
+            return lost(request.id, "the connection to the service was lost before the result arrived")
+        if isinstance(reply, m.ErrorReply):
+            return m.ExecuteResult(id=request.id, status=m.Status.REJECTED, error=reply.error)
+        assert isinstance(reply, m.ExecuteResult)
+        return reply
+
+    def request(self, request: m.Request, expect: type[R], timeout: float = DEFAULT_TIMEOUT_S) -> R:
+        request_id = request.id  # type: ignore[attr-defined]
+        if not self._send(request):
+            raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message=f"no cellblock service answers on {self.path}"))
+        reply = self._wait(request_id, timeout, None)
+        if reply is None:
+            raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message="no reply from the service"))
+        if isinstance(reply, m.ErrorReply):
+            raise ServiceError(reply.error)
+        if not isinstance(reply, expect):
+            raise ServiceError(ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"unexpected reply {type(reply).__name__}"))
+        return reply
+
+    def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
+        return self.request(m.StatusRequest(id=_new_id()), m.StatusReply, timeout)
+
+    def grant(self, client_id: str, capability: m.Capability, conversation_id: str = "",
+              expires_in_s: int | None = None) -> m.GrantsReply:
+        return self.request(
+            m.GrantRequest(id=_new_id(), client_id=client_id, capability=capability,
+                           conversation_id=conversation_id, expires_in_s=expires_in_s),
+            m.GrantsReply,
+        )
+
+    def revoke(self, grant_id: int) -> m.GrantsReply:
+        return self.request(m.RevokeRequest(id=_new_id(), grant_id=grant_id), m.GrantsReply)
+
+    def grants(self, client_id: str = "") -> m.GrantsReply:
+        return self.request(m.GrantsRequest(id=_new_id(), client_id=client_id), m.GrantsReply)
+
+    def history(self, **filters: Any) -> m.HistoryReply:
+        return self.request(m.HistoryRequest(id=_new_id(), **filters), m.HistoryReply)
+
+
+class AsyncClient:
+    """asyncio client (used by the MCP server). One request at a time per instance
+    is not required: replies are routed to their waiting call by id."""
+
+    def __init__(self, socket_path: str | None = None) -> None:
+        self.path = socket_path or default_socket()
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.linger = 0
+        self._sock.connect(f"ipc://{self.path}")
+        self._codec = client_codec()
+        self._waiters: dict[str, asyncio.Queue[m.ClientReply]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                reply = self._codec.decode(frames)
+            except Exception:  # noqa: BLE001, S112 - a reply we cannot read is skipped
+                continue
+            queue = self._waiters.get(getattr(reply, "id", ""))
+            if queue is not None:
+                queue.put_nowait(reply)
+
+    async def _call(self, request: m.Request, wait_s: float,
+                    on_chunk: Callable[[m.OutputChunk], None] | None = None) -> m.ClientReply | None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        request_id = request.id  # type: ignore[attr-defined]
+        queue: asyncio.Queue[m.ClientReply] = asyncio.Queue()
+        self._waiters[request_id] = queue
+        try:
+            await self._sock.send_multipart(self._codec.encode(request))
+            deadline = time.monotonic() + wait_s
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    reply = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    return None
+                if isinstance(reply, m.OutputChunk):
+                    if on_chunk is not None:
+                        on_chunk(reply)
+                    continue
+                return reply
+        finally:
+            self._waiters.pop(request_id, None)
+
+    async def execute(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        stdin: str = "",
+        limits: m.Limits | None = None,
+        capabilities: Iterable[m.Capability] = (),
+        client_id: str = "",
+        conversation_id: str = "",
+        profile: str = "",
+    ) -> m.ExecuteResult:
+        request = _execute_request(code, language, stdin, limits, capabilities, client_id, conversation_id, False, profile)
+        reply = await self._call(request, _reply_wait(limits))
+        if reply is None:
+            return lost(request.id, "no reply from the cellblock service (is it running?)")
+        if isinstance(reply, m.ErrorReply):
+            return m.ExecuteResult(id=request.id, status=m.Status.REJECTED, error=reply.error)
+        assert isinstance(reply, m.ExecuteResult)
+        return reply
+
+    async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
+        reply = await self._call(m.StatusRequest(id=_new_id()), timeout)
+        if isinstance(reply, m.StatusReply):
+            return reply
+        if isinstance(reply, m.ErrorReply):
+            raise ServiceError(reply.error)
+        raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message="no reply from the service"))

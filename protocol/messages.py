@@ -1,0 +1,383 @@
+"""Every message cellblock puts on a wire, as tagged, frozen msgspec Structs.
+
+Three links carry them, each with its own union (see ``protocol.wire``):
+
+* client <-> broker  (ZeroMQ DEALER -> ROUTER, ``client.sock``)
+* worker <-> broker  (ZMTP DEALER -> ROUTER, ``workers.sock``)
+* broker <-> launcher (unix SOCK_SEQPACKET, ``launcher.sock``)
+
+Evolution rules (see also ``protocol.wire.VERSION``):
+
+1. A new field gets a default, so an older peer's message still decodes.
+2. A field never changes its type or meaning; rename = new field + default.
+3. Requests (what clients send) reject unknown fields, so a typo such as
+   ``timout_ms`` is an error naming the field, not a silently ignored wish.
+   Replies ignore unknown fields, so a newer broker can add result fields
+   without breaking older clients.
+4. Removing a field or tag, or changing framing, bumps ``VERSION``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+import msgspec
+
+from protocol.errors import ErrorInfo
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Small = Annotated[str, msgspec.Meta(max_length=256)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"  # the code ran and exited non-zero
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory_limit"
+    OUTPUT_LIMIT = "output_limit"
+    KILLED = "killed"
+    REJECTED = "rejected"
+    RATE_LIMITED = "rate_limited"
+    PERMISSION_REQUIRED = "permission_required"
+    OVERLOADED = "overloaded"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CapabilityKind(enum.StrEnum):
+    FS_READ = "fs_read"  # target: an absolute host path
+    FS_WRITE = "fs_write"  # target: an absolute host path
+    NET = "net"  # target: a domain pattern, "example.com" or "*.example.com"
+    LIMITS = "limits"  # target: a limit name, e.g. "memory_bytes"
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of what clients send."""
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of what the broker sends to clients."""
+
+
+class Internal(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of broker <-> worker and broker <-> launcher messages."""
+
+
+# --- values shared by several messages ---------------------------------------
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a request asks for; ``None`` means the profile's default."""
+
+    timeout_ms: Positive | None = None
+    cpu_ms: Positive | None = None
+    memory_bytes: Positive | None = None
+    output_bytes: Positive | None = None
+
+
+class Capability(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: CapabilityKind
+    target: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True):
+    rule: str
+    line: int
+    severity: Literal["info", "warning", "danger"]
+    message: str
+    implies: Capability | None = None
+
+
+class NetDecision(msgspec.Struct, frozen=True, kw_only=True):
+    host: str
+    port: int
+    allowed: bool
+    reason: str
+    bytes_out: int = 0
+    bytes_in: int = 0
+
+
+# --- client -> broker ---------------------------------------------------------
+
+
+class ExecuteRequest(Request, tag="execute", kw_only=True):
+    id: Id
+    code: str
+    language: Small = "python"
+    stdin: str = ""
+    limits: Limits = Limits()
+    capabilities: list[Capability] = []
+    client_id: Small = ""
+    conversation_id: Small = ""
+    stream: bool = False
+    profile: Small = ""
+
+
+class StatusRequest(Request, tag="status", kw_only=True):
+    id: Id
+
+
+class GrantRequest(Request, tag="grant", kw_only=True):
+    id: Id
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    capability: Capability
+    conversation_id: Small = ""
+    expires_in_s: Positive | None = None
+
+
+class RevokeRequest(Request, tag="revoke", kw_only=True):
+    id: Id
+    grant_id: Positive
+
+
+class GrantsRequest(Request, tag="grants", kw_only=True):
+    id: Id
+    client_id: Small = ""
+
+
+class HistoryRequest(Request, tag="history", kw_only=True):
+    id: Id
+    client_id: Small = ""
+    conversation_id: Small = ""
+    status: Status | None = None
+    language: Small = ""
+    since: float | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
+
+
+# --- broker -> client ---------------------------------------------------------
+
+
+class OutputChunk(Reply, tag="chunk", kw_only=True):
+    id: str
+    stream: Literal["stdout", "stderr"]
+    seq: int
+    data: str
+
+
+class ExecuteResult(Reply, tag="result", kw_only=True):
+    id: str
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stdout_dropped: int = 0
+    stderr_truncated: bool = False
+    stderr_dropped: int = 0
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    memory_peak_bytes: int = 0
+    worker: str = ""
+    language: str = ""
+    runtime: str = ""
+    error: ErrorInfo | None = None
+    retry_after_s: float | None = None
+    required: list[Capability] = []
+    findings: list[Finding] = []
+    redactions: dict[str, int] = {}
+    network: list[NetDecision] = []
+    syscall: int | None = None
+    run_id: str = ""
+
+
+class LayerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    active: bool
+    detail: str = ""
+
+
+class RuntimeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str = ""
+    offered: bool = False
+    reason: str = ""
+    warm: int = 0
+    busy: int = 0
+    starting: int = 0
+    target: int = 0
+    restarts: int = 0
+    setup_failures: int = 0
+
+
+class StatusReply(Reply, tag="status_reply", kw_only=True):
+    id: str
+    version: str
+    uptime_s: float
+    mode: str
+    profile: str
+    runtimes: list[RuntimeStatus]
+    layers: list[LayerStatus]
+    queue: int
+    queue_limit: int
+    in_flight: int
+    counters: dict[str, int]
+    launcher_generation: int = 0
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    grant_id: int
+    client_id: str
+    conversation_id: str
+    capability: Capability
+    created: float
+    expires: float | None = None
+
+
+class GrantsReply(Reply, tag="grants_reply", kw_only=True):
+    id: str
+    grants: list[Grant]
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    started: float
+    finished: float
+    client_id: str
+    conversation_id: str
+    language: str
+    code_bytes: int
+    code_sha256: str
+    status: Status
+    exit_code: int | None
+    wall_ms: float
+    cpu_ms: float
+    memory_peak_bytes: int
+    stdout_truncated: bool
+    stderr_truncated: bool
+    redactions: dict[str, int]
+    findings: list[str]
+    capabilities: list[Capability]
+    network: list[NetDecision] = []
+
+
+class HistoryReply(Reply, tag="history_reply", kw_only=True):
+    id: str
+    entries: list[HistoryEntry]
+
+
+class ErrorReply(Reply, tag="error", kw_only=True):
+    """For requests that are not executions, and frames that could not be read."""
+
+    id: str = ""
+    error: ErrorInfo
+
+
+# --- worker <-> broker ---------------------------------------------------------
+
+
+class Ready(Internal, tag="ready", kw_only=True):
+    worker: str
+    runtime: str
+    pid: int
+
+
+class Job(Internal, tag="job", kw_only=True):
+    id: str
+    code: str
+    stdin: str = ""
+    timeout_ms: int
+    cpu_ms: int
+    memory_bytes: int
+    output_bytes: int
+    stream: bool = False
+
+
+class WorkerChunk(Internal, tag="worker_chunk", kw_only=True):
+    id: str
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+class WorkerResult(Internal, tag="worker_result", kw_only=True):
+    id: str
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    stdout_head: bytes = b""
+    stdout_tail: bytes = b""
+    stdout_total: int = 0
+    stderr_head: bytes = b""
+    stderr_tail: bytes = b""
+    stderr_total: int = 0
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    memory_peak_bytes: int = 0
+    syscall: int | None = None
+
+
+# --- broker <-> launcher ---------------------------------------------------------
+
+
+class ExitKind(enum.StrEnum):
+    DONE = "done"  # ran its job (or was told to stop) and exited cleanly
+    SETUP_FAILED = "setup_failed"  # a sandbox step failed; see detail
+    RUNTIME_MISSING = "runtime_missing"
+    CRASHED = "crashed"  # died by a signal nobody sent on purpose
+    KILLED = "killed"  # killed by the launcher (deadline, shutdown, broker request)
+
+
+class RuntimeInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+    languages: list[str]
+    available: bool
+    reason: str = ""
+    self_test: str = ""  # a tiny program the broker runs before offering the runtime
+    self_test_expect: str = ""  # its exact stdout
+
+
+class LauncherHello(Internal, tag="launcher_hello", kw_only=True):
+    generation: int
+    mode: str
+    profile: str
+    runtimes: list[RuntimeInfo]
+    layers: list[LayerStatus]
+
+
+class Spawned(Internal, tag="spawned", kw_only=True):
+    worker: str
+    runtime: str
+    pid: int
+
+
+class Exited(Internal, tag="exited", kw_only=True):
+    worker: str
+    runtime: str
+    kind: ExitKind
+    code: int | None = None
+    signal: int | None = None
+    detail: str = ""
+
+
+class Health(Internal, tag="health", kw_only=True):
+    runtime: str
+    healthy: bool
+    reason: str = ""
+    restarts: int = 0
+    setup_failures: int = 0
+
+
+class Taken(Internal, tag="taken", kw_only=True):
+    """Broker -> launcher: this worker got a job; make a replacement."""
+
+    worker: str
+
+
+class Kill(Internal, tag="kill", kw_only=True):
+    """Broker -> launcher: the broker gave up on this worker (deadline passed)."""
+
+    worker: str
+    reason: str
+
+
+ClientRequest = ExecuteRequest | StatusRequest | GrantRequest | RevokeRequest | GrantsRequest | HistoryRequest
+ClientReply = OutputChunk | ExecuteResult | StatusReply | GrantsReply | HistoryReply | ErrorReply
+WorkerToBroker = Ready | WorkerChunk | WorkerResult
+BrokerToWorker = Job
+LauncherToBroker = LauncherHello | Spawned | Exited | Health
+BrokerToLauncher = Taken | Kill

@@ -1,0 +1,156 @@
+"""Sandbox profiles: ``profiles/*.toml`` decoded into frozen Structs.
+
+A profile is data. Unknown keys and bad values stop the start with the file,
+the key and the reason (``ConfigError``). The broker reads the limits to
+validate requests; the launcher and the worker read the rest to build the
+sandbox. Both get the same decoded object.
+"""
+
+from __future__ import annotations
+
+import enum
+import pathlib
+from typing import Annotated, Literal
+
+import msgspec
+
+Pos = Annotated[int, msgspec.Meta(ge=1)]
+MiB = 1024 * 1024
+
+PROFILE_DIR = pathlib.Path(__file__).resolve().parent.parent / "profiles"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used: names the file, key and reason."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.key = key
+        self.reason = reason
+
+
+class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class RunLimits(Strict):
+    """Limits a request may lower (and raise up to [max] with a grant)."""
+
+    timeout_ms: Pos = 10_000
+    cpu_ms: Pos = 10_000
+    memory_mb: Pos = 256
+    output_bytes: Pos = 1 * MiB
+
+
+class FixedLimits(Strict):
+    """Limits that are the same for every run of the profile."""
+
+    pids: Pos = 64
+    open_files: Annotated[int, msgspec.Meta(ge=16)] = 256
+    file_size_mb: Pos = 64
+    work_mb: Pos = 64
+    tmp_mb: Pos = 64
+    output_kill_bytes: Pos = 32 * MiB
+    cpu_quota: Annotated[float, msgspec.Meta(gt=0, le=64)] = 1.0
+    code_bytes: Pos = 1 * MiB
+    stdin_bytes: Pos = 1 * MiB
+    kill_grace_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 200
+
+
+class Layer(enum.StrEnum):
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    OFF = "off"
+
+
+class Layers(Strict):
+    namespaces: Literal["required"] = "required"
+    mounts: Literal["required"] = "required"
+    privileges: Literal["required"] = "required"
+    cgroups: Layer = Layer.OPTIONAL
+    seccomp: Layer = Layer.REQUIRED
+
+
+class Mount(Strict):
+    src: str
+    dst: str = ""
+    optional: bool = False
+
+    @property
+    def target(self) -> str:
+        return self.dst or self.src
+
+
+class Sandbox(Strict):
+    network: Literal["none", "loopback"] = "loopback"
+    hostname: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "cellblock"
+
+
+class RuntimePolicy(Strict):
+    enabled: bool = True
+    exec: bool = True  # may the code start other programs (execve)?
+    socket_families: list[Literal["unix", "inet", "inet6"]] = msgspec.field(
+        default_factory=lambda: ["unix", "inet", "inet6"]
+    )
+    pool: Annotated[int, msgspec.Meta(ge=0, le=256)] | None = None  # warm workers; None = fit cores
+
+
+class Profile(Strict):
+    name: str = ""
+    description: str = ""
+    limits: RunLimits = RunLimits()
+    max: RunLimits = RunLimits(timeout_ms=60_000, cpu_ms=60_000, memory_mb=1024, output_bytes=8 * MiB)
+    fixed: FixedLimits = FixedLimits()
+    sandbox: Sandbox = Sandbox()
+    layers: Layers = Layers()
+    mounts: list[Mount] = []
+    runtimes: dict[str, RuntimePolicy] = msgspec.field(default_factory=lambda: {"python": RuntimePolicy()})
+
+    def check(self, path: str) -> None:
+        for key in RunLimits.__struct_fields__:
+            if getattr(self.limits, key) > getattr(self.max, key):
+                raise ConfigError(path, f"limits.{key}", f"default is above max.{key}")
+        for i, mount in enumerate(self.mounts):
+            if not mount.src.startswith("/") or not mount.target.startswith("/"):
+                raise ConfigError(path, f"mounts[{i}]", "src and dst must be absolute paths")
+            if ".." in pathlib.PurePosixPath(mount.target).parts:
+                raise ConfigError(path, f"mounts[{i}].dst", "must not contain '..'")
+
+
+def _key_from(message: str) -> tuple[str, str]:
+    marker = " - at `$"
+    at = message.rfind(marker)
+    if at < 0:
+        return "", message
+    key = message[at + len(marker) :].rstrip("`").lstrip(".")
+    reason = message[:at]
+    if reason.startswith("Object contains unknown field"):
+        field = reason.split("`")[1]
+        return (f"{key}.{field}" if key else field), "unknown key"
+    return key, reason
+
+
+def decode_profile(data: bytes, path: str, name: str) -> Profile:
+    try:
+        profile = msgspec.toml.decode(data, type=Profile)
+    except msgspec.ValidationError as exc:
+        key, reason = _key_from(str(exc))
+        raise ConfigError(path, key, reason) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+    profile.check(path)
+    return msgspec.structs.replace(profile, name=profile.name or name)
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load ``profiles/<name>.toml`` or a path to a TOML file."""
+    path = pathlib.Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROFILE_DIR / f"{name_or_path}.toml"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read ({exc.strerror})") from None
+    return decode_profile(data, str(path), path.stem)

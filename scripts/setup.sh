@@ -1,0 +1,69 @@
+#!/bin/sh
+# Set up a fresh machine for cellblock: system packages (as root, through apt),
+# then a virtualenv with the Python dependencies. Safe to run again.
+set -eu
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+pick_python() {
+    # Prefer the system interpreter: it lives under /usr, which every sandbox
+    # already binds read-only, and every user (also the unprivileged test
+    # user) can read it.
+    for candidate in ${PYTHON:-} /usr/bin/python3 python3.13 python3.12 python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        path=$(command -v "$candidate" 2>/dev/null) || continue
+        if "$path" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$path"
+            return 0
+        fi
+    done
+    return 1
+}
+
+need_apt=""
+[ -e /usr/include/sys/capability.h ] || need_apt="$need_apt libcap-dev"
+command -v bwrap >/dev/null 2>&1 || need_apt="$need_apt bubblewrap"
+ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || need_apt="$need_apt libseccomp2"
+if [ -n "$need_apt" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing system packages:$need_apt"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need_apt >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need_apt >/dev/null; }
+    else
+        case "$need_apt" in
+            *libcap-dev*|*libseccomp2*)
+                echo "setup: missing system packages:$need_apt" >&2
+                echo "setup: install them as root (Debian/Ubuntu: sudo apt-get install$need_apt), then run make again" >&2
+                exit 1 ;;
+            *) echo "setup: bubblewrap is missing; the benchmark will skip its baseline" >&2 ;;
+        esac
+    fi
+fi
+
+PY=$(pick_python) || { echo "setup: need Python 3.11 or newer with the venv module" >&2; exit 1; }
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV with $PY"
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# Dependencies from pyproject.toml (runtime, dev and mcp extras). The project
+# itself runs from this checkout (PYTHONPATH), not from an install, so the
+# same tree can be copied and run by another user in the tests.
+deps=$("$VENV/bin/python" - <<'PYEOF'
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = list(project["dependencies"])
+for extra in ("dev", "mcp"):
+    deps += project["optional-dependencies"][extra]
+print("\n".join(deps))
+PYEOF
+)
+echo "$deps" | tr '\n' '\0' | xargs -0 "$VENV/bin/python" -m pip install -q
+root=$(pwd)
+cat > "$VENV/bin/cellblock" <<SH
+#!/bin/sh
+PYTHONPATH="$root\${PYTHONPATH:+:\$PYTHONPATH}" exec "$root/$VENV/bin/python" -m supervisor.cli "\$@"
+SH
+chmod 755 "$VENV/bin/cellblock"
+touch "$VENV/.setup-done"
+echo "setup: ready ($("$VENV/bin/python" --version))"

@@ -1,0 +1,1 @@
+"""The trusted side: supervisor main, launcher, broker and policy."""

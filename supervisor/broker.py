@@ -1,0 +1,620 @@
+"""The broker: the only process that talks to clients. Unprivileged; never forks.
+
+Sockets (all in the 0700 runtime directory):
+
+* ``client.sock``   ZeroMQ ROUTER for clients (host apps, the CLI, the MCP server)
+* ``workers.sock``  ZeroMQ ROUTER for worker monitors; never visible in a sandbox
+* ``launcher.sock`` the launcher's SEQPACKET socket, which the broker connects to
+
+Every client frame is decoded by the client codec (version first); anything
+that cannot be read gets an error reply and is counted, and the loop goes on.
+Every execute request ends in exactly one ``ExecuteResult``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import prctl
+import zmq
+
+from protocol import messages as m
+from protocol.errors import CellblockError, ErrorCode, ErrorInfo, error_info
+from protocol.profile import MiB, Profile
+from protocol.wire import (
+    MAX_CLIENT_FRAME,
+    MAX_LAUNCHER_DATAGRAM,
+    MAX_WORKER_FRAME,
+    broker_client_codec,
+    broker_launcher_codec,
+    broker_worker_codec,
+)
+from supervisor import results
+from supervisor.config import Config
+from supervisor.dispatch import Dispatcher, Effects, Ticket
+from supervisor.policy import Policy
+
+VERSION = "0.1.0"
+_ALL_TAGS = {
+    info.tag
+    for cls in (m.Request, m.Reply, m.Internal)
+    for sub in cls.__subclasses__()
+    for info in [msgspec.inspect.type_info(sub)]
+    if getattr(info, "tag", None)
+}
+
+
+class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    rundir: str
+    statedir: str
+    profile: Profile
+    config: Config
+    ready_fd: int = -1
+    drop_to: int = -1  # root mode: the broker's own uid, taken before any socket is bound
+
+
+@dataclass
+class Request:
+    """The broker's state for one execute request."""
+
+    client: bytes
+    request: m.ExecuteRequest
+    client_key: str
+    runtime: str
+    received: float
+    seq: int = 0
+    streams: dict[str, object] = field(default_factory=dict)
+    findings: list[m.Finding] = field(default_factory=list)
+    capabilities: list[m.Capability] = field(default_factory=list)
+    self_test: bool = False
+
+
+@dataclass
+class RuntimeView:
+    info: m.RuntimeInfo
+    healthy: bool = True
+    reason: str = ""
+    restarts: int = 0
+    setup_failures: int = 0
+    self_test: str = "pending"  # pending | running | passed | failed
+    self_test_detail: str = ""
+
+    @property
+    def offered(self) -> bool:
+        return self.info.available and self.self_test == "passed"
+
+
+def _log(text: str) -> None:
+    sys.stderr.write(f"cellblock broker: {text}\n")
+    sys.stderr.flush()
+
+
+class Broker:
+    def __init__(self, cfg: BrokerConfig) -> None:
+        self.cfg = cfg
+        self.profile = cfg.profile
+        self.started = time.monotonic()
+        self.client_codec = broker_client_codec()
+        self.worker_codec = broker_worker_codec()
+        self.launcher_codec = broker_launcher_codec()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.runtimes: dict[str, RuntimeView] = {}
+        self.languages: dict[str, str] = {}
+        self.layers: list[m.LayerStatus] = []
+        self.mode = ""
+        self.generation = 0
+        self.requests: dict[tuple[bytes, str], str] = {}  # (client, request id) -> run id
+        self.signals: collections.deque[int] = collections.deque()
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.launcher: socket.socket | None = None
+        self.launcher_retry = 0.0
+        self.ready_sent = False
+        self.dispatcher = Dispatcher(
+            effects=Effects(send_job=self._send_job, taken=self._taken, kill=self._kill, finish=self._finish),
+            clock=time.monotonic,
+            queue_limit=cfg.config.service.queue_limit,
+            queue_wait_s=cfg.config.service.queue_wait_s,
+        )
+        self.policy = Policy(cfg.config, cfg.profile, cfg.statedir, time.time)
+
+    # --- sockets -----------------------------------------------------------------------
+
+    def bind(self) -> None:
+        self.ctx = zmq.Context(1)
+        self.client = self.ctx.socket(zmq.ROUTER)
+        self.client.setsockopt(zmq.LINGER, 0)
+        self.client.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_FRAME)
+        self.client.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.client.setsockopt(zmq.SNDHWM, 10_000)
+        self.client.setsockopt(zmq.RCVHWM, 10_000)
+        self.workers = self.ctx.socket(zmq.ROUTER)
+        self.workers.setsockopt(zmq.LINGER, 0)
+        self.workers.setsockopt(zmq.MAXMSGSIZE, MAX_WORKER_FRAME)
+        self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        for name, sock in (("client.sock", self.client), ("workers.sock", self.workers)):
+            path = os.path.join(self.cfg.rundir, name)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            sock.bind(f"ipc://{path}")
+            os.chmod(path, 0o600)
+        self.monitor = self.client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def _connect_launcher(self) -> None:
+        now = time.monotonic()
+        if self.launcher is not None or now < self.launcher_retry:
+            return
+        self.launcher_retry = now + 0.1
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(os.path.join(self.cfg.rundir, "launcher.sock"))
+        except OSError:
+            sock.close()
+            return
+        sock.settimeout(5.0)
+        self.launcher = sock
+
+    def _launcher_send(self, message: m.Internal) -> None:
+        if self.launcher is None:
+            return
+        try:
+            self.launcher.send(self.launcher_codec.encode_datagram(message))
+        except OSError:
+            self._launcher_lost()
+
+    def _launcher_lost(self) -> None:
+        if self.launcher is not None:
+            self.launcher.close()
+            self.launcher = None
+            _log("launcher link lost; reconnecting")
+            self.dispatcher.launcher_lost()
+
+    # --- effects for the dispatcher ----------------------------------------------------
+
+    def _send_job(self, worker_id: str, job: m.Job) -> bool:
+        try:
+            self.workers.send_multipart([worker_id.encode(), *self.worker_codec.encode(job)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    def _taken(self, worker_id: str) -> None:
+        self._launcher_send(m.Taken(worker=worker_id))
+
+    def _kill(self, worker_id: str, reason: str) -> None:
+        self._launcher_send(m.Kill(worker=worker_id, reason=reason))
+
+    def _reply(self, client: bytes, reply: m.Reply) -> None:
+        try:
+            self.client.send_multipart([client, *self.client_codec.encode(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.counters["reply_undeliverable"] += 1
+
+    def _finish(self, ticket: Ticket, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
+        state: Request = ticket.context
+        request = state.request
+        self.requests.pop((state.client, request.id), None)
+        view = self.runtimes.get(state.runtime)
+        if state.self_test:
+            self._self_test_done(state.runtime, raw, error)
+            return
+        if raw is not None:
+            result = results.from_worker(
+                request.id, ticket.run_id, request.language, state.runtime,
+                ticket.worker or "", raw, self.policy.redactor,
+            )
+            result = msgspec.structs.replace(
+                result,
+                runtime=view.info.version if view else state.runtime,
+                worker=(ticket.worker or "")[:8],
+                findings=state.findings,
+            )
+        else:
+            assert error is not None
+            result = results.from_error(request.id, ticket.run_id, request.language, error, findings=state.findings)
+        self.policy.finished(state.client_key, request, ticket.run_id, result, state.capabilities, state.received)
+        self.counters[f"status_{result.status.value}"] += 1
+        self._reply(state.client, result)
+
+    # --- runtimes and the self-test --------------------------------------------------------
+
+    def _hello(self, hello: m.LauncherHello) -> None:
+        self.generation = hello.generation
+        self.mode = hello.mode
+        self.layers = hello.layers
+        self.dispatcher.new_generation(hello.generation)
+        old = self.runtimes
+        self.runtimes = {}
+        self.languages = {}
+        for info in hello.runtimes:
+            view = RuntimeView(info=info)
+            previous = old.get(info.name)
+            if previous is not None and previous.self_test == "passed":
+                view.self_test = "passed"
+            if not info.available:
+                view.self_test = "failed"
+                view.self_test_detail = info.reason
+            self.runtimes[info.name] = view
+            for alias in info.languages:
+                self.languages[alias] = info.name
+
+    def _self_test_start(self, runtime: str) -> None:
+        view = self.runtimes.get(runtime)
+        if view is None or view.self_test != "pending" or not view.info.self_test:
+            if view is not None and view.self_test == "pending" and not view.info.self_test:
+                view.self_test = "passed"
+            return
+        view.self_test = "running"
+        request = m.ExecuteRequest(id="self-test-" + runtime, code=view.info.self_test, language=runtime)
+        run_id = "st-" + secrets.token_hex(6)
+        job = msgspec.structs.replace(
+            self._job(request, self.profile.limits.timeout_ms, self.profile.limits.cpu_ms,
+                      self.profile.limits.memory_mb * MiB, 4096),
+            id=run_id,
+        )
+        state = Request(client=b"", request=request, client_key="", runtime=runtime,
+                        received=time.monotonic(), self_test=True)
+        now = time.monotonic()
+        self.dispatcher.submit(Ticket(run_id=run_id, runtime=runtime, job=job, context=state,
+                                      queued_at=now, wait_deadline=now + 60))
+
+    def _self_test_done(self, runtime: str, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
+        view = self.runtimes.get(runtime)
+        if view is None:
+            return
+        expect = view.info.self_test_expect
+        if raw is not None and raw.status is m.Status.OK and raw.stdout_head + raw.stdout_tail == expect.encode():
+            view.self_test = "passed"
+            view.self_test_detail = ""
+            return
+        if error is not None and error.code == ErrorCode.WORKER_LOST:
+            view.self_test = "pending"  # the sandbox died (e.g. a restart); try again
+            return
+        detail = error.message if error else f"status {raw.status.value if raw else '?'}"
+        if raw is not None and raw.stderr_head:
+            detail += ": " + raw.stderr_head.decode("utf-8", "replace").strip().splitlines()[-1][:200]
+        view.self_test = "failed"
+        view.self_test_detail = f"self-test failed ({detail})"
+        _log(f"runtime {runtime} not offered: {view.self_test_detail}")
+        self.dispatcher.fail_queued(runtime, ErrorInfo(code=ErrorCode.RUNTIME_UNAVAILABLE,
+                                                       message=f"{runtime} is not available: {view.self_test_detail}"))
+
+    # --- client requests ---------------------------------------------------------------------
+
+    def _on_client(self) -> None:
+        for _ in range(256):
+            try:
+                frames = self.client.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            client, body = frames[0], frames[1:]
+            try:
+                request = self.client_codec.decode(body)
+            except Exception as exc:  # noqa: BLE001 - every bad frame gets a reply
+                info = self._bad_input(body, exc)
+                self.counters[f"bad_input_{info.code.value}"] += 1
+                self._reply(client, m.ErrorReply(id="", error=info))
+                continue
+            try:
+                self._handle(client, request)
+            except Exception as exc:  # noqa: BLE001 - a bug must not take the broker down
+                _log(f"internal error handling {type(request).__name__}: {exc!r}")
+                self.counters["internal_error"] += 1
+                self._reply(client, m.ErrorReply(id=getattr(request, "id", ""), error=error_info(exc)))
+
+    def _bad_input(self, body: list[bytes], exc: Exception) -> ErrorInfo:
+        info = error_info(exc)
+        if info.code == ErrorCode.BAD_MESSAGE and len(body) == 2:
+            try:
+                raw = msgspec.msgpack.decode(body[1])
+            except msgspec.DecodeError:
+                return info
+            tag = raw.get("type") if isinstance(raw, dict) else None
+            if tag in _ALL_TAGS and tag not in {"execute", "status", "grant", "revoke", "grants", "history"}:
+                return ErrorInfo(
+                    code=ErrorCode.UNEXPECTED_MESSAGE,
+                    message=f"message type {tag!r} is not accepted on the client socket",
+                    field="type",
+                )
+        return info
+
+    def _handle(self, client: bytes, request: m.ClientRequest) -> None:
+        match request:
+            case m.ExecuteRequest():
+                self._execute(client, request)
+            case m.StatusRequest(id=rid):
+                self._reply(client, self.status(rid))
+            case m.GrantRequest() | m.RevokeRequest() | m.GrantsRequest() | m.HistoryRequest():
+                self._reply(client, self.policy.admin(request))
+
+    def _job(self, request: m.ExecuteRequest, timeout_ms: int, cpu_ms: int, memory: int, output: int) -> m.Job:
+        return m.Job(
+            id="",
+            code=request.code,
+            stdin=request.stdin,
+            timeout_ms=timeout_ms,
+            cpu_ms=cpu_ms,
+            memory_bytes=memory,
+            output_bytes=output,
+            stream=request.stream,
+        )
+
+    def _execute(self, client: bytes, request: m.ExecuteRequest) -> None:
+        run_id = secrets.token_hex(8)
+        key = (client, request.id)
+        received = time.monotonic()
+        if self.draining:
+            self._reply(client, results.from_error(request.id, run_id, request.language, ErrorInfo(
+                code=ErrorCode.SHUTTING_DOWN, message="the service is shutting down; retry shortly")))
+            return
+        if key in self.requests:
+            self._reply(client, results.from_error(request.id, run_id, request.language, ErrorInfo(
+                code=ErrorCode.INVALID_REQUEST, message="a request with this id is already running", field="id")))
+            return
+        runtime = self.languages.get(request.language.lower())
+        try:
+            if runtime is None:
+                raise CellblockError(
+                    ErrorCode.UNKNOWN_LANGUAGE if self.runtimes else ErrorCode.RUNTIME_UNAVAILABLE,
+                    f"unknown language {request.language!r}; known: {', '.join(sorted(self.languages)) or 'none yet'}"
+                    if self.runtimes else "the service is starting; no runtime is ready yet",
+                    "language",
+                )
+            view = self.runtimes[runtime]
+            if view.self_test == "failed":
+                raise CellblockError(ErrorCode.RUNTIME_UNAVAILABLE,
+                                     f"{runtime} is not available on this host: {view.self_test_detail}", "language")
+            admitted = self.policy.admit(client.hex(), request)
+        except CellblockError as exc:
+            self.counters[f"rejected_{exc.code.value}"] += 1
+            self._reply(client, results.from_error(request.id, run_id, request.language, exc.info()))
+            return
+        if admitted.reply is not None:
+            self._reply(client, msgspec.structs.replace(admitted.reply, id=request.id, run_id=run_id))
+            return
+        limits = admitted.limits
+        job = msgspec.structs.replace(
+            self._job(request, limits.timeout_ms, limits.cpu_ms, limits.memory_bytes, limits.output_bytes), id=run_id
+        )
+        state = Request(client=client, request=request, client_key=admitted.client_key, runtime=runtime,
+                        received=received, findings=admitted.findings, capabilities=admitted.capabilities)
+        now = time.monotonic()
+        ticket = Ticket(run_id=run_id, runtime=runtime, job=job, context=state, queued_at=now,
+                        wait_deadline=now + self.cfg.config.service.queue_wait_s)
+        self.requests[key] = run_id
+        if not self.dispatcher.submit(ticket):
+            self.requests.pop(key, None)
+            self.policy.released(admitted.client_key)
+            self._reply(client, results.from_error(request.id, run_id, request.language, ErrorInfo(
+                code=ErrorCode.OVERLOADED,
+                message=f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; retry later"),
+                retry_after_s=1.0))
+
+    # --- workers -------------------------------------------------------------------------------
+
+    def _on_workers(self) -> None:
+        for _ in range(256):
+            try:
+                frames = self.workers.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            worker_id = frames[0].decode("ascii", "replace")
+            try:
+                message = self.worker_codec.decode(frames[1:])
+            except Exception:  # noqa: BLE001 - counted and dropped; a worker cannot get replies
+                self.counters["bad_worker_frame"] += 1
+                continue
+            match message:
+                case m.Ready(runtime=runtime, pid=pid):
+                    self.dispatcher.ready(worker_id, runtime, pid)
+                    view = self.runtimes.get(runtime)
+                    if view is not None and view.self_test == "pending":
+                        self._self_test_start(runtime)
+                case m.WorkerChunk():
+                    self._chunk(worker_id, message)
+                case m.WorkerResult():
+                    self.dispatcher.result(worker_id, message)
+
+    def _chunk(self, worker_id: str, chunk: m.WorkerChunk) -> None:
+        ticket = self.dispatcher.chunk_ticket(worker_id, chunk.id)
+        if ticket is None:
+            return
+        state: Request = ticket.context
+        if not state.request.stream:
+            return
+        text = self.policy.stream_text(state.streams, chunk.stream, chunk.data)
+        if text:
+            self._reply(state.client, m.OutputChunk(id=state.request.id, stream=chunk.stream, seq=state.seq, data=text))
+            state.seq += 1
+
+    # --- the launcher -----------------------------------------------------------------------------
+
+    def _on_launcher(self) -> None:
+        assert self.launcher is not None
+        try:
+            data = self.launcher.recv(MAX_LAUNCHER_DATAGRAM)
+        except OSError:
+            data = b""
+        if not data:
+            self._launcher_lost()
+            return
+        try:
+            message = self.launcher_codec.decode_datagram(data)
+        except Exception:  # noqa: BLE001
+            self.counters["bad_launcher_datagram"] += 1
+            return
+        match message:
+            case m.LauncherHello():
+                self._hello(message)
+            case m.Spawned(worker=worker_id, runtime=runtime, pid=pid):
+                self.dispatcher.spawned(worker_id, runtime, pid)
+            case m.Exited(worker=worker_id, detail=detail):
+                self.dispatcher.exited(worker_id, detail)
+            case m.Health(runtime=runtime):
+                view = self.runtimes.get(runtime)
+                if view is not None:
+                    view.healthy = message.healthy
+                    view.reason = message.reason
+                    view.restarts = message.restarts
+                    view.setup_failures = message.setup_failures
+                    if not message.healthy:
+                        _log(f"runtime {runtime} unhealthy: {message.reason}")
+                        self.dispatcher.fail_queued(runtime, ErrorInfo(
+                            code=ErrorCode.RUNTIME_UNAVAILABLE,
+                            message=f"{runtime} sandboxes cannot be created right now: {message.reason}"))
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def status(self, request_id: str) -> m.StatusReply:
+        stats = self.dispatcher.statistics()
+        runtimes = []
+        for name, view in sorted(self.runtimes.items()):
+            reason = view.self_test_detail or view.info.reason
+            if not view.healthy:
+                reason = view.reason
+            elif view.self_test in ("pending", "running"):
+                reason = "self-test pending"
+            runtimes.append(m.RuntimeStatus(
+                name=name, version=view.info.version, offered=view.offered and view.healthy, reason=reason,
+                warm=stats.warm.get(name, 0), busy=stats.busy.get(name, 0), starting=stats.starting.get(name, 0),
+                target=self.cfg.config.service.pool.get(name, 0), restarts=view.restarts,
+                setup_failures=view.setup_failures,
+            ))
+        counters = dict(self.counters)
+        counters.update({f"dispatch_{k}": v for k, v in stats.counters.items()})
+        broker_layer = m.LayerStatus(name="broker", active=os.geteuid() != 0,
+                                     detail=f"uid {os.geteuid()}; validates, queues, redacts, records")
+        return m.StatusReply(
+            id=request_id, version=VERSION, uptime_s=round(time.monotonic() - self.started, 3),
+            mode=self.mode or "starting", profile=self.profile.name, runtimes=runtimes,
+            layers=[*self.layers, broker_layer], queue=stats.queued, queue_limit=stats.queue_limit,
+            in_flight=stats.in_flight, counters=counters, launcher_generation=self.generation,
+        )
+
+    def _maybe_ready(self) -> None:
+        if self.ready_sent or self.cfg.ready_fd < 0 or not self.runtimes:
+            return
+        pending = [v for v in self.runtimes.values() if v.info.available and v.self_test in ("pending", "running")]
+        if pending and time.monotonic() - self.started < 20:
+            return
+        try:
+            os.write(self.cfg.ready_fd, b"R")
+            os.close(self.cfg.ready_fd)
+        except OSError:
+            pass
+        self.ready_sent = True
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def handle_sigterm(self) -> None:
+        if not self.draining:
+            self.draining = True
+            self.drain_deadline = time.monotonic() + self.cfg.config.service.drain_s
+            _log(f"draining: {self.dispatcher.statistics().in_flight} running, "
+                 f"{self.dispatcher.statistics().queued} queued")
+
+    handle_sigint = handle_sigterm
+
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        while True:
+            self._connect_launcher()
+            poller = zmq.Poller()
+            poller.register(self.client, zmq.POLLIN)
+            poller.register(self.workers, zmq.POLLIN)
+            poller.register(self.monitor, zmq.POLLIN)
+            poller.register(wake_r, zmq.POLLIN)
+            if self.launcher is not None:
+                poller.register(self.launcher, zmq.POLLIN)
+            due = self.dispatcher.tick()
+            now = time.monotonic()
+            timeout = 1.0 if due is None else max(0.0, due - now)
+            if self.launcher is None:
+                timeout = min(timeout, 0.1)
+            if self.draining:
+                timeout = min(timeout, 0.1)
+            events = dict(poller.poll(int(timeout * 1000) + 1))
+            if wake_r in events:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+            if self.launcher is not None and self.launcher.fileno() in events:
+                self._on_launcher()
+            if self.workers in events:
+                self._on_workers()
+            if self.client in events:
+                self._on_client()
+            if self.monitor in events:
+                self._on_monitor()
+            while self.signals:
+                name = signal.Signals(self.signals.popleft()).name.lower()
+                getattr(self, f"handle_{name}", self.handle_sigterm)()
+            self._maybe_ready()
+            if self.draining:
+                if self.dispatcher.idle:
+                    return 0
+                if time.monotonic() >= self.drain_deadline:
+                    self.dispatcher.fail_all(ErrorInfo(code=ErrorCode.SHUTTING_DOWN,
+                                                       message="the service stopped before this run finished"))
+                    return 0
+
+    def _on_monitor(self) -> None:
+        while self.monitor.poll(0):
+            self.monitor.recv_multipart()
+            self.counters["client_disconnects"] += 1
+
+    def close(self) -> None:
+        self.policy.close()
+        self.monitor.close(linger=0)
+        self.client.close(linger=0)
+        self.workers.close(linger=0)
+        self.ctx.term()
+
+
+def drop_privileges(uid: int) -> None:
+    """Root mode: become the broker's own unprivileged user, for good.
+
+    Started as root only so that every module is imported before the drop
+    (the checkout may not be readable by that uid); nothing else needs root.
+    """
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    prctl.set_no_new_privs(1)
+    if set(os.getresuid()) != {uid} or set(os.getresgid()) != {uid}:
+        raise PermissionError("could not drop to the broker uid")
+
+
+def main() -> int:
+    with os.fdopen(int(sys.argv[1]), "rb") as src:
+        cfg = msgspec.msgpack.decode(src.read(), type=BrokerConfig)
+    if cfg.drop_to >= 0:
+        drop_privileges(cfg.drop_to)
+    broker = Broker(cfg)
+    broker.bind()
+    try:
+        return broker.run()
+    finally:
+        broker.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

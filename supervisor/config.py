@@ -1,0 +1,126 @@
+"""The service's one TOML config file, decoded and checked at start.
+
+``cellblock serve --config FILE``. Every section and key is optional; an
+unknown key or a bad value stops the start with the file, the key and the
+reason. Defaults are what a new user gets from ``make run``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Annotated, Literal
+
+import msgspec
+
+from protocol.profile import ConfigError, Profile, _key_from, load_profile
+
+Pos = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServiceSection(Strict):
+    profile: str = "default"
+    runtime_dir: str = ""  # default: /run/cellblock (root), $XDG_RUNTIME_DIR/cellblock otherwise
+    state_dir: str = ""  # default: /var/lib/cellblock (root), $XDG_STATE_HOME/cellblock otherwise
+    pool: dict[str, Annotated[int, msgspec.Meta(ge=0, le=256)]] = {}  # warm workers per runtime
+    slots: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 256
+    queue_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
+    queue_wait_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    drain_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 90.0
+    broker_uid: Annotated[int, msgspec.Meta(ge=1)] = 599_999  # root mode only
+    worker_uid_base: Annotated[int, msgspec.Meta(ge=1000)] = 600_000  # root mode only; + slot
+
+
+class CgroupSection(Strict):
+    parent: str = ""  # a delegated cgroup directory; empty: choose automatically
+
+
+class ClientPolicy(Strict):
+    rate_per_minute: Pos | None = None
+    concurrency: Pos | None = None
+
+
+class PolicySection(Strict):
+    rate_per_minute: Pos = 10
+    concurrency: Pos = 3
+    over_concurrency: Literal["wait", "refuse"] = "wait"
+    clients: dict[str, ClientPolicy] = {}
+    grant_roots: list[str] = []  # host paths under which fs grants may be given
+
+
+class HistorySection(Strict):
+    enabled: bool = True
+    retention_days: Pos = 30
+    max_rows: Pos = 100_000
+
+
+class RedactionSection(Strict):
+    enabled: bool = True
+
+
+class Config(Strict):
+    service: ServiceSection = ServiceSection()
+    cgroups: CgroupSection = CgroupSection()
+    policy: PolicySection = PolicySection()
+    history: HistorySection = HistorySection()
+    redaction: RedactionSection = RedactionSection()
+
+
+def _check(config: Config, path: str) -> None:
+    for name in ("runtime_dir", "state_dir"):
+        value = getattr(config.service, name)
+        if value and not value.startswith("/"):
+            raise ConfigError(path, f"service.{name}", "must be an absolute path")
+    if config.cgroups.parent and not config.cgroups.parent.startswith("/sys/fs/cgroup"):
+        raise ConfigError(path, "cgroups.parent", "must be a directory under /sys/fs/cgroup")
+    for i, root in enumerate(config.policy.grant_roots):
+        if not root.startswith("/"):
+            raise ConfigError(path, f"policy.grant_roots[{i}]", "must be an absolute path")
+
+
+def load_config(path: str | None) -> Config:
+    if not path:
+        return Config()
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read ({exc.strerror})") from None
+    try:
+        config = msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        key, reason = _key_from(str(exc))
+        raise ConfigError(path, key, reason) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+    _check(config, path)
+    return config
+
+
+def profile_for(config: Config) -> Profile:
+    return load_profile(config.service.profile)
+
+
+def runtime_dir(config: Config) -> str:
+    if config.service.runtime_dir:
+        return config.service.runtime_dir
+    if os.geteuid() == 0:
+        return "/run/cellblock"
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cellblock-{os.geteuid()}"
+    return os.path.join(base, "cellblock")
+
+
+def state_dir(config: Config) -> str:
+    if config.service.state_dir:
+        return config.service.state_dir
+    if os.geteuid() == 0:
+        return "/var/lib/cellblock"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "cellblock")
+
+
+def default_pool() -> int:
+    return max(2, 2 * (os.cpu_count() or 1))

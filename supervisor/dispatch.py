@@ -1,0 +1,295 @@
+"""The broker's worker table, job queue and deadlines. No sockets here.
+
+A job goes to exactly one warm worker, or waits in a bounded queue until
+one is ready; past the bound it is refused as overloaded. Every job ends in
+exactly one call to ``finish``: with the worker's result, or with an error
+when the worker dies, a deadline passes, the launcher is lost or the queue
+wait runs out. Results are accepted only from the worker the job was sent
+to, for that job; anything else is counted and dropped.
+
+Effects go through the ``Effects`` callables, so the logic is unit-tested
+with a fake clock and no processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from protocol import messages as m
+from protocol.errors import ErrorCode, ErrorInfo
+
+# Extra time the broker allows past a job's own deadline before it decides
+# the monitor (which owns the real deadline) is wedged.
+DEADLINE_MARGIN_S = 5.0
+READY_STASH_S = 10.0
+# A worker's result can reach the broker just after the launcher reports the
+# worker's exit (two sockets); wait this long before calling the job lost.
+EXIT_GRACE_S = 1.0
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    WARM = "warm"
+    BUSY = "busy"
+
+
+@dataclass
+class WorkerEntry:
+    worker_id: str
+    runtime: str
+    pid: int
+    generation: int
+    state: WorkerState = WorkerState.STARTING
+    job: str | None = None
+
+
+@dataclass
+class Ticket:
+    """One job from the moment it is accepted until its one final reply."""
+
+    run_id: str
+    runtime: str
+    job: m.Job
+    context: Any  # the broker's per-request state (client, request, stream state)
+    queued_at: float
+    wait_deadline: float
+    worker: str | None = None
+    started: float = 0.0
+    deadline: float = 0.0
+    lost: str = ""  # why the worker is gone, once the launcher said so
+
+
+@dataclass
+class Effects:
+    send_job: Callable[[str, m.Job], bool]  # False: the worker is unreachable
+    taken: Callable[[str], None]
+    kill: Callable[[str, str], None]
+    finish: Callable[[Ticket, m.WorkerResult | None, ErrorInfo | None], None]
+
+
+class Statistics(msgspec.Struct, frozen=True, kw_only=True):
+    queued: int
+    queue_limit: int
+    in_flight: int
+    warm: dict[str, int]
+    busy: dict[str, int]
+    starting: dict[str, int]
+    counters: dict[str, int]
+
+
+@dataclass
+class Dispatcher:
+    effects: Effects
+    clock: Callable[[], float]
+    queue_limit: int = 64
+    queue_wait_s: float = 30.0
+    generation: int = 0
+    workers: dict[str, WorkerEntry] = field(default_factory=dict)
+    warm: dict[str, collections.deque[str]] = field(default_factory=dict)
+    queue: collections.deque[Ticket] = field(default_factory=collections.deque)
+    running: dict[str, Ticket] = field(default_factory=dict)
+    stash: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    # --- jobs ---------------------------------------------------------------------
+
+    def submit(self, ticket: Ticket) -> bool:
+        """Dispatch now or queue; False means overloaded (caller replies)."""
+        if self._dispatch(ticket):
+            return True
+        if len(self.queue) >= self.queue_limit:
+            self.counters["overloaded"] += 1
+            return False
+        self.queue.append(ticket)
+        self.counters["queued"] += 1
+        return True
+
+    def _dispatch(self, ticket: Ticket) -> bool:
+        warm = self.warm.get(ticket.runtime)
+        while warm:
+            worker_id = warm.popleft()
+            entry = self.workers.get(worker_id)
+            if entry is None or entry.state is not WorkerState.WARM:
+                continue
+            now = self.clock()
+            entry.state = WorkerState.BUSY
+            entry.job = ticket.run_id
+            ticket.worker = worker_id
+            ticket.started = now
+            ticket.deadline = now + ticket.job.timeout_ms / 1000 + DEADLINE_MARGIN_S
+            self.running[ticket.run_id] = ticket
+            if not self.effects.send_job(worker_id, ticket.job):
+                # Gone between ready and now: forget it and try the next one.
+                self.counters["unreachable_worker"] += 1
+                del self.running[ticket.run_id]
+                self.workers.pop(worker_id, None)
+                ticket.worker = None
+                continue
+            self.counters["dispatched"] += 1
+            return True
+        return False
+
+    def _end(self, ticket: Ticket, result: m.WorkerResult | None, error: ErrorInfo | None) -> None:
+        self.running.pop(ticket.run_id, None)
+        if ticket.worker is not None:
+            self.workers.pop(ticket.worker, None)
+        self.counters["finished"] += 1
+        self.effects.finish(ticket, result, error)
+        if ticket.worker is not None:
+            # Ask for the replacement only now: making a sandbox costs a few ms of
+            # CPU, which on a small machine would otherwise compete with the run.
+            self.effects.taken(ticket.worker)
+
+    # --- workers ----------------------------------------------------------------
+
+    def spawned(self, worker_id: str, runtime: str, pid: int) -> None:
+        self.workers[worker_id] = WorkerEntry(worker_id, runtime, pid, self.generation)
+        stashed = self.stash.pop(worker_id, None)
+        if stashed is not None:
+            self.ready(worker_id, stashed[0], stashed[1])
+
+    def ready(self, worker_id: str, runtime: str, pid: int) -> None:
+        entry = self.workers.get(worker_id)
+        if entry is None:
+            # The launcher's Spawned may still be on its way: keep it briefly.
+            self.stash[worker_id] = (runtime, pid, self.clock())
+            return
+        if entry.state is not WorkerState.STARTING or entry.runtime != runtime:
+            self.counters["unexpected_ready"] += 1
+            return
+        entry.state = WorkerState.WARM
+        self.warm.setdefault(runtime, collections.deque()).append(worker_id)
+        for ticket in list(self.queue):
+            if ticket.runtime == runtime:
+                self.queue.remove(ticket)
+                if self._dispatch(ticket):
+                    return
+                self.queue.appendleft(ticket)
+                return
+
+    def result(self, worker_id: str, result: m.WorkerResult) -> bool:
+        ticket = self.running.get(result.id)
+        if ticket is None or ticket.worker != worker_id:
+            self.counters["forged_or_late_result"] += 1
+            return False
+        self._end(ticket, result, None)
+        return True
+
+    def chunk_ticket(self, worker_id: str, job_id: str) -> Ticket | None:
+        ticket = self.running.get(job_id)
+        if ticket is None or ticket.worker != worker_id:
+            self.counters["forged_or_late_chunk"] += 1
+            return None
+        return ticket
+
+    def exited(self, worker_id: str, detail: str) -> None:
+        entry = self.workers.get(worker_id)
+        if entry is None:
+            return
+        ticket = self.running.get(entry.job) if entry.job is not None else None
+        if ticket is None:
+            self.workers.pop(worker_id, None)
+            return
+        ticket.lost = detail
+        ticket.deadline = min(ticket.deadline, self.clock() + EXIT_GRACE_S)
+
+    def launcher_lost(self) -> None:
+        """Idle workers of the old launcher stop by themselves; busy ones may still
+        report. Forget the idle ones so no job goes to a worker about to exit."""
+        for entry in list(self.workers.values()):
+            if entry.state is not WorkerState.BUSY:
+                self.workers.pop(entry.worker_id, None)
+        for warm in self.warm.values():
+            warm.clear()
+
+    def new_generation(self, generation: int) -> None:
+        """A new launcher (or a new link to it): the old workers are being killed."""
+        self.generation = generation
+        for entry in list(self.workers.values()):
+            if entry.generation != generation:
+                self.exited(entry.worker_id, "the launcher restarted")
+        for warm in self.warm.values():
+            warm.clear()
+
+    # --- time ------------------------------------------------------------------------
+
+    def tick(self) -> float | None:
+        """Expire deadlines; return the next time something is due."""
+        now = self.clock()
+        for ticket in list(self.running.values()):
+            if now >= ticket.deadline:
+                worker = ticket.worker
+                if ticket.lost:
+                    self.counters["worker_lost"] += 1
+                    message = (
+                        f"the sandbox running this job died before reporting ({ticket.lost}); "
+                        "the run did not complete"
+                    )
+                else:
+                    self.counters["broker_deadline"] += 1
+                    message = "the sandbox did not report by the deadline and was killed"
+                    if worker is not None:
+                        self.effects.kill(worker, "no result by the broker's deadline")
+                self._end(ticket, None, ErrorInfo(code=ErrorCode.WORKER_LOST, message=message))
+        for ticket in list(self.queue):
+            if now >= ticket.wait_deadline:
+                self.queue.remove(ticket)
+                self.counters["queue_timeout"] += 1
+                self._end(
+                    ticket,
+                    None,
+                    ErrorInfo(
+                        code=ErrorCode.OVERLOADED,
+                        message=f"no sandbox became free within {self.queue_wait_s:.0f} s; retry later",
+                    ),
+                )
+        for worker_id, (_, _, at) in list(self.stash.items()):
+            if now - at > READY_STASH_S:
+                del self.stash[worker_id]
+                self.counters["unknown_worker"] += 1
+        times = [t.deadline for t in self.running.values()] + [t.wait_deadline for t in self.queue]
+        if self.stash:
+            times.append(min(at for _, _, at in self.stash.values()) + READY_STASH_S)
+        return min(times) if times else None
+
+    def fail_queued(self, runtime: str, error: ErrorInfo) -> None:
+        for ticket in [t for t in self.queue if t.runtime == runtime]:
+            self.queue.remove(ticket)
+            self._end(ticket, None, error)
+
+    def fail_all(self, error: ErrorInfo) -> None:
+        for ticket in list(self.queue):
+            self.queue.remove(ticket)
+            self._end(ticket, None, error)
+        for ticket in list(self.running.values()):
+            if ticket.worker is not None:
+                self.effects.kill(ticket.worker, "service stopping")
+            self._end(ticket, None, error)
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.running
+
+    def statistics(self) -> Statistics:
+        warm: collections.Counter[str] = collections.Counter()
+        busy: collections.Counter[str] = collections.Counter()
+        starting: collections.Counter[str] = collections.Counter()
+        for entry in self.workers.values():
+            {WorkerState.WARM: warm, WorkerState.BUSY: busy, WorkerState.STARTING: starting}[entry.state][
+                entry.runtime
+            ] += 1
+        return Statistics(
+            queued=len(self.queue),
+            queue_limit=self.queue_limit,
+            in_flight=len(self.running),
+            warm=dict(warm),
+            busy=dict(busy),
+            starting=dict(starting),
+            counters=dict(self.counters),
+        )

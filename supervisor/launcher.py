@@ -1,0 +1,378 @@
+"""The launcher: the only process that may create sandboxes.
+
+It never reads client input. It talks to one broker over a unix
+SOCK_SEQPACKET socket (``launcher.sock``; the peer's uid is checked) and
+hears only ``Taken`` and ``Kill``. It is single-threaded and holds no
+ZeroMQ context, because it forks: every worker is a clone of this warm
+interpreter, so a job pays for no interpreter start.
+
+Start-up, once: its own mount namespace (and user namespace when not root),
+cgroup parents, the template root, the seccomp programs (compiled in a
+helper process), the runtime probes. Then the loop: signals (SIGCHLD reaps,
+SIGTERM/SIGINT stop), the broker link, and pool refills.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import os
+import secrets
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+import msgspec
+
+from protocol import messages as m
+from protocol.profile import MiB, Profile
+from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
+from worker import cgroups, mounts, namespaces, privileges, sandbox, seccomp
+from worker.runtimes import RUNTIMES
+from worker.runtimes.base import Runtime
+from supervisor.pool import Pool
+
+SANDBOX_UID_IN_USERNS = 1000
+
+
+class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
+    rundir: str
+    profile: Profile
+    pools: dict[str, int]
+    unprivileged: bool
+    broker_uid: int  # as the launcher sees it (0 in its user namespace)
+    worker_uid_base: int
+    slots: int
+    cgroup_parent: str
+    instance: str
+
+
+def _log(text: str) -> None:
+    sys.stderr.write(f"cellblock launcher: {text}\n")
+    sys.stderr.flush()
+
+
+class Launcher:
+    def __init__(self, config: LauncherConfig) -> None:
+        self.config = config
+        self.profile = config.profile
+        self.generation = 0
+        self.signals: collections.deque[int] = collections.deque()
+        self.broker: socket.socket | None = None
+        self.codec = launcher_codec()
+        self.layers: list[m.LayerStatus] = []
+        self.runtime_info: list[m.RuntimeInfo] = []
+        self.runtimes: dict[str, Runtime] = {}
+        self.stopping = False
+
+    # --- start-up ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.config
+        profile = self.profile
+        namespaces.enter_launcher_namespaces(cfg.unprivileged)
+        self.layers.append(
+            m.LayerStatus(
+                name="namespaces",
+                active=True,
+                detail="pid, mount, net, ipc, uts, cgroup" + (", user" if cfg.unprivileged else ""),
+            )
+        )
+        # Runtimes the profile enables and the host has.
+        for name, policy in profile.runtimes.items():
+            cls = RUNTIMES.get(name)
+            if cls is None or not policy.enabled:
+                continue
+            runtime = cls()
+            ok, detail = runtime.probe()
+            self.runtime_info.append(
+                m.RuntimeInfo(
+                    name=name, version=detail if ok else "", languages=list(cls.languages),
+                    available=ok, reason="" if ok else detail,
+                    self_test=cls.self_test[0], self_test_expect=cls.self_test[1],
+                )
+            )
+            if ok:
+                self.runtimes[name] = runtime
+        # cgroups, or the rlimit fallback.
+        layout = None
+        if profile.layers.cgroups != "off":
+            layout, reason = cgroups.detect(cfg.instance, not cfg.unprivileged, cfg.cgroup_parent)
+            if layout is not None:
+                try:
+                    cgroups.create_parents(layout)
+                    cgroups.place_launcher(layout)
+                except OSError as exc:
+                    layout, reason = None, f"cannot create cgroups ({exc.strerror})"
+            if layout is None and profile.layers.cgroups == "required":
+                self._unavailable(f"cgroups are required by the profile but {reason}")
+            self.layers.append(
+                m.LayerStatus(name="cgroups", active=True, detail=layout.detail)
+                if layout
+                else m.LayerStatus(name="cgroups", active=False, detail=f"fell back to rlimits: {reason}")
+            )
+        else:
+            self.layers.append(m.LayerStatus(name="cgroups", active=False, detail="off in the profile; rlimits only"))
+        self.layout = layout
+        self.layers.append(m.LayerStatus(name="rlimits", active=True, detail="cpu, nofile, fsize, nproc, core"
+                                         + ("" if layout and layout.version("memory") else ", as (memory)")))
+        # The template root.
+        root = os.path.join(cfg.rundir, "root")
+        binds = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS]
+        for runtime in self.runtimes.values():
+            binds += [mounts.Bind(p, p) for p in runtime.host_paths()]
+        binds += [mounts.Bind(x.src, x.target, x.optional) for x in profile.mounts]
+        uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base
+        template = mounts.build_template(
+            root, binds, mounts.etc_files(profile.sandbox.hostname, uid, uid)
+        )
+        self.layers.append(
+            m.LayerStatus(
+                name="filesystem",
+                active=True,
+                detail=f"read-only template root, {len(template.binds)} binds, tmpfs /tmp and /work, pivot_root",
+            )
+        )
+        self.layers.append(m.LayerStatus(name="network", active=True, detail={
+            "loopback": "own network namespace, loopback only", "none": "own network namespace, no interfaces up"
+        }[profile.sandbox.network]))
+        self.layers.append(m.LayerStatus(
+            name="privileges", active=True,
+            detail=("user namespace, sandbox uid 1000 inside" if cfg.unprivileged
+                    else f"uid {cfg.worker_uid_base}+slot") + "; no capabilities, no_new_privs, securebits locked",
+        ))
+        # seccomp, compiled once in a helper so libseccomp never enters this heap.
+        programs = None
+        if profile.layers.seccomp != "off":
+            policies = [seccomp.monitor_policy()]
+            for name, runtime in self.runtimes.items():
+                policy = profile.runtimes[name]
+                policies.append(seccomp.Policy(
+                    name=name,
+                    extra_allow=runtime.extra_syscalls,
+                    exec=policy.exec,
+                    socket_families=tuple(policy.socket_families),
+                ))
+            try:
+                programs = seccomp.build_in_helper(policies).filters
+                self.layers.append(m.LayerStatus(name="seccomp", active=True,
+                                                 detail="allowlist per runtime + deny filter; x32 and foreign arches killed"))
+            except RuntimeError as exc:
+                if profile.layers.seccomp == "required":
+                    self._unavailable(f"seccomp is required by the profile but {exc}")
+                self.layers.append(m.LayerStatus(name="seccomp", active=False, detail=str(exc)))
+        else:
+            self.layers.append(m.LayerStatus(name="seccomp", active=False, detail="off in the profile"))
+        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
+        self.context = sandbox.Context(
+            profile=profile,
+            template=root,
+            broker_socket=os.path.join(cfg.rundir, "workers.sock"),
+            user_namespace=cfg.unprivileged,
+            layout=layout,
+            programs=programs,
+            last_cap=privileges.cap_last(),
+            lifeline=self.lifeline_r,
+        )
+        targets = {name: cfg.pools.get(name, 2) for name in self.runtimes}
+        self.pool = Pool(
+            targets,
+            spawn=self._spawn,
+            kill=self._kill,
+            report=self._send,
+            clock=time.monotonic,
+            slots=cfg.slots,
+        )
+
+    def _unavailable(self, reason: str) -> None:
+        self.runtime_info = [
+            msgspec.structs.replace(info, available=False, reason=reason) for info in self.runtime_info
+        ]
+        self.runtimes.clear()
+
+    # --- effects the pool asks for ---------------------------------------------------
+
+    def _spawn(self, runtime: str, slot: int) -> tuple[str, int]:
+        cfg = self.config
+        worker_id = secrets.token_hex(8)
+        uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base + slot
+        dirs: dict[str, str] = {}
+        if self.layout is not None:
+            dirs = cgroups.prepare_slot(
+                self.layout, slot, self.profile.limits.memory_mb * MiB, self.profile.fixed.pids,
+                self.profile.fixed.cpu_quota,
+            )
+        spec = sandbox.WorkerSpec(worker_id=worker_id, runtime=runtime, uid=uid, gid=uid, cgroup_dirs=dirs)
+        pid = sandbox.spawn(spec, self.context, self.runtimes[runtime])
+        return worker_id, pid
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _send(self, message: m.Internal) -> None:
+        if self.broker is None:
+            return
+        try:
+            self.broker.send(self.codec.encode_datagram(message))
+        except OSError as exc:
+            _log(f"broker link lost while sending ({exc.strerror}); waiting for a new broker")
+            self._drop_broker()
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def run(self) -> int:
+        cfg = self.config
+        path = os.path.join(cfg.rundir, "launcher.sock")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        if not cfg.unprivileged:
+            os.chown(path, cfg.broker_uid, -1)
+        listener.listen(4)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, "listen")
+        self.selector.register(wake_r, selectors.EVENT_READ, "signal")
+        self.listener = listener
+        gc.freeze()  # forks then share the heap instead of copying pages the GC touched
+        while not self.stopping:
+            wake = self.pool.next_wakeup()
+            timeout = None if wake is None else max(0.0, wake - time.monotonic())
+            for key, _ in self.selector.select(timeout):
+                if key.data == "signal":
+                    try:
+                        os.read(wake_r, 512)
+                    except BlockingIOError:
+                        pass
+                elif key.data == "listen":
+                    self._accept()
+                elif key.data == "broker":
+                    self._from_broker()
+            while self.signals:
+                self._dispatch_signal(self.signals.popleft())
+            self.pool.fill()
+        return self._shutdown()
+
+    def _dispatch_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name.lower()
+        getattr(self, f"handle_{name}", self.handle_sigterm)()
+
+    def handle_sigchld(self) -> None:
+        self.pool.reap()
+
+    def handle_sigterm(self) -> None:
+        self.stopping = True
+
+    handle_sigint = handle_sigterm
+
+    def handle_sighup(self) -> None:
+        pass  # configuration is re-read by restarting the service
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+        if uid != self.config.broker_uid:
+            _log(f"refused a launcher connection from uid {uid}")
+            conn.close()
+            return
+        if self.broker is not None:
+            self._drop_broker()
+        self.generation += 1
+        conn.settimeout(5.0)
+        self.broker = conn
+        self.pool.paused = False
+        self.selector.register(conn, selectors.EVENT_READ, "broker")
+        self._send(
+            m.LauncherHello(
+                generation=self.generation,
+                mode="unprivileged (user namespaces)" if self.config.unprivileged else "root",
+                profile=self.profile.name,
+                runtimes=self.runtime_info,
+                layers=self.layers,
+            )
+        )
+        for name in self.pool.runtimes:
+            self._send(m.Health(runtime=name, healthy=True))
+        self.pool.fill()
+
+    def _drop_broker(self) -> None:
+        if self.broker is None:
+            return
+        try:
+            self.selector.unregister(self.broker)
+        except (KeyError, ValueError):
+            pass
+        self.broker.close()
+        self.broker = None
+        self.pool.paused = True
+        # Workers hold connections to that broker; they cannot serve another.
+        self.pool.kill_all("broker restarted")
+
+    def _from_broker(self) -> None:
+        assert self.broker is not None
+        try:
+            data = self.broker.recv(MAX_LAUNCHER_DATAGRAM)
+        except OSError:
+            data = b""
+        if not data:
+            _log("broker closed the link")
+            self._drop_broker()
+            return
+        try:
+            message = self.codec.decode_datagram(data)
+        except Exception as exc:  # noqa: BLE001 - a bad datagram is dropped, not fatal
+            _log(f"dropped a bad datagram from the broker: {exc}")
+            return
+        match message:
+            case m.Taken(worker=worker_id):
+                self.pool.taken(worker_id)
+            case m.Kill(worker=worker_id, reason=reason):
+                self.pool.kill(worker_id, reason)
+
+    def _shutdown(self) -> int:
+        self.pool.stopping = True
+        self.pool.kill_all("service stopping")
+        deadline = time.monotonic() + 5.0
+        while self.pool.workers and time.monotonic() < deadline:
+            self.pool.reap()
+            time.sleep(0.01)
+        if self.layout is not None:
+            for slot in range(self.config.slots):
+                cgroups.remove_slot(cgroups.slot_dirs(self.layout, slot))
+            cgroups.remove_parents(self.layout)
+        return 0
+
+
+def main() -> int:
+    fd = int(sys.argv[1])
+    with os.fdopen(fd, "rb") as src:
+        config = msgspec.msgpack.decode(src.read(), type=LauncherConfig)
+    launcher = Launcher(config)
+    try:
+        launcher.setup()
+    except Exception as exc:  # noqa: BLE001 - say why, exit non-zero; main decides
+        _log(f"start-up failed: {exc}")
+        return 3
+    return launcher.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""``cellblock serve``: start the launcher and the broker, keep them running.
+
+The supervisor main process holds no socket of its own. It prepares the
+runtime and state directories, starts the launcher (root or, unprivileged,
+the invoking user) and the broker (which drops to its own uid as soon as its
+sockets are bound), restarts either when it dies, within a restart budget,
+and turns SIGTERM and SIGINT into the shutdown path: the broker drains (every
+request still gets its reply), then the launcher stops its workers.
+
+Signal handlers only enqueue; the loop dispatches ``handle_<signame>``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pathlib
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import msgspec
+import prctl
+
+from protocol.profile import Profile
+from supervisor import broker as broker_mod
+from supervisor import launcher as launcher_mod
+from supervisor.config import Config, default_pool, runtime_dir, state_dir
+
+PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
+CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": PROJECT_ROOT}
+RESTARTS = 5  # per child within RESTART_WINDOW_S, then the service gives up
+RESTART_WINDOW_S = 60.0
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"cellblock: {text}\n")
+    sys.stderr.flush()
+
+
+class ServiceRunning(Exception):
+    pass
+
+
+def _socket_answers(path: str) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+class Child:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts: collections.deque[float] = collections.deque()
+
+
+class Supervisor:
+    def __init__(self, config: Config, profile: Profile, ready_fd: int = -1) -> None:
+        self.config = config
+        self.profile = profile
+        self.root = os.geteuid() == 0
+        self.rundir = runtime_dir(config)
+        self.statedir = state_dir(config)
+        self.ready_fd = ready_fd
+        self.instance = uuid.uuid4().hex[:12]
+        self.signals: collections.deque[int] = collections.deque()
+        self.launcher = Child("launcher")
+        self.broker = Child("broker")
+        self.stopping = False
+        self.exit_code = 0
+
+    # --- directories ------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        client_sock = os.path.join(self.rundir, "client.sock")
+        if _socket_answers(client_sock):
+            raise ServiceRunning(f"a cellblock service already answers on {client_sock}")
+        os.makedirs(os.path.dirname(self.rundir), mode=0o755, exist_ok=True)
+        os.makedirs(self.rundir, mode=0o700, exist_ok=True)
+        os.chmod(self.rundir, 0o700)
+        os.makedirs(self.statedir, mode=0o700, exist_ok=True)
+        if self.root:
+            uid = self.config.service.broker_uid
+            for path in (self.rundir, self.statedir):
+                os.chown(path, uid, uid)
+            for name in os.listdir(self.statedir):
+                os.chown(os.path.join(self.statedir, name), uid, uid)
+
+    # --- children ---------------------------------------------------------------------------
+
+    def _spawn(self, child: Child, module: str, payload: bytes) -> None:
+        read_fd, write_fd = os.pipe()
+        extra = []
+        if child is self.broker:
+            self.ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+            os.set_inheritable(ready_w, True)
+            extra = [ready_w]
+            cfg = msgspec.msgpack.decode(payload, type=broker_mod.BrokerConfig)
+            payload = msgspec.msgpack.encode(msgspec.structs.replace(cfg, ready_fd=ready_w))
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(read_fd)],
+            pass_fds=[read_fd, *extra],
+            env=CHILD_ENV,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(read_fd)
+        for fd in extra:
+            os.close(fd)
+        with os.fdopen(write_fd, "wb") as out:
+            out.write(payload)
+        child.starts.append(time.monotonic())
+
+    def _launcher_payload(self) -> bytes:
+        service = self.config.service
+        pools = {name: service.pool.get(name, policy.pool if policy.pool is not None else default_pool())
+                 for name, policy in self.profile.runtimes.items()}
+        return msgspec.msgpack.encode(launcher_mod.LauncherConfig(
+            rundir=self.rundir,
+            profile=self.profile,
+            pools=pools,
+            unprivileged=not self.root,
+            broker_uid=service.broker_uid if self.root else 0,
+            worker_uid_base=service.worker_uid_base,
+            slots=service.slots,
+            cgroup_parent=self.config.cgroups.parent,
+            instance=self.instance,
+        ))
+
+    def _broker_payload(self) -> bytes:
+        return msgspec.msgpack.encode(broker_mod.BrokerConfig(
+            rundir=self.rundir, statedir=self.statedir, profile=self.profile, config=self.config,
+            drop_to=self.config.service.broker_uid if self.root else -1,
+        ))
+
+    def start_launcher(self) -> None:
+        self._spawn(self.launcher, "supervisor.launcher", self._launcher_payload())
+
+    def start_broker(self) -> None:
+        self._spawn(self.broker, "supervisor.broker", self._broker_payload())
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def run(self) -> int:
+        prctl.set_child_subreaper(1)  # orphaned workers come back to us to be reaped
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.start_launcher()
+        self.start_broker()
+        ready_pending = True
+        while True:
+            watch = [wake_r]
+            if ready_pending:
+                watch.append(self.ready_r)
+            readable, _, _ = select.select(watch, [], [], 1.0)
+            if wake_r in readable:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+            if ready_pending and self.ready_r in readable:
+                ready_pending = False
+                os.read(self.ready_r, 1)
+                os.close(self.ready_r)
+                log(f"serving on ipc://{os.path.join(self.rundir, 'client.sock')} (profile {self.profile.name}, "
+                    f"{'root' if self.root else 'unprivileged'} mode)")
+                if self.ready_fd >= 0:
+                    os.write(self.ready_fd, b"R")
+                    os.close(self.ready_fd)
+                    self.ready_fd = -1
+            while self.signals:
+                name = signal.Signals(self.signals.popleft()).name.lower()
+                getattr(self, f"handle_{name}", self.handle_sigterm)()
+            if self.stopping:
+                return self._shutdown()
+
+    def handle_sigterm(self) -> None:
+        self.stopping = True
+
+    handle_sigint = handle_sigterm
+
+    def handle_sighup(self) -> None:
+        pass
+
+    def handle_sigchld(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for child, restart in ((self.launcher, self.start_launcher), (self.broker, self.start_broker)):
+                if child.proc is not None and child.proc.pid == pid:
+                    child.proc.returncode = os.waitstatus_to_exitcode(status)
+                    if not self.stopping:
+                        self._restart(child, restart, child.proc.returncode)
+
+    def _restart(self, child: Child, start: object, code: int) -> None:
+        now = time.monotonic()
+        while child.starts and child.starts[0] < now - RESTART_WINDOW_S:
+            child.starts.popleft()
+        if len(child.starts) >= RESTARTS:
+            log(f"{child.name} died {len(child.starts)} times within {RESTART_WINDOW_S:.0f} s "
+                f"(last exit {code}); giving up")
+            self.exit_code = 1
+            self.stopping = True
+            return
+        log(f"{child.name} exited ({code}); restarting")
+        start()  # type: ignore[operator]
+
+    def _wait(self, child: Child, timeout: float) -> None:
+        proc = child.proc
+        if proc is None or proc.returncode is not None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return
+            time.sleep(0.01)
+        proc.kill()
+        try:
+            os.waitpid(proc.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _shutdown(self) -> int:
+        # The broker drains first: each request in flight still gets its reply.
+        for child, timeout in ((self.broker, self.config.service.drain_s + 5), (self.launcher, 10.0)):
+            proc = child.proc
+            if proc is not None and proc.returncode is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                self._wait(child, timeout)
+        while True:  # orphans (workers of a dead launcher) we adopted as subreaper
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        for name in ("client.sock", "workers.sock", "launcher.sock"):
+            try:
+                os.unlink(os.path.join(self.rundir, name))
+            except OSError:
+                pass
+        log("stopped")
+        return self.exit_code
+
+
+def serve(config: Config, profile: Profile, ready_fd: int = -1) -> int:
+    supervisor = Supervisor(config, profile, ready_fd)
+    supervisor.prepare()
+    return supervisor.run()

@@ -1,0 +1,93 @@
+"""Request validation: sizes, limits within the profile, capability syntax.
+
+Each failure is a ``CellblockError`` naming the field, which the broker turns
+into a ``rejected`` result.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from protocol import messages as m
+from protocol.errors import CellblockError, ErrorCode
+from protocol.profile import MiB, Profile
+
+_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}$")
+
+
+class Resolved(msgspec.Struct, frozen=True, kw_only=True):
+    timeout_ms: int
+    cpu_ms: int
+    memory_bytes: int
+    output_bytes: int
+
+
+def _profile_values(limits: object) -> dict[str, int]:
+    return {
+        "timeout_ms": limits.timeout_ms,  # type: ignore[attr-defined]
+        "cpu_ms": limits.cpu_ms,  # type: ignore[attr-defined]
+        "memory_bytes": limits.memory_mb * MiB,  # type: ignore[attr-defined]
+        "output_bytes": limits.output_bytes,  # type: ignore[attr-defined]
+    }
+
+
+def check_sizes(profile: Profile, request: m.ExecuteRequest) -> None:
+    fixed = profile.fixed
+    code_bytes = len(request.code.encode("utf-8", "surrogatepass"))
+    if code_bytes > fixed.code_bytes:
+        raise CellblockError(
+            ErrorCode.TOO_LARGE, f"code is {code_bytes} bytes; this profile takes at most {fixed.code_bytes}", "code"
+        )
+    if not request.code.strip():
+        raise CellblockError(ErrorCode.INVALID_REQUEST, "code is empty", "code")
+    stdin_bytes = len(request.stdin.encode("utf-8", "surrogatepass"))
+    if stdin_bytes > fixed.stdin_bytes:
+        raise CellblockError(
+            ErrorCode.TOO_LARGE, f"stdin is {stdin_bytes} bytes; this profile takes at most {fixed.stdin_bytes}", "stdin"
+        )
+
+
+def resolve_limits(profile: Profile, asked: m.Limits) -> tuple[Resolved, list[m.Capability]]:
+    """The limits a run gets, and the LIMITS capabilities needed above the defaults."""
+    defaults = _profile_values(profile.limits)
+    maxima = _profile_values(profile.max)
+    values = {}
+    needed = []
+    for name, default in defaults.items():
+        value = getattr(asked, name)
+        if value is None:
+            values[name] = default
+            continue
+        if value > maxima[name]:
+            raise CellblockError(
+                ErrorCode.INVALID_REQUEST,
+                f"limits.{name} = {value} is above this profile's maximum of {maxima[name]}",
+                f"limits.{name}",
+            )
+        if value > default:
+            needed.append(m.Capability(m.CapabilityKind.LIMITS, name))
+        values[name] = value
+    values["cpu_ms"] = min(values["cpu_ms"], maxima["cpu_ms"])
+    return Resolved(**values), needed
+
+
+def check_capability(cap: m.Capability, index: int) -> None:
+    field = f"capabilities[{index}].target"
+    match cap.kind:
+        case m.CapabilityKind.FS_READ | m.CapabilityKind.FS_WRITE:
+            if not cap.target.startswith("/") or "\0" in cap.target:
+                raise CellblockError(ErrorCode.INVALID_REQUEST, "a path capability needs an absolute path", field)
+        case m.CapabilityKind.NET:
+            if not _DOMAIN.match(cap.target.lower()):
+                raise CellblockError(
+                    ErrorCode.INVALID_REQUEST, "a net capability needs a domain or *.domain pattern", field
+                )
+        case m.CapabilityKind.LIMITS:
+            if cap.target not in ("timeout_ms", "cpu_ms", "memory_bytes", "output_bytes"):
+                raise CellblockError(
+                    ErrorCode.INVALID_REQUEST,
+                    "a limits capability names timeout_ms, cpu_ms, memory_bytes or output_bytes",
+                    field,
+                )

@@ -1,0 +1,239 @@
+"""The pool: spawn, reap, respawn and kill workers; owns the worker table.
+
+Runs inside the launcher. It keeps ``target`` idle (not yet taken) workers
+per runtime, refills when the broker takes one, reaps every exit in a loop
+and classifies it, and stops a crash loop: more than ``max_failures`` setup
+failures of a runtime within ``window`` seconds mark it unhealthy, and it is
+probed again after a backoff that doubles up to ``max_backoff``.
+
+All effects go through injected callables (spawn, kill, waitpid, clock,
+report), so the logic is tested with a fake clock and a fake waitpid.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from protocol import messages as m
+from worker.exits import WorkerExit, describe
+
+SpawnFn = Callable[[str, int], tuple[str, int]]  # (runtime, slot) -> (worker id, pid)
+WaitFn = Callable[[int, int], tuple[int, int]]
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    runtime: str
+    pid: int
+    slot: int
+    started: float
+    taken: bool = False
+    kill_reason: str = ""
+
+
+@dataclass
+class RuntimeState:
+    target: int
+    healthy: bool = True
+    reason: str = ""
+    failures: collections.deque[float] = field(default_factory=collections.deque)
+    setup_failures: int = 0
+    crashes: int = 0
+    spawned: int = 0
+    retry_at: float = 0.0
+    backoff: float = 0.0
+
+
+def classify(status: int, kill_reason: str) -> tuple[m.ExitKind, int | None, int | None, str]:
+    """Turn a wait status into (kind, exit code, signal, detail)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals.__members__.values() else str(sig)
+        if kill_reason:
+            return m.ExitKind.KILLED, None, sig, kill_reason
+        return m.ExitKind.CRASHED, None, sig, f"killed by {name}"
+    code = os.WEXITSTATUS(status)
+    if code == WorkerExit.DONE or code in (WorkerExit.BROKER_LOST, WorkerExit.PAYLOAD_LOST):
+        return m.ExitKind.DONE, code, None, describe(code)
+    if code == WorkerExit.RUNTIME_MISSING:
+        return m.ExitKind.RUNTIME_MISSING, code, None, "runtime missing in the sandbox"
+    try:
+        named = WorkerExit(code)
+    except ValueError:
+        return m.ExitKind.CRASHED, code, None, describe(code)
+    if named.is_setup_failure:
+        return m.ExitKind.SETUP_FAILED, code, None, f"sandbox step '{named.step}' failed"
+    return m.ExitKind.CRASHED, code, None, describe(code)
+
+
+class Pool:
+    def __init__(
+        self,
+        targets: dict[str, int],
+        *,
+        spawn: SpawnFn,
+        kill: Callable[[int, int], None],
+        report: Callable[[m.Internal], None],
+        clock: Callable[[], float],
+        slots: int,
+        waitpid: WaitFn = os.waitpid,
+        max_failures: int = 5,
+        window: float = 30.0,
+        first_backoff: float = 5.0,
+        max_backoff: float = 300.0,
+    ) -> None:
+        self.runtimes = {name: RuntimeState(target=t) for name, t in targets.items()}
+        self.workers: dict[int, Worker] = {}
+        self.by_id: dict[str, Worker] = {}
+        self._spawn = spawn
+        self._kill = kill
+        self._report = report
+        self._clock = clock
+        self._waitpid = waitpid
+        self._free_slots = collections.deque(range(slots))
+        self.max_failures = max_failures
+        self.window = window
+        self.first_backoff = first_backoff
+        self.max_backoff = max_backoff
+        self.stopping = False
+        self.paused = True  # until a broker is connected: workers would have nobody to talk to
+
+    # --- filling ---------------------------------------------------------------
+
+    def idle(self, runtime: str) -> int:
+        return sum(1 for w in self.workers.values() if w.runtime == runtime and not w.taken)
+
+    def fill(self) -> None:
+        if self.stopping or self.paused:
+            return
+        now = self._clock()
+        for name, state in self.runtimes.items():
+            if not state.healthy:
+                if now < state.retry_at or self.idle(name):
+                    continue
+                want = 1  # one probe
+            else:
+                want = state.target - self.idle(name)
+            for _ in range(want):
+                if not self._free_slots:
+                    return
+                slot = self._free_slots.popleft()
+                try:
+                    worker_id, pid = self._spawn(name, slot)
+                except OSError as exc:
+                    self._free_slots.appendleft(slot)
+                    self._setup_failed(name, now, f"clone failed: {exc.strerror}")
+                    break
+                worker = Worker(worker_id, name, pid, slot, now)
+                self.workers[pid] = worker
+                self.by_id[worker_id] = worker
+                state.spawned += 1
+                self._report(m.Spawned(worker=worker_id, runtime=name, pid=pid))
+
+    def next_wakeup(self) -> float | None:
+        times = [s.retry_at for s in self.runtimes.values() if not s.healthy]
+        return min(times) if times else None
+
+    # --- the broker's requests ----------------------------------------------
+
+    def taken(self, worker_id: str) -> None:
+        worker = self.by_id.get(worker_id)
+        if worker is not None:
+            worker.taken = True
+            state = self.runtimes[worker.runtime]
+            if not state.healthy:
+                self._set_health(worker.runtime, True, "")
+        self.fill()
+
+    def kill(self, worker_id: str, reason: str) -> None:
+        worker = self.by_id.get(worker_id)
+        if worker is None:
+            return
+        worker.kill_reason = worker.kill_reason or reason
+        self._kill(worker.pid, signal.SIGKILL)
+
+    def kill_all(self, reason: str) -> None:
+        for worker in list(self.workers.values()):
+            worker.kill_reason = worker.kill_reason or reason
+            self._kill(worker.pid, signal.SIGKILL)
+
+    # --- reaping ---------------------------------------------------------------
+
+    def reap(self) -> list[m.Exited]:
+        exits = []
+        while True:
+            try:
+                pid, status = self._waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                break
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue  # a helper process (the seccomp builder)
+            self.by_id.pop(worker.worker_id, None)
+            self._free_slots.append(worker.slot)
+            kind, code, sig, detail = classify(status, worker.kill_reason)
+            exited = m.Exited(
+                worker=worker.worker_id, runtime=worker.runtime, kind=kind, code=code, signal=sig, detail=detail
+            )
+            exits.append(exited)
+            self._account(worker, exited)
+            self._report(exited)
+        self.fill()
+        return exits
+
+    def _account(self, worker: Worker, exited: m.Exited) -> None:
+        state = self.runtimes[worker.runtime]
+        now = self._clock()
+        if exited.kind in (m.ExitKind.SETUP_FAILED, m.ExitKind.RUNTIME_MISSING):
+            self._setup_failed(worker.runtime, now, exited.detail)
+        elif exited.kind == m.ExitKind.CRASHED:
+            state.crashes += 1
+            if not worker.taken:
+                self._setup_failed(worker.runtime, now, exited.detail)
+
+    def _setup_failed(self, runtime: str, now: float, detail: str) -> None:
+        state = self.runtimes[runtime]
+        state.setup_failures += 1
+        state.failures.append(now)
+        while state.failures and state.failures[0] < now - self.window:
+            state.failures.popleft()
+        if not state.healthy:
+            state.backoff = min(self.max_backoff, state.backoff * 2)
+            state.retry_at = now + state.backoff
+            state.reason = detail
+            self._report(self._health(runtime))
+        elif len(state.failures) >= self.max_failures:
+            state.backoff = self.first_backoff
+            state.retry_at = now + state.backoff
+            self._set_health(runtime, False, f"{detail} ({len(state.failures)} times in {self.window:.0f} s)")
+
+    def _set_health(self, runtime: str, healthy: bool, reason: str) -> None:
+        state = self.runtimes[runtime]
+        state.healthy = healthy
+        state.reason = reason
+        if healthy:
+            state.failures.clear()
+            state.backoff = 0.0
+        self._report(self._health(runtime))
+
+    def _health(self, runtime: str) -> m.Health:
+        state = self.runtimes[runtime]
+        return m.Health(
+            runtime=runtime,
+            healthy=state.healthy,
+            reason=state.reason,
+            restarts=state.crashes,
+            setup_failures=state.setup_failures,
+        )

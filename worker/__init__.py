@@ -1,0 +1,1 @@
+"""The sandboxed side: sandbox entry, monitor, payload and runtime adapters."""

@@ -1,0 +1,407 @@
+"""The monitor: pid 1 of the worker, the trusted parent of the payload.
+
+It holds the broker connection and nothing else of value. It waits for one
+job, hands it to the payload, feeds stdin, collects stdout and stderr under
+a byte cap (head and tail kept), owns the deadline (SIGTERM to everything in
+the pid namespace, then SIGKILL after the grace), measures cpu time from the
+kernel's rusage and peak memory from the memory cgroup (or rusage), reports
+one result and exits. Exiting as pid 1 makes the kernel kill whatever the
+run left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import signal
+import time
+
+from protocol import messages as m
+from protocol.messages import Status
+from protocol.wire import worker_codec
+from worker.cgroups import Meter
+from worker.exits import WorkerExit
+from worker.payload import EXITED, MEMORY_ERROR
+from worker.zmtp import Dealer, frame_bytes
+
+READ_SIZE = 1 << 16
+_codec = worker_codec()
+
+
+class Capture:
+    """Keeps the first half and the last half of ``keep`` bytes; counts the rest."""
+
+    def __init__(self, keep: int) -> None:
+        self.head_cap = keep - keep // 2
+        self.tail_cap = keep // 2
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Store ``data``; return the part that went into the head (streamable)."""
+        self.total += len(data)
+        room = self.head_cap - len(self.head)
+        into_head = data[:room] if room > 0 else b""
+        self.head += into_head
+        rest = data[len(into_head) :]
+        if rest and self.tail_cap:
+            self.tail += rest
+            if len(self.tail) > 2 * self.tail_cap:
+                del self.tail[: len(self.tail) - self.tail_cap]
+        return into_head
+
+    def parts(self) -> tuple[bytes, bytes]:
+        return bytes(self.head), bytes(self.tail[-self.tail_cap :] if self.tail_cap else b"")
+
+
+class Outcome:
+    def __init__(self) -> None:
+        self.timed_out = False
+        self.output_killed = False
+        self.status: int | None = None  # a wait status
+        self.memory_error = False
+        self.reported = False  # the payload's own report ended the run
+
+    def take_report(self, report: bytes) -> bool:
+        if report.startswith(MEMORY_ERROR):
+            self.memory_error = True
+            report = report[len(MEMORY_ERROR) :]
+        if not report.startswith(EXITED):
+            return False
+        try:
+            code = int(report[len(EXITED) :]) & 0xFF
+        except ValueError:
+            return False
+        self.status = code << 8  # as os.waitpid would say "exited with code"
+        self.reported = True
+        return True
+
+
+def _kill_all(sig: int) -> None:
+    try:
+        os.kill(-1, sig)  # as pid 1: everything else in this pid namespace
+    except ProcessLookupError:
+        pass
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+class Monitor:
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        runtime: str,
+        dealer: Dealer,
+        payload_pid: int,
+        job_w: int,
+        stdin_w: int,
+        stdout_r: int,
+        stderr_r: int,
+        report_r: int,
+        lifeline: int,
+        meter: Meter,
+        kill_grace_ms: int,
+        output_kill_bytes: int,
+    ) -> None:
+        self.worker_id = worker_id
+        self.runtime = runtime
+        self.dealer = dealer
+        self.payload_pid = payload_pid
+        self.pidfd = os.pidfd_open(payload_pid)
+        self.job_w = job_w
+        self.stdin_w = stdin_w
+        self.stdout_r = stdout_r
+        self.stderr_r = stderr_r
+        self.report_r = report_r
+        self.lifeline = lifeline
+        self.meter = meter
+        self.kill_grace = kill_grace_ms / 1000
+        self.output_kill_bytes = output_kill_bytes
+
+    # --- waiting for the job -------------------------------------------------
+
+    def serve(self) -> int:
+        self.warm()
+        # Ready workers sleep, so a high weight costs nothing until the job
+        # comes, and then the job is not queued behind sandboxes being made.
+        self.meter.set_running(True)
+        self.dealer.send(_codec.encode(m.Ready(worker=self.worker_id, runtime=self.runtime, pid=self.payload_pid)))
+        job = self.wait_job()
+        if isinstance(job, int):
+            return job
+        result = self.run(job)
+        self.dealer.send(_codec.encode(result))
+        self.meter.set_running(False)  # tearing the sandbox down can wait for other runs
+        return WorkerExit.DONE
+
+    def warm(self) -> None:
+        """Walk the job path once on dummies, so its copy-on-write faults happen now."""
+        job = m.Job(id="warm", code="", timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=4)
+        scratch = Dealer(None)  # type: ignore[arg-type]
+        scratch.feed(frame_bytes(_codec.encode(job)))
+        for frames in scratch.take():
+            _codec.decode(frames)
+        capture = Capture(4)
+        capture.feed(b"warm-up")
+        head, tail = capture.parts()
+        outcome = Outcome()
+        outcome.take_report(EXITED + b"0")
+        _classify(outcome, job, 0.0, False)
+        _codec.encode(m.WorkerChunk(id="warm", stream="stdout", data=head))
+        _codec.encode(m.WorkerResult(id="warm", status=Status.OK, stdout_head=head, stdout_tail=tail))
+        self.meter.oom_kills()
+        self.meter.peak()
+        self.meter.cpu_ns()
+        poller = select.poll()
+        poller.register(self.report_r, select.POLLIN)
+        poller.poll(0)
+        time.monotonic()
+
+    def wait_job(self) -> m.Job | int:
+        poller = select.poll()
+        poller.register(self.dealer.fileno(), select.POLLIN)
+        poller.register(self.lifeline, select.POLLIN)
+        poller.register(self.pidfd, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self.pidfd:
+                    _, status = os.waitpid(self.payload_pid, 0)
+                    code = os.waitstatus_to_exitcode(status)
+                    return code if 70 <= code <= 79 else WorkerExit.PAYLOAD_LOST
+                if fd == self.lifeline:
+                    return WorkerExit.BROKER_LOST
+                messages = self.dealer.recv_available()
+                if messages is None:
+                    return WorkerExit.BROKER_LOST
+                for frames in messages:
+                    try:
+                        return _codec.decode(frames)
+                    except Exception:  # noqa: BLE001 - a broker bug; nothing else to do
+                        return WorkerExit.PROTOCOL
+
+    # --- running it -----------------------------------------------------------
+
+    def run(self, job: m.Job) -> m.WorkerResult:
+        self.meter.set_limit(job.memory_bytes)
+        self.meter.reset_peak()
+        oom_before = self.meter.oom_kills()
+        cpu_before = self.meter.cpu_ns()
+        # Without a cgroup, rusage covers the payload's whole life: take off
+        # what it spent before the job (warming up), from its schedstat.
+        setup_ns = _schedstat_ns(self.payload_pid) if cpu_before is None else 0
+        # With the worker's cgroup counting its cpu, the run can end at the
+        # payload's report instead of waiting for its exit (tearing down a
+        # forked interpreter's address space costs ~0.5-1 ms here).
+        fast = cpu_before is not None
+        out, err = Capture(job.output_bytes), Capture(job.output_bytes)
+        outcome = Outcome()
+        started = time.monotonic()
+        deadline = started + job.timeout_ms / 1000
+        try:
+            _write_all(self.job_w, _job_body(job))
+        except BrokenPipeError:
+            pass  # the payload died before reading; its exit status says why
+        os.close(self.job_w)
+        self._pump(job, out, err, outcome, deadline, fast)
+        wall = time.monotonic() - started
+        # End whatever the run left behind, then collect what is still buffered.
+        _kill_all(signal.SIGKILL)
+        self._drain(job, out, err)
+        if cpu_before is not None:
+            cpu_ms = ((self.meter.cpu_ns() or cpu_before) - cpu_before) / 1e6
+            usage = None
+        else:
+            _reap_all()
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_ms = max(0.0, (usage.ru_utime + usage.ru_stime) * 1000 - setup_ns / 1e6)
+        peak = self.meter.peak()
+        if peak is None:
+            peak = (usage or resource.getrusage(resource.RUSAGE_CHILDREN)).ru_maxrss * 1024
+        oom = self.meter.oom_kills() > oom_before
+        status, reason = _classify(outcome, job, cpu_ms, oom)
+        exit_code = signal_no = None
+        if outcome.status is not None:
+            if os.WIFSIGNALED(outcome.status):
+                signal_no = os.WTERMSIG(outcome.status)
+            else:
+                exit_code = os.WEXITSTATUS(outcome.status)
+        out_head, out_tail = out.parts()
+        err_head, err_tail = err.parts()
+        return m.WorkerResult(
+            id=job.id,
+            status=status,
+            exit_code=exit_code,
+            signal=signal_no,
+            reason=reason,
+            stdout_head=out_head,
+            stdout_tail=out_tail,
+            stdout_total=out.total,
+            stderr_head=err_head,
+            stderr_tail=err_tail,
+            stderr_total=err.total,
+            wall_ms=round(wall * 1000, 3),
+            cpu_ms=round(cpu_ms, 3),
+            memory_peak_bytes=peak,
+        )
+
+    def _pump(
+        self, job: m.Job, out: Capture, err: Capture, outcome: Outcome, deadline: float, fast: bool
+    ) -> None:
+        stdin = job.stdin.encode()
+        poller = select.poll()
+        for fd in (self.stdout_r, self.stderr_r, self.pidfd, self.report_r):
+            poller.register(fd, select.POLLIN)
+        poller.register(self.dealer.fileno(), select.POLLIN)
+        if stdin:
+            os.set_blocking(self.stdin_w, False)
+            poller.register(self.stdin_w, select.POLLOUT)
+        else:
+            os.close(self.stdin_w)
+            self.stdin_w = -1
+        killing_at: float | None = None
+        open_pipes = 2
+        while True:
+            now = time.monotonic()
+            limit = killing_at if killing_at is not None else deadline
+            timeout_ms = max(0, int((limit - now) * 1000) + 1)
+            events = poller.poll(timeout_ms)
+            if not events and time.monotonic() >= limit:
+                if killing_at is None:
+                    outcome.timed_out = True
+                    _kill_all(signal.SIGTERM)
+                    killing_at = time.monotonic() + self.kill_grace
+                else:
+                    _kill_all(signal.SIGKILL)
+                    killing_at = time.monotonic() + 5.0
+                continue
+            for fd, event in events:
+                if fd == self.pidfd:
+                    _, status = os.waitpid(self.payload_pid, 0)
+                    if not outcome.reported:
+                        outcome.status = status
+                        self._read_report(outcome)
+                    return
+                if fd == self.report_r:
+                    if not self._read_report(outcome):
+                        poller.unregister(fd)
+                    elif fast and not outcome.timed_out:
+                        return
+                elif fd == self.stdin_w:
+                    stdin = self._feed_stdin(stdin, poller)
+                elif fd == self.dealer.fileno():
+                    if self.dealer.recv_available() is None:
+                        # The broker is gone: nobody will read a result.
+                        _kill_all(signal.SIGKILL)
+                        os._exit(WorkerExit.BROKER_LOST)
+                else:
+                    capture = out if fd == self.stdout_r else err
+                    data = os.read(fd, READ_SIZE)
+                    if not data:
+                        poller.unregister(fd)
+                        open_pipes -= 1
+                        continue
+                    self._take(job, capture, "stdout" if capture is out else "stderr", data)
+                    if out.total + err.total > self.output_kill_bytes and not outcome.output_killed:
+                        outcome.output_killed = True
+                        _kill_all(signal.SIGKILL)
+
+    def _feed_stdin(self, pending: bytes, poller: select.poll) -> bytes:
+        try:
+            written = os.write(self.stdin_w, pending[:READ_SIZE])
+            pending = pending[written:]
+        except BlockingIOError:
+            return pending
+        except BrokenPipeError:
+            pending = b""
+        if not pending:
+            poller.unregister(self.stdin_w)
+            os.close(self.stdin_w)
+            self.stdin_w = -1
+        return pending
+
+    def _take(self, job: m.Job, capture: Capture, name: str, data: bytes) -> None:
+        streamable = capture.feed(data)
+        if job.stream and streamable:
+            self.dealer.send(_codec.encode(m.WorkerChunk(id=job.id, stream=name, data=streamable)))  # type: ignore[arg-type]
+
+    def _drain(self, job: m.Job, out: Capture, err: Capture) -> None:
+        for fd, capture, name in ((self.stdout_r, out, "stdout"), (self.stderr_r, err, "stderr")):
+            os.set_blocking(fd, False)
+            while capture.total <= self.output_kill_bytes:
+                try:
+                    data = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                self._take(job, capture, name, data)
+
+    def _read_report(self, outcome: Outcome) -> bool:
+        """Take the payload's report; False once the pipe is at EOF."""
+        os.set_blocking(self.report_r, False)
+        try:
+            report = os.read(self.report_r, 64)
+        except BlockingIOError:
+            return True
+        if not report:
+            return False
+        if outcome.status is None:
+            outcome.take_report(report)
+        else:  # the kernel's wait status came first and stands; keep only the memory flag
+            outcome.memory_error = report.startswith(MEMORY_ERROR)
+        return True
+
+
+def _schedstat_ns(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as src:
+            return int(src.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _job_body(job: m.Job) -> bytes:
+    return _codec.encode(job)[1]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _classify(outcome: Outcome, job: m.Job, cpu_ms: float, oom: bool) -> tuple[Status, str]:
+    if outcome.output_killed:
+        return Status.OUTPUT_LIMIT, "output over the kill threshold"
+    if outcome.timed_out:
+        return Status.TIMEOUT, f"wall clock limit of {job.timeout_ms} ms"
+    status = outcome.status
+    if status is None:
+        return Status.INTERNAL_ERROR, "payload status unknown"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if oom:
+            return Status.MEMORY_LIMIT, f"memory limit of {job.memory_bytes} bytes"
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_ms >= job.cpu_ms):
+            return Status.TIMEOUT, f"cpu time limit of {job.cpu_ms} ms"
+        if sig == signal.SIGSYS:
+            return Status.KILLED, "seccomp"
+        return Status.KILLED, f"signal {signal.Signals(sig).name}"
+    code = os.WEXITSTATUS(status)
+    if code == 0:
+        return Status.OK, ""
+    if oom or outcome.memory_error:
+        return Status.MEMORY_LIMIT, f"memory limit of {job.memory_bytes} bytes"
+    return Status.ERROR, f"exit code {code}"

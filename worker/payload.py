@@ -1,0 +1,117 @@
+"""The payload: the process that runs the code, and holds nothing else.
+
+Forked by the monitor after the privilege drop. Before any job exists it
+keeps only its five pipes (stdin, stdout, stderr, the job pipe, the report
+pipe) and closes every other descriptor, starts its own session, takes the
+profile's rlimits, gets an environment built from nothing, warms its runtime
+and loads the runtime's seccomp filters, last. Then it blocks on the job
+pipe. A step that fails exits with that step's ``WorkerExit`` code, which the
+monitor passes on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import msgspec
+import prctl
+
+from protocol.messages import Job
+from protocol.profile import Profile
+from worker import rlimits
+from worker import syscalls as sc
+from worker.exits import WorkerExit
+from worker.runtimes.base import Runtime
+
+STDIN, STDOUT, STDERR, JOB, REPORT = 0, 1, 2, 3, 4
+# The report the payload writes when the code returns: b"X<code>", with a
+# leading b"M" when it ran out of memory under the rlimit fallback. It is
+# untrusted (the code could write it), so it can only end the run early with
+# an exit code of the code's choosing; cpu, memory and deadlines come from
+# the kernel and the monitor.
+EXITED = b"X"
+MEMORY_ERROR = b"M"
+ENVIRONMENT = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/work",
+    "TMPDIR": "/tmp",
+    "USER": "sandbox",
+    "LOGNAME": "sandbox",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "",
+}
+
+_job_decoder = msgspec.msgpack.Decoder(Job)
+_WARM_JOB = msgspec.msgpack.encode(Job(id="", code="", timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=1))
+
+
+class PayloadFds(msgspec.Struct, frozen=True):
+    stdin: int
+    stdout: int
+    stderr: int
+    job: int
+    report: int
+
+
+def _arrange(fds: PayloadFds) -> None:
+    # Move every pipe above the target range first, so no dup2 clobbers another.
+    moved = [os.dup(fd) for fd in (fds.stdin, fds.stdout, fds.stderr, fds.job, fds.report)]
+    for target, fd in enumerate(moved):
+        # stdio is inherited by programs the code starts; the job and report pipes are not.
+        os.dup2(fd, target, inheritable=target < JOB)
+    sc.close_range(5)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _setup(fds: PayloadFds, runtime: Runtime, profile: Profile, program: tuple[bytes, bytes] | None,
+           memory_fallback: bool) -> None:
+    step = WorkerExit.SETUP_RLIMITS
+    try:
+        _arrange(fds)
+        os.setsid()
+        try:
+            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as out:
+                out.write("1000")  # the payload goes first when memory runs out
+        except OSError:
+            pass
+        rlimits.apply_payload(profile, memory_fallback)
+        os.environ.clear()
+        os.environ.update({k: v for k, v in ENVIRONMENT.items() if v})
+        step = WorkerExit.RUNTIME_MISSING
+        runtime.prepare()
+        _job_decoder.decode(_WARM_JOB)
+        runtime.warm_up()
+        prctl.set_dumpable(1)  # an ordinary process again; nothing here to protect
+        step = WorkerExit.SETUP_SECCOMP
+        if program is not None:
+            for bpf in program:
+                sc.CompiledFilter(bpf).load()
+    except BaseException as exc:  # noqa: BLE001 - nothing can log here: exit with the step
+        os.write(STDERR, f"cellblock payload: {step.step} failed: {exc}\n".encode())
+        os._exit(step)
+
+
+def become_payload(fds: PayloadFds, runtime: Runtime, profile: Profile,
+                   program: tuple[bytes, bytes] | None, memory_fallback: bool) -> NoReturn:
+    code = int(WorkerExit.INTERNAL)
+    try:
+        _setup(fds, runtime, profile, program, memory_fallback)
+        data = _read_all(JOB)
+        if not data:
+            os._exit(WorkerExit.DONE)  # the monitor closed the pipe without a job
+        job = _job_decoder.decode(data)
+        rlimits.apply_job(job.cpu_ms, job.memory_bytes, memory_fallback)
+        code = runtime.run(job)
+        report = (MEMORY_ERROR if memory_fallback and runtime.memory_error else b"") + EXITED + b"%d" % code
+        os.write(REPORT, report)
+    finally:
+        os._exit(code)

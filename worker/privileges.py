@@ -1,0 +1,66 @@
+"""Privilege drop: from (namespace) root to a sandbox uid with nothing left.
+
+The order matters. securebits and the bounding set need CAP_SETPCAP, and
+the uid change needs CAP_SETUID, so they come first; the capability sets are
+emptied after the uid change; no_new_privs and "not dumpable" close the
+door behind. The result is checked against /proc/self/status, and any bit
+left over fails the worker (fail closed).
+"""
+
+from __future__ import annotations
+
+import os
+
+import prctl
+
+from worker import syscalls as sc
+
+_PR_SET_SECUREBITS = 28
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+# noroot + locked, keep_caps locked (off), no ambient raise + locked. We keep
+# the setuid fixup, so the uid change itself clears the capability sets.
+_SECUREBITS = (1 << 0) | (1 << 1) | (1 << 5) | (1 << 6) | (1 << 7)
+
+
+def cap_last() -> int:
+    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as src:
+        return int(src.read())
+
+
+def drop(uid: int, gid: int, in_user_namespace: bool, last_cap: int) -> None:
+    # python-prctl refuses the ambient-raise bits it does not know; set them directly.
+    sc.prctl(_PR_SET_SECUREBITS, _SECUREBITS)
+    for cap in range(last_cap + 1):
+        prctl.capbset_drop(cap)
+    sc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    if not in_user_namespace:  # setgroups is denied inside our user namespace
+        os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    prctl.cap_effective.limit()
+    prctl.cap_permitted.limit()
+    prctl.cap_inheritable.limit()
+    prctl.set_no_new_privs(1)
+
+
+def make_undumpable() -> None:
+    """No ptrace attach, no /proc/<pid>/mem or fd access by the same uid."""
+    prctl.set_dumpable(0)
+
+
+def verify(uid: int, gid: int) -> None:
+    status = {}
+    with open("/proc/self/status", encoding="ascii") as src:
+        for line in src:
+            key, _, value = line.partition(":")
+            status[key] = value.split()
+    for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        if int(status[key][0], 16) != 0:
+            raise PermissionError(f"{key} not empty after the drop")
+    if status["NoNewPrivs"][0] != "1":
+        raise PermissionError("no_new_privs not set")
+    if {int(x) for x in status["Uid"]} != {uid} or {int(x) for x in status["Gid"]} != {gid}:
+        raise PermissionError("uid or gid not fully changed")
+    if len(status.get("Groups", [])) > 1 or (status.get("Groups") and int(status["Groups"][0]) != gid):
+        raise PermissionError("supplementary groups left")

@@ -1,0 +1,111 @@
+"""Python: the code runs as ``__main__`` in the warm, forked interpreter.
+
+The payload is a fork of the launcher's interpreter, so a run costs no
+interpreter start. The code gets a fresh ``__main__`` module; an uncaught
+exception prints its traceback (without cellblock's own frames) on stderr
+and exits 1; ``SystemExit`` codes are honoured; stdout and stderr are the
+pipes to the monitor at the descriptor level, so output from C code and
+from child processes is captured too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import io
+import linecache
+import os
+import platform
+import sys
+import threading
+import traceback
+import types
+
+from protocol.messages import Job
+from worker.runtimes.base import Runtime
+
+FILENAME = "<cell>"
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+class PythonRuntime(Runtime):
+    name = "python"
+    languages = ("python", "python3", "py")
+    self_test = ("import sys; print(sys.version_info[0] * 7 * 2)", "42\n")
+
+    def __init__(self) -> None:
+        self.executable = os.path.realpath(sys.executable)
+        self.prefixes = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)})
+
+    def host_paths(self) -> list[str]:
+        paths = [p for p in self.prefixes if not p.startswith("/usr/")]
+        if not self.executable.startswith("/usr/"):
+            paths.append(os.path.dirname(self.executable))
+        return paths
+
+    def probe(self) -> tuple[bool, str]:
+        if not os.access(self.executable, os.X_OK):
+            return False, f"interpreter {self.executable} is not executable"
+        return True, f"{platform.python_implementation()} {platform.python_version()}"
+
+    def prepare(self) -> None:
+        visible = ("/usr/", *(p + "/" for p in self.prefixes))
+        sys.path[:] = ["", *(p for p in sys.path if p and (p + "/").startswith(visible))]
+        sys.executable = self.executable
+        sys.argv = [FILENAME]
+        os.chdir("/work")
+
+    def warm_up(self) -> None:
+        self._execute(Job(id="", code="pass", timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=1), final=False)
+
+    def run(self, job: Job) -> int:
+        return self._execute(job, final=True)
+
+    def _execute(self, job: Job, final: bool) -> int:
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=job.stream
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+        )
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+        source = job.code
+        linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
+        main = types.ModuleType("__main__")
+        main.__builtins__ = builtins  # type: ignore[attr-defined]
+        sys.modules["__main__"] = main
+        code = 0
+        try:
+            compiled = compile(source, FILENAME, "exec", dont_inherit=True)
+            exec(compiled, main.__dict__)  # noqa: S102 - running the code is the point
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001 - report like the interpreter would
+            # Drop our own frame (the exec call) from the traceback.
+            tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+            traceback.print_exception(type(exc), exc, tb)
+            code = 1
+            if isinstance(exc, MemoryError):
+                self.memory_error = True
+        if final:  # both run only once per process
+            try:
+                threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads
+                atexit._run_exitfuncs()
+            except BaseException:  # noqa: BLE001, S110 - the run is over either way
+                pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001, S110 - a closed pipe; nothing to say
+                pass
+        return code

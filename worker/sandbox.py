@@ -1,0 +1,193 @@
+"""Sandbox entry: the one place that states, and runs, the order of the steps.
+
+See :func:`spawn`. Every step is one call into the module of its mechanism.
+A step that fails makes the worker exit with that step's ``WorkerExit`` code
+(fail closed); the launcher classifies the exit and counts it against the
+runtime's restart budget. Nothing logs between clone and the ready message
+except one line on the launcher's stderr naming the failed step.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import msgspec
+
+from protocol.profile import MiB, Profile
+from worker import cgroups, mounts, namespaces, payload, privileges
+from worker import syscalls as sc
+from worker.exits import WorkerExit
+from worker.monitor import Monitor
+from worker.runtimes.base import Runtime
+from worker.zmtp import Dealer
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """What the launcher decided once, shared by every worker it makes."""
+
+    profile: Profile
+    template: str
+    broker_socket: str
+    user_namespace: bool
+    layout: cgroups.Layout | None
+    programs: dict[str, tuple[bytes, bytes]] | None  # policy name -> (allow, deny)
+    last_cap: int
+    lifeline: int  # read end; EOF means the launcher is gone
+
+    @property
+    def memory_fallback(self) -> bool:
+        return self.layout is None or self.layout.version("memory") is None
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    worker_id: str
+    runtime: str
+    uid: int  # inside the worker's user namespace, if any
+    gid: int
+    cgroup_dirs: dict[str, str]
+
+
+class StepFailed(Exception):
+    def __init__(self, code: WorkerExit, cause: BaseException) -> None:
+        super().__init__(f"{code.step}: {cause}")
+        self.code = code
+
+
+@contextmanager
+def step(code: WorkerExit) -> Iterator[None]:
+    try:
+        yield
+    except StepFailed:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes the step's code
+        raise StepFailed(code, exc) from exc
+
+
+def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
+    """Make one worker; return its monitor's pid. In the child this never returns.
+
+    The order, in the monitor (pid 1 of the new pid namespace):
+
+    1. namespaces  clone() into new pid, mount, net, ipc and uts namespaces,
+                   plus a user namespace when the service is not root; the
+                   child resets signal handling and closes inherited descriptors
+    2. identity    (user namespace) map the sandbox uid/gid to the launcher's
+    3. cgroups     join the slot's memory, pids and cpu cgroups, open the
+                   memory meter, then unshare a cgroup namespace
+    4. connect     ZMTP connection to the broker's worker socket, made while
+                   the socket is still in view (it never is in the sandbox)
+    5. mounts      template root with tmpfs /tmp and /work and a new /proc;
+                   pivot_root; the old root detached
+    6. network     loopback up (profile network "loopback"), else left down;
+                   hostname set
+    7. privileges  securebits locked, bounding and ambient sets dropped,
+                   supplementary groups cleared, uid/gid changed, capability
+                   sets emptied, no_new_privs; checked against /proc
+    8. payload     fork the payload, which closes every other descriptor,
+                   starts a session, takes its rlimits, builds its environment,
+                   warms its runtime, and loads its seccomp filters last
+    9. seccomp     the monitor makes itself not dumpable and loads its own
+                   filter, last
+   10. ready       the monitor tells the broker, then waits for one job
+    """
+    pid = namespaces.clone_worker(ctx.user_namespace)
+    if pid:
+        return pid
+    code = int(WorkerExit.INTERNAL)
+    try:
+        code = _enter(spec, ctx, runtime)
+    except StepFailed as failure:
+        code = int(failure.code)
+        try:
+            os.write(2, f"cellblock worker {spec.worker_id}: {failure}\n".encode())
+        except OSError:
+            pass
+    except BaseException as exc:  # noqa: BLE001 - never unwind into the launcher's loop
+        try:
+            os.write(2, f"cellblock worker {spec.worker_id}: internal error: {exc!r}\n".encode())
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _reset_process(lifeline: int) -> int:
+    """Undo what the launcher's process state would leak into the worker."""
+    gc.disable()  # the launcher's objects must never be finalised here
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.dup2(lifeline, 3)
+    sc.close_range(4)
+    return 3
+
+
+def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
+    profile = ctx.profile
+    with step(WorkerExit.SETUP_NAMESPACES):
+        lifeline = _reset_process(ctx.lifeline)
+    if ctx.user_namespace:
+        with step(WorkerExit.SETUP_NAMESPACES):
+            namespaces.map_identity(spec.uid, spec.gid, 0, 0)
+    with step(WorkerExit.SETUP_CGROUPS):
+        if ctx.layout is not None:
+            cgroups.join(spec.cgroup_dirs)
+            meter = cgroups.Meter(ctx.layout, spec.cgroup_dirs)
+        else:
+            meter = cgroups.Meter(cgroups.Layout(parents={}, detail=""), {})
+        namespaces.enter_cgroup_namespace()
+    with step(WorkerExit.SETUP_CONNECT):
+        dealer = Dealer.connect(ctx.broker_socket, spec.worker_id.encode())
+    with step(WorkerExit.SETUP_MOUNTS):
+        fixed = profile.fixed
+        mounts.enter_root(ctx.template, fixed.tmp_mb, fixed.work_mb, spec.uid, spec.gid)
+    with step(WorkerExit.SETUP_NETWORK):
+        if profile.sandbox.network == "loopback":
+            namespaces.loopback_up()
+        namespaces.set_hostname(profile.sandbox.hostname)
+    with step(WorkerExit.SETUP_PRIVILEGES):
+        privileges.drop(spec.uid, spec.gid, ctx.user_namespace, ctx.last_cap)
+        privileges.verify(spec.uid, spec.gid)
+    with step(WorkerExit.INTERNAL):
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        job_r, job_w = os.pipe()
+        report_r, report_w = os.pipe()
+        program = ctx.programs.get(spec.runtime) if ctx.programs is not None else None
+        payload_pid = os.fork()
+        if payload_pid == 0:
+            fds = payload.PayloadFds(stdin_r, stdout_w, stderr_w, job_r, report_w)
+            payload.become_payload(fds, runtime, profile, program, ctx.memory_fallback)
+        for fd in (stdin_r, stdout_w, stderr_w, job_r, report_w):
+            os.close(fd)
+    with step(WorkerExit.SETUP_SECCOMP):
+        privileges.make_undumpable()
+        if ctx.programs is not None:
+            for bpf in ctx.programs["@monitor"]:
+                sc.CompiledFilter(bpf).load()
+    monitor = Monitor(
+        worker_id=spec.worker_id,
+        runtime=spec.runtime,
+        dealer=dealer,
+        payload_pid=payload_pid,
+        job_w=job_w,
+        stdin_w=stdin_w,
+        stdout_r=stdout_r,
+        stderr_r=stderr_r,
+        report_r=report_r,
+        lifeline=lifeline,
+        meter=meter,
+        kill_grace_ms=profile.fixed.kill_grace_ms,
+        output_kill_bytes=profile.fixed.output_kill_bytes,
+    )
+    return monitor.serve()
+
+
+def payload_memory_limit(profile: Profile) -> int:
+    return profile.limits.memory_mb * MiB

@@ -1,0 +1,130 @@
+"""The Linux system calls Python 3.11's ``os`` module does not expose.
+
+Thin ctypes wrappers that raise ``OSError`` with the errno. Nothing here
+decides policy; the sandbox steps call these in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# PyDLL keeps the GIL across the call: needed for clone(), whose child must
+# resume inside the interpreter exactly where the parent is.
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+SIGCHLD = 17
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
+
+_SYS_CLONE = 56
+_SYS_PIVOT_ROOT = 155
+_SYS_CLOSE_RANGE = 436
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def clone(flags: int) -> int:
+    """fork() that enters new namespaces in the same step.
+
+    Returns 0 in the child and the child's pid in the parent. Unlike
+    ``os.fork`` this skips Python's at-fork hooks, so it is only for a
+    single-threaded parent (the launcher) whose child never relies on them:
+    the child (the worker monitor) forks its payload with ``os.fork``, which
+    runs the hooks (the payload's ``random`` is reseeded there). glibc's
+    cached thread id is stale in the child, which only matters to
+    ``pthread_kill``/``raise``; the monitor uses neither.
+    """
+    pid: int = _pylibc.syscall(_SYS_CLONE, ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
+    return _check(pid, "clone")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    result = _libc.mount(
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    _check(result, f"mount {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(_SYS_PIVOT_ROOT, new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(
+        _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)),
+        f"prctl({option})",
+    )
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
+    """Close every descriptor from ``first`` up (Linux 5.9+), else loop."""
+    if _libc.syscall(_SYS_CLOSE_RANGE, first, ctypes.c_uint(last), 0) == 0:
+        return
+    os.closerange(first, min(last, os.sysconf("SC_OPEN_MAX")))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class CompiledFilter:
+    """A seccomp BPF program kept ready to load (built once per profile)."""
+
+    def __init__(self, program: bytes) -> None:
+        if not program or len(program) % 8:
+            raise ValueError("seccomp program must be a non-empty array of 8-byte instructions")
+        self.program = program
+        self._buffer = ctypes.create_string_buffer(program, len(program))
+        self._fprog = _SockFprog(len(program) // 8, ctypes.cast(self._buffer, ctypes.c_void_p))
+
+    def load(self) -> None:
+        """Install on the calling thread. no_new_privs must already be set."""
+        _check(
+            _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(self._fprog), 0, 0),
+            "seccomp",
+        )
