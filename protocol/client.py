@@ -142,7 +142,9 @@ class Client:
         self._disconnected = False
         return True
 
-    def _wait(self, request_id: str, wait_s: float, on_chunk: Callable[[m.OutputChunk], None] | None) -> m.ClientReply | None:
+    def _wait(
+        self, request_id: str, wait_s: float, on_chunk: Callable[[m.OutputChunk], None] | None
+    ) -> m.ClientReply | None:
         deadline = time.monotonic() + wait_s
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
@@ -200,24 +202,34 @@ class Client:
     def request(self, request: m.Request, expect: type[R], timeout: float = DEFAULT_TIMEOUT_S) -> R:
         request_id = request.id  # type: ignore[attr-defined]
         if not self._send(request):
-            raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message=f"no cellblock service answers on {self.path}"))
+            raise ServiceError(
+                ErrorInfo(code=ErrorCode.CONNECTION_LOST, message=f"no cellblock service answers on {self.path}")
+            )
         reply = self._wait(request_id, timeout, None)
         if reply is None:
             raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message="no reply from the service"))
         if isinstance(reply, m.ErrorReply):
             raise ServiceError(reply.error)
         if not isinstance(reply, expect):
-            raise ServiceError(ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"unexpected reply {type(reply).__name__}"))
+            raise ServiceError(
+                ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"unexpected reply {type(reply).__name__}")
+            )
         return reply
 
     def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
         return self.request(m.StatusRequest(id=_new_id()), m.StatusReply, timeout)
 
-    def grant(self, client_id: str, capability: m.Capability, conversation_id: str = "",
-              expires_in_s: int | None = None) -> m.GrantsReply:
+    def grant(
+        self, client_id: str, capability: m.Capability, conversation_id: str = "", expires_in_s: int | None = None
+    ) -> m.GrantsReply:
         return self.request(
-            m.GrantRequest(id=_new_id(), client_id=client_id, capability=capability,
-                           conversation_id=conversation_id, expires_in_s=expires_in_s),
+            m.GrantRequest(
+                id=_new_id(),
+                client_id=client_id,
+                capability=capability,
+                conversation_id=conversation_id,
+                expires_in_s=expires_in_s,
+            ),
             m.GrantsReply,
         )
 
@@ -262,8 +274,9 @@ class AsyncClient:
             if queue is not None:
                 queue.put_nowait(reply)
 
-    async def _call(self, request: m.Request, wait_s: float,
-                    on_chunk: Callable[[m.OutputChunk], None] | None = None) -> m.ClientReply | None:
+    async def _call(
+        self, request: m.Request, wait_s: float, on_chunk: Callable[[m.OutputChunk], None] | None = None
+    ) -> m.ClientReply | None:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
         request_id = request.id  # type: ignore[attr-defined]
@@ -300,7 +313,9 @@ class AsyncClient:
         conversation_id: str = "",
         profile: str = "",
     ) -> m.ExecuteResult:
-        request = _execute_request(code, language, stdin, limits, capabilities, client_id, conversation_id, False, profile)
+        request = _execute_request(
+            code, language, stdin, limits, capabilities, client_id, conversation_id, False, profile
+        )
         reply = await self._call(request, _reply_wait(limits))
         if reply is None:
             return lost(request.id, "no reply from the cellblock service (is it running?)")

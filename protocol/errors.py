@@ -66,9 +66,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
         return exc.info()
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc)
-        return ErrorInfo(
-            code=ErrorCode.BAD_MESSAGE, message=text, field=_field_from_validation(text)
-        )
-    if isinstance(exc, msgspec.DecodeError):
-        return ErrorInfo(code=ErrorCode.BAD_FRAME, message="frame is not valid msgpack")
+        return ErrorInfo(code=ErrorCode.BAD_MESSAGE, message=text, field=_field_from_validation(text))
+    if isinstance(exc, msgspec.DecodeError | UnicodeDecodeError):
+        return ErrorInfo(code=ErrorCode.BAD_FRAME, message="frame is not valid msgpack (or not valid UTF-8)")
     return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message="internal error; see the service log")

@@ -101,7 +101,7 @@ class NetDecision(msgspec.Struct, frozen=True, kw_only=True):
 # --- client -> broker ---------------------------------------------------------
 
 
-class ExecuteRequest(Request, tag="execute", kw_only=True):
+class ExecuteRequest(Request, tag="execute", kw_only=True, frozen=True):
     id: Id
     code: str
     language: Small = "python"
@@ -114,11 +114,11 @@ class ExecuteRequest(Request, tag="execute", kw_only=True):
     profile: Small = ""
 
 
-class StatusRequest(Request, tag="status", kw_only=True):
+class StatusRequest(Request, tag="status", kw_only=True, frozen=True):
     id: Id
 
 
-class GrantRequest(Request, tag="grant", kw_only=True):
+class GrantRequest(Request, tag="grant", kw_only=True, frozen=True):
     id: Id
     client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     capability: Capability
@@ -126,17 +126,17 @@ class GrantRequest(Request, tag="grant", kw_only=True):
     expires_in_s: Positive | None = None
 
 
-class RevokeRequest(Request, tag="revoke", kw_only=True):
+class RevokeRequest(Request, tag="revoke", kw_only=True, frozen=True):
     id: Id
     grant_id: Positive
 
 
-class GrantsRequest(Request, tag="grants", kw_only=True):
+class GrantsRequest(Request, tag="grants", kw_only=True, frozen=True):
     id: Id
     client_id: Small = ""
 
 
-class HistoryRequest(Request, tag="history", kw_only=True):
+class HistoryRequest(Request, tag="history", kw_only=True, frozen=True):
     id: Id
     client_id: Small = ""
     conversation_id: Small = ""
@@ -149,14 +149,14 @@ class HistoryRequest(Request, tag="history", kw_only=True):
 # --- broker -> client ---------------------------------------------------------
 
 
-class OutputChunk(Reply, tag="chunk", kw_only=True):
+class OutputChunk(Reply, tag="chunk", kw_only=True, frozen=True):
     id: str
     stream: Literal["stdout", "stderr"]
     seq: int
     data: str
 
 
-class ExecuteResult(Reply, tag="result", kw_only=True):
+class ExecuteResult(Reply, tag="result", kw_only=True, frozen=True):
     id: str
     status: Status
     exit_code: int | None = None
@@ -203,7 +203,7 @@ class RuntimeStatus(msgspec.Struct, frozen=True, kw_only=True):
     setup_failures: int = 0
 
 
-class StatusReply(Reply, tag="status_reply", kw_only=True):
+class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     id: str
     version: str
     uptime_s: float
@@ -227,7 +227,7 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     expires: float | None = None
 
 
-class GrantsReply(Reply, tag="grants_reply", kw_only=True):
+class GrantsReply(Reply, tag="grants_reply", kw_only=True, frozen=True):
     id: str
     grants: list[Grant]
 
@@ -254,12 +254,12 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     network: list[NetDecision] = []
 
 
-class HistoryReply(Reply, tag="history_reply", kw_only=True):
+class HistoryReply(Reply, tag="history_reply", kw_only=True, frozen=True):
     id: str
     entries: list[HistoryEntry]
 
 
-class ErrorReply(Reply, tag="error", kw_only=True):
+class ErrorReply(Reply, tag="error", kw_only=True, frozen=True):
     """For requests that are not executions, and frames that could not be read."""
 
     id: str = ""
@@ -269,13 +269,13 @@ class ErrorReply(Reply, tag="error", kw_only=True):
 # --- worker <-> broker ---------------------------------------------------------
 
 
-class Ready(Internal, tag="ready", kw_only=True):
+class Ready(Internal, tag="ready", kw_only=True, frozen=True):
     worker: str
     runtime: str
     pid: int
 
 
-class Job(Internal, tag="job", kw_only=True):
+class Job(Internal, tag="job", kw_only=True, frozen=True):
     id: str
     code: str
     stdin: str = ""
@@ -286,13 +286,13 @@ class Job(Internal, tag="job", kw_only=True):
     stream: bool = False
 
 
-class WorkerChunk(Internal, tag="worker_chunk", kw_only=True):
+class WorkerChunk(Internal, tag="worker_chunk", kw_only=True, frozen=True):
     id: str
     stream: Literal["stdout", "stderr"]
     data: bytes
 
 
-class WorkerResult(Internal, tag="worker_result", kw_only=True):
+class WorkerResult(Internal, tag="worker_result", kw_only=True, frozen=True):
     id: str
     status: Status
     exit_code: int | None = None
@@ -331,7 +331,7 @@ class RuntimeInfo(msgspec.Struct, frozen=True, kw_only=True):
     self_test_expect: str = ""  # its exact stdout
 
 
-class LauncherHello(Internal, tag="launcher_hello", kw_only=True):
+class LauncherHello(Internal, tag="launcher_hello", kw_only=True, frozen=True):
     generation: int
     mode: str
     profile: str
@@ -339,13 +339,13 @@ class LauncherHello(Internal, tag="launcher_hello", kw_only=True):
     layers: list[LayerStatus]
 
 
-class Spawned(Internal, tag="spawned", kw_only=True):
+class Spawned(Internal, tag="spawned", kw_only=True, frozen=True):
     worker: str
     runtime: str
     pid: int
 
 
-class Exited(Internal, tag="exited", kw_only=True):
+class Exited(Internal, tag="exited", kw_only=True, frozen=True):
     worker: str
     runtime: str
     kind: ExitKind
@@ -354,7 +354,7 @@ class Exited(Internal, tag="exited", kw_only=True):
     detail: str = ""
 
 
-class Health(Internal, tag="health", kw_only=True):
+class Health(Internal, tag="health", kw_only=True, frozen=True):
     runtime: str
     healthy: bool
     reason: str = ""
@@ -362,13 +362,13 @@ class Health(Internal, tag="health", kw_only=True):
     setup_failures: int = 0
 
 
-class Taken(Internal, tag="taken", kw_only=True):
+class Taken(Internal, tag="taken", kw_only=True, frozen=True):
     """Broker -> launcher: this worker got a job; make a replacement."""
 
     worker: str
 
 
-class Kill(Internal, tag="kill", kw_only=True):
+class Kill(Internal, tag="kill", kw_only=True, frozen=True):
     """Broker -> launcher: the broker gave up on this worker (deadline passed)."""
 
     worker: str

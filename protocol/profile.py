@@ -35,7 +35,7 @@ class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pass
 
 
-class RunLimits(Strict):
+class RunLimits(Strict, frozen=True):
     """Limits a request may lower (and raise up to [max] with a grant)."""
 
     timeout_ms: Pos = 10_000
@@ -44,7 +44,7 @@ class RunLimits(Strict):
     output_bytes: Pos = 1 * MiB
 
 
-class FixedLimits(Strict):
+class FixedLimits(Strict, frozen=True):
     """Limits that are the same for every run of the profile."""
 
     pids: Pos = 64
@@ -65,7 +65,7 @@ class Layer(enum.StrEnum):
     OFF = "off"
 
 
-class Layers(Strict):
+class Layers(Strict, frozen=True):
     namespaces: Literal["required"] = "required"
     mounts: Literal["required"] = "required"
     privileges: Literal["required"] = "required"
@@ -73,7 +73,7 @@ class Layers(Strict):
     seccomp: Layer = Layer.REQUIRED
 
 
-class Mount(Strict):
+class Mount(Strict, frozen=True):
     src: str
     dst: str = ""
     optional: bool = False
@@ -83,12 +83,12 @@ class Mount(Strict):
         return self.dst or self.src
 
 
-class Sandbox(Strict):
+class Sandbox(Strict, frozen=True):
     network: Literal["none", "loopback"] = "loopback"
     hostname: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "cellblock"
 
 
-class RuntimePolicy(Strict):
+class RuntimePolicy(Strict, frozen=True):
     enabled: bool = True
     exec: bool = True  # may the code start other programs (execve)?
     socket_families: list[Literal["unix", "inet", "inet6"]] = msgspec.field(
@@ -97,7 +97,7 @@ class RuntimePolicy(Strict):
     pool: Annotated[int, msgspec.Meta(ge=0, le=256)] | None = None  # warm workers; None = fit cores
 
 
-class Profile(Strict):
+class Profile(Strict, frozen=True):
     name: str = ""
     description: str = ""
     limits: RunLimits = RunLimits()

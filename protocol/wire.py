@@ -54,9 +54,7 @@ class Codec(Generic[T]):
 
     def decode(self, frames: list[bytes]) -> T:
         if len(frames) != 2:
-            raise CellblockError(
-                ErrorCode.BAD_FRAME, f"expected 2 frames (version, body), got {len(frames)}"
-            )
+            raise CellblockError(ErrorCode.BAD_FRAME, f"expected 2 frames (version, body), got {len(frames)}")
         version, body = frames
         if version != VERSION:
             raise CellblockError(
@@ -72,9 +70,7 @@ class Codec(Generic[T]):
 
     def decode_body(self, body: bytes) -> T:
         if len(body) > self.max_body:
-            raise CellblockError(
-                ErrorCode.TOO_LARGE, f"frame of {len(body)} bytes is over the {self.max_body} cap"
-            )
+            raise CellblockError(ErrorCode.TOO_LARGE, f"frame of {len(body)} bytes is over the {self.max_body} cap")
         return self._decoder.decode(body)
 
 

@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -44,11 +45,11 @@ from supervisor.policy import Policy
 
 VERSION = "0.1.0"
 _ALL_TAGS = {
-    info.tag
+    str(info.tag)
     for cls in (m.Request, m.Reply, m.Internal)
     for sub in cls.__subclasses__()
     for info in [msgspec.inspect.type_info(sub)]
-    if getattr(info, "tag", None)
+    if isinstance(info, msgspec.inspect.StructType) and info.tag
 }
 
 
@@ -210,8 +211,13 @@ class Broker:
             return
         if raw is not None:
             result = results.from_worker(
-                request.id, ticket.run_id, request.language, state.runtime,
-                ticket.worker or "", raw, self.policy.redactor,
+                request.id,
+                ticket.run_id,
+                request.language,
+                state.runtime,
+                ticket.worker or "",
+                raw,
+                self.policy.redactor,
             )
             result = msgspec.structs.replace(
                 result,
@@ -258,15 +264,22 @@ class Broker:
         request = m.ExecuteRequest(id="self-test-" + runtime, code=view.info.self_test, language=runtime)
         run_id = "st-" + secrets.token_hex(6)
         job = msgspec.structs.replace(
-            self._job(request, self.profile.limits.timeout_ms, self.profile.limits.cpu_ms,
-                      self.profile.limits.memory_mb * MiB, 4096),
+            self._job(
+                request,
+                self.profile.limits.timeout_ms,
+                self.profile.limits.cpu_ms,
+                self.profile.limits.memory_mb * MiB,
+                4096,
+            ),
             id=run_id,
         )
-        state = Request(client=b"", request=request, client_key="", runtime=runtime,
-                        received=time.monotonic(), self_test=True)
+        state = Request(
+            client=b"", request=request, client_key="", runtime=runtime, received=time.monotonic(), self_test=True
+        )
         now = time.monotonic()
-        self.dispatcher.submit(Ticket(run_id=run_id, runtime=runtime, job=job, context=state,
-                                      queued_at=now, wait_deadline=now + 60))
+        self.dispatcher.submit(
+            Ticket(run_id=run_id, runtime=runtime, job=job, context=state, queued_at=now, wait_deadline=now + 60)
+        )
 
     def _self_test_done(self, runtime: str, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
         view = self.runtimes.get(runtime)
@@ -286,8 +299,12 @@ class Broker:
         view.self_test = "failed"
         view.self_test_detail = f"self-test failed ({detail})"
         _log(f"runtime {runtime} not offered: {view.self_test_detail}")
-        self.dispatcher.fail_queued(runtime, ErrorInfo(code=ErrorCode.RUNTIME_UNAVAILABLE,
-                                                       message=f"{runtime} is not available: {view.self_test_detail}"))
+        self.dispatcher.fail_queued(
+            runtime,
+            ErrorInfo(
+                code=ErrorCode.RUNTIME_UNAVAILABLE, message=f"{runtime} is not available: {view.self_test_detail}"
+            ),
+        )
 
     # --- client requests ---------------------------------------------------------------------
 
@@ -300,8 +317,11 @@ class Broker:
             client, body = frames[0], frames[1:]
             try:
                 request = self.client_codec.decode(body)
-            except Exception as exc:  # noqa: BLE001 - every bad frame gets a reply
-                info = self._bad_input(body, exc)
+            except Exception as exc:  # noqa: BLE001 - a bug must not take the broker down
+                try:
+                    info = self._bad_input(body, exc)
+                except Exception:  # noqa: BLE001 - only the message's wording is at stake
+                    info = ErrorInfo(code=ErrorCode.BAD_FRAME, message="frame could not be read")
                 self.counters[f"bad_input_{info.code.value}"] += 1
                 self._reply(client, m.ErrorReply(id="", error=info))
                 continue
@@ -317,7 +337,7 @@ class Broker:
         if info.code == ErrorCode.BAD_MESSAGE and len(body) == 2:
             try:
                 raw = msgspec.msgpack.decode(body[1])
-            except msgspec.DecodeError:
+            except Exception:  # noqa: BLE001 - counted and dropped; a worker cannot get replies
                 return info
             tag = raw.get("type") if isinstance(raw, dict) else None
             if tag in _ALL_TAGS and tag not in {"execute", "status", "grant", "revoke", "grants", "history"}:
@@ -354,12 +374,28 @@ class Broker:
         key = (client, request.id)
         received = time.monotonic()
         if self.draining:
-            self._reply(client, results.from_error(request.id, run_id, request.language, ErrorInfo(
-                code=ErrorCode.SHUTTING_DOWN, message="the service is shutting down; retry shortly")))
+            self._reply(
+                client,
+                results.from_error(
+                    request.id,
+                    run_id,
+                    request.language,
+                    ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the service is shutting down; retry shortly"),
+                ),
+            )
             return
         if key in self.requests:
-            self._reply(client, results.from_error(request.id, run_id, request.language, ErrorInfo(
-                code=ErrorCode.INVALID_REQUEST, message="a request with this id is already running", field="id")))
+            self._reply(
+                client,
+                results.from_error(
+                    request.id,
+                    run_id,
+                    request.language,
+                    ErrorInfo(
+                        code=ErrorCode.INVALID_REQUEST, message="a request with this id is already running", field="id"
+                    ),
+                ),
+            )
             return
         runtime = self.languages.get(request.language.lower())
         try:
@@ -367,13 +403,17 @@ class Broker:
                 raise CellblockError(
                     ErrorCode.UNKNOWN_LANGUAGE if self.runtimes else ErrorCode.RUNTIME_UNAVAILABLE,
                     f"unknown language {request.language!r}; known: {', '.join(sorted(self.languages)) or 'none yet'}"
-                    if self.runtimes else "the service is starting; no runtime is ready yet",
+                    if self.runtimes
+                    else "the service is starting; no runtime is ready yet",
                     "language",
                 )
             view = self.runtimes[runtime]
             if view.self_test == "failed":
-                raise CellblockError(ErrorCode.RUNTIME_UNAVAILABLE,
-                                     f"{runtime} is not available on this host: {view.self_test_detail}", "language")
+                raise CellblockError(
+                    ErrorCode.RUNTIME_UNAVAILABLE,
+                    f"{runtime} is not available on this host: {view.self_test_detail}",
+                    "language",
+                )
             admitted = self.policy.admit(client.hex(), request)
         except CellblockError as exc:
             self.counters[f"rejected_{exc.code.value}"] += 1
@@ -383,22 +423,46 @@ class Broker:
             self._reply(client, msgspec.structs.replace(admitted.reply, id=request.id, run_id=run_id))
             return
         limits = admitted.limits
+        assert limits is not None  # admitted without a reply means limits were resolved
         job = msgspec.structs.replace(
             self._job(request, limits.timeout_ms, limits.cpu_ms, limits.memory_bytes, limits.output_bytes), id=run_id
         )
-        state = Request(client=client, request=request, client_key=admitted.client_key, runtime=runtime,
-                        received=received, findings=admitted.findings, capabilities=admitted.capabilities)
+        state = Request(
+            client=client,
+            request=request,
+            client_key=admitted.client_key,
+            runtime=runtime,
+            received=received,
+            findings=admitted.findings,
+            capabilities=admitted.capabilities,
+        )
         now = time.monotonic()
-        ticket = Ticket(run_id=run_id, runtime=runtime, job=job, context=state, queued_at=now,
-                        wait_deadline=now + self.cfg.config.service.queue_wait_s)
+        ticket = Ticket(
+            run_id=run_id,
+            runtime=runtime,
+            job=job,
+            context=state,
+            queued_at=now,
+            wait_deadline=now + self.cfg.config.service.queue_wait_s,
+        )
         self.requests[key] = run_id
         if not self.dispatcher.submit(ticket):
             self.requests.pop(key, None)
             self.policy.released(admitted.client_key)
-            self._reply(client, results.from_error(request.id, run_id, request.language, ErrorInfo(
-                code=ErrorCode.OVERLOADED,
-                message=f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; retry later"),
-                retry_after_s=1.0))
+            self._reply(
+                client,
+                results.from_error(
+                    request.id,
+                    run_id,
+                    request.language,
+                    ErrorInfo(
+                        code=ErrorCode.OVERLOADED,
+                        message=f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; "
+                        "retry later",
+                    ),
+                    retry_after_s=1.0,
+                ),
+            )
 
     # --- workers -------------------------------------------------------------------------------
 
@@ -469,9 +533,13 @@ class Broker:
                     view.setup_failures = message.setup_failures
                     if not message.healthy:
                         _log(f"runtime {runtime} unhealthy: {message.reason}")
-                        self.dispatcher.fail_queued(runtime, ErrorInfo(
-                            code=ErrorCode.RUNTIME_UNAVAILABLE,
-                            message=f"{runtime} sandboxes cannot be created right now: {message.reason}"))
+                        self.dispatcher.fail_queued(
+                            runtime,
+                            ErrorInfo(
+                                code=ErrorCode.RUNTIME_UNAVAILABLE,
+                                message=f"{runtime} sandboxes cannot be created right now: {message.reason}",
+                            ),
+                        )
 
     # --- status ----------------------------------------------------------------------------------
 
@@ -484,21 +552,38 @@ class Broker:
                 reason = view.reason
             elif view.self_test in ("pending", "running"):
                 reason = "self-test pending"
-            runtimes.append(m.RuntimeStatus(
-                name=name, version=view.info.version, offered=view.offered and view.healthy, reason=reason,
-                warm=stats.warm.get(name, 0), busy=stats.busy.get(name, 0), starting=stats.starting.get(name, 0),
-                target=self.cfg.config.service.pool.get(name, 0), restarts=view.restarts,
-                setup_failures=view.setup_failures,
-            ))
+            runtimes.append(
+                m.RuntimeStatus(
+                    name=name,
+                    version=view.info.version,
+                    offered=view.offered and view.healthy,
+                    reason=reason,
+                    warm=stats.warm.get(name, 0),
+                    busy=stats.busy.get(name, 0),
+                    starting=stats.starting.get(name, 0),
+                    target=self.cfg.config.service.pool.get(name, 0),
+                    restarts=view.restarts,
+                    setup_failures=view.setup_failures,
+                )
+            )
         counters = dict(self.counters)
         counters.update({f"dispatch_{k}": v for k, v in stats.counters.items()})
-        broker_layer = m.LayerStatus(name="broker", active=os.geteuid() != 0,
-                                     detail=f"uid {os.geteuid()}; validates, queues, redacts, records")
+        broker_layer = m.LayerStatus(
+            name="broker", active=os.geteuid() != 0, detail=f"uid {os.geteuid()}; validates, queues, redacts, records"
+        )
         return m.StatusReply(
-            id=request_id, version=VERSION, uptime_s=round(time.monotonic() - self.started, 3),
-            mode=self.mode or "starting", profile=self.profile.name, runtimes=runtimes,
-            layers=[*self.layers, broker_layer], queue=stats.queued, queue_limit=stats.queue_limit,
-            in_flight=stats.in_flight, counters=counters, launcher_generation=self.generation,
+            id=request_id,
+            version=VERSION,
+            uptime_s=round(time.monotonic() - self.started, 3),
+            mode=self.mode or "starting",
+            profile=self.profile.name,
+            runtimes=runtimes,
+            layers=[*self.layers, broker_layer],
+            queue=stats.queued,
+            queue_limit=stats.queue_limit,
+            in_flight=stats.in_flight,
+            counters=counters,
+            launcher_generation=self.generation,
         )
 
     def _maybe_ready(self) -> None:
@@ -523,8 +608,10 @@ class Broker:
         if not self.draining:
             self.draining = True
             self.drain_deadline = time.monotonic() + self.cfg.config.service.drain_s
-            _log(f"draining: {self.dispatcher.statistics().in_flight} running, "
-                 f"{self.dispatcher.statistics().queued} queued")
+            _log(
+                f"draining: {self.dispatcher.statistics().in_flight} running, "
+                f"{self.dispatcher.statistics().queued} queued"
+            )
 
     handle_sigint = handle_sigterm
 
@@ -556,14 +643,14 @@ class Broker:
                     os.read(wake_r, 512)
                 except BlockingIOError:
                     pass
-            if self.launcher is not None and self.launcher.fileno() in events:
-                self._on_launcher()
-            if self.workers in events:
-                self._on_workers()
-            if self.client in events:
-                self._on_client()
-            if self.monitor in events:
-                self._on_monitor()
+            for ready, handle in (
+                (self.launcher is not None and self.launcher.fileno() in events, self._on_launcher),
+                (self.workers in events, self._on_workers),
+                (self.client in events, self._on_client),
+                (self.monitor in events, self._on_monitor),
+            ):
+                if ready:
+                    self._guarded(handle)
             while self.signals:
                 name = signal.Signals(self.signals.popleft()).name.lower()
                 getattr(self, f"handle_{name}", self.handle_sigterm)()
@@ -572,9 +659,18 @@ class Broker:
                 if self.dispatcher.idle:
                     return 0
                 if time.monotonic() >= self.drain_deadline:
-                    self.dispatcher.fail_all(ErrorInfo(code=ErrorCode.SHUTTING_DOWN,
-                                                       message="the service stopped before this run finished"))
+                    self.dispatcher.fail_all(
+                        ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the service stopped before this run finished")
+                    )
                     return 0
+
+    def _guarded(self, handle: Callable[[], None]) -> None:
+        """A bug in one handler must not take the broker (and every client) down."""
+        try:
+            handle()
+        except Exception as exc:  # noqa: BLE001 - a bug in one handler must not stop the loop
+            self.counters["internal_error"] += 1
+            _log(f"internal error in {handle.__name__}: {exc!r}")
 
     def _on_monitor(self) -> None:
         while self.monitor.poll(0):

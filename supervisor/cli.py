@@ -105,13 +105,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         on_chunk = None
         if args.stream and not args.json:
+
             def on_chunk(chunk: m.OutputChunk) -> None:
                 out = sys.stdout if chunk.stream == "stdout" else sys.stderr
                 out.write(chunk.data)
                 out.flush()
+
         with Client(path) as client:
-            result = client.execute(code, _language(args), stdin=stdin, limits=limits,
-                                    client_id=args.client_id or "cli", on_chunk=on_chunk)
+            result = client.execute(
+                code, _language(args), stdin=stdin, limits=limits, client_id=args.client_id or "cli", on_chunk=on_chunk
+            )
     finally:
         if embedded is not None:
             embedded.stop()
@@ -171,8 +174,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for rt in status.runtimes:
         state = "offered" if rt.offered else f"NOT offered ({rt.reason})"
         print(f"  {rt.name:<10} {rt.version:<22} {state}")
-        print(f"  {'':<10} warm {rt.warm}  busy {rt.busy}  starting {rt.starting}  "
-              f"restarts {rt.restarts}  setup failures {rt.setup_failures}")
+        print(
+            f"  {'':<10} warm {rt.warm}  busy {rt.busy}  starting {rt.starting}  "
+            f"restarts {rt.restarts}  setup failures {rt.setup_failures}"
+        )
     print("sandbox layers:")
     for layer in status.layers:
         print(f"  [{'on ' if layer.active else 'off'}] {layer.name:<12} {layer.detail}")

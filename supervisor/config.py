@@ -22,7 +22,7 @@ class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pass
 
 
-class ServiceSection(Strict):
+class ServiceSection(Strict, frozen=True):
     profile: str = "default"
     runtime_dir: str = ""  # default: /run/cellblock (root), $XDG_RUNTIME_DIR/cellblock otherwise
     state_dir: str = ""  # default: /var/lib/cellblock (root), $XDG_STATE_HOME/cellblock otherwise
@@ -35,16 +35,16 @@ class ServiceSection(Strict):
     worker_uid_base: Annotated[int, msgspec.Meta(ge=1000)] = 600_000  # root mode only; + slot
 
 
-class CgroupSection(Strict):
+class CgroupSection(Strict, frozen=True):
     parent: str = ""  # a delegated cgroup directory; empty: choose automatically
 
 
-class ClientPolicy(Strict):
+class ClientPolicy(Strict, frozen=True):
     rate_per_minute: Pos | None = None
     concurrency: Pos | None = None
 
 
-class PolicySection(Strict):
+class PolicySection(Strict, frozen=True):
     rate_per_minute: Pos = 10
     concurrency: Pos = 3
     over_concurrency: Literal["wait", "refuse"] = "wait"
@@ -52,17 +52,17 @@ class PolicySection(Strict):
     grant_roots: list[str] = []  # host paths under which fs grants may be given
 
 
-class HistorySection(Strict):
+class HistorySection(Strict, frozen=True):
     enabled: bool = True
     retention_days: Pos = 30
     max_rows: Pos = 100_000
 
 
-class RedactionSection(Strict):
+class RedactionSection(Strict, frozen=True):
     enabled: bool = True
 
 
-class Config(Strict):
+class Config(Strict, frozen=True):
     service: ServiceSection = ServiceSection()
     cgroups: CgroupSection = CgroupSection()
     policy: PolicySection = PolicySection()

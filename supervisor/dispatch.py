@@ -209,11 +209,14 @@ class Dispatcher:
             warm.clear()
 
     def new_generation(self, generation: int) -> None:
-        """A new launcher (or a new link to it): the old workers are being killed."""
+        """A new launcher, or a new link to the same one. Idle workers of the old
+        generation are gone or going; busy ones either finish and report (the
+        launcher died, its workers did not) or are reported as exited by the
+        launcher that killed them, and the broker's deadline covers the rest."""
         self.generation = generation
         for entry in list(self.workers.values()):
-            if entry.generation != generation:
-                self.exited(entry.worker_id, "the launcher restarted")
+            if entry.generation != generation and entry.state is not WorkerState.BUSY:
+                self.workers.pop(entry.worker_id, None)
         for warm in self.warm.values():
             warm.clear()
 
@@ -228,8 +231,7 @@ class Dispatcher:
                 if ticket.lost:
                     self.counters["worker_lost"] += 1
                     message = (
-                        f"the sandbox running this job died before reporting ({ticket.lost}); "
-                        "the run did not complete"
+                        f"the sandbox running this job died before reporting ({ticket.lost}); the run did not complete"
                     )
                 else:
                     self.counters["broker_deadline"] += 1

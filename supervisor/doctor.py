@@ -47,19 +47,33 @@ def checks() -> list[tuple[str, str, str, str]]:
                 fix = "sysctl kernel.apparmor_restrict_unprivileged_userns=0, or run the service as root"
             elif _read("/proc/sys/user/max_user_namespaces") == "0":
                 fix = "sysctl user.max_user_namespaces=15000"
-        rows.append(("namespaces", OK if ok else MISSING, "user namespaces work" if ok else f"unshare failed: {why}", fix))
+        rows.append(
+            ("namespaces", OK if ok else MISSING, "user namespaces work" if ok else f"unshare failed: {why}", fix)
+        )
     else:
         rows.append(("namespaces", OK, "root can create every namespace", ""))
     layout, reason = cgroups.detect("doctor", root)
     if layout is not None:
         rows.append(("cgroups", OK, layout.detail, ""))
     else:
-        rows.append(("cgroups", WARN, reason,
-                     "run as root, or delegate a cgroup (systemd: Delegate=yes) and set cgroups.parent; "
-                     "until then memory and pids use rlimits"))
+        rows.append(
+            (
+                "cgroups",
+                WARN,
+                reason,
+                "run as root, or delegate a cgroup (systemd: Delegate=yes) and set cgroups.parent; "
+                "until then memory and pids use rlimits",
+            )
+        )
     lib = ctypes.util.find_library("seccomp")
-    rows.append(("seccomp", OK if lib else MISSING, f"libseccomp: {lib}" if lib else "libseccomp not found",
-                 "" if lib else "apt-get install libseccomp2"))
+    rows.append(
+        (
+            "seccomp",
+            OK if lib else MISSING,
+            f"libseccomp: {lib}" if lib else "libseccomp not found",
+            "" if lib else "apt-get install libseccomp2",
+        )
+    )
     try:
         import prctl  # noqa: F401
 
@@ -70,8 +84,14 @@ def checks() -> list[tuple[str, str, str, str]]:
     if seccomp_mode and "NoNewPrivs:\t1" in seccomp_mode:
         rows.append(("privileges", WARN, "this shell already has no_new_privs", "fine; noted for debugging"))
     bwrap = shutil.which("bwrap")
-    rows.append(("benchmark", OK if bwrap else WARN, f"bubblewrap at {bwrap}" if bwrap else "no bubblewrap",
-                 "" if bwrap else "apt-get install bubblewrap (only for the benchmark's baseline)"))
+    rows.append(
+        (
+            "benchmark",
+            OK if bwrap else WARN,
+            f"bubblewrap at {bwrap}" if bwrap else "no bubblewrap",
+            "" if bwrap else "apt-get install bubblewrap (only for the benchmark's baseline)",
+        )
+    )
     return rows
 
 

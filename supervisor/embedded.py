@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from typing import IO
 
 from supervisor.main import PROJECT_ROOT
 
@@ -25,22 +26,39 @@ class EmbeddedError(Exception):
 
 
 class Embedded:
-    def __init__(self, config: str | None = None, pool: int = 1, profile: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: str | None = None,
+        pool: int = 1,
+        profile: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.pool = pool
         self.profile = profile
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.tmp = ""
+        self.rundir = ""
+        self.log: IO[bytes] | None = None
 
     def start(self) -> str:
         self.tmp = tempfile.mkdtemp(prefix="cellblock-")
-        os.chmod(self.tmp, 0o711)  # the broker (its own uid when root) must reach its directory
-        rundir = os.path.join(self.tmp, "run")
+        os.chmod(self.tmp, 0o711)  # noqa: S103 - traverse only; the broker (its own uid when root) must reach its directory
+        rundir = self.rundir = os.path.join(self.tmp, "run")
         ready_r, ready_w = os.pipe()
-        cmd = [sys.executable, "-m", "supervisor.cli", "serve", "--runtime-dir", rundir,
-               "--pool", str(self.pool), "--ready-fd", str(ready_w)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "supervisor.cli",
+            "serve",
+            "--runtime-dir",
+            rundir,
+            "--pool",
+            str(self.pool),
+            "--ready-fd",
+            str(ready_w),
+        ]
         if self.config:
             cmd += ["--config", self.config]
         if self.profile:
@@ -68,6 +86,8 @@ class Embedded:
         return os.path.join(rundir, "client.sock")
 
     def log_text(self) -> str:
+        if self.log is None:
+            return ""
         self.log.seek(0)
         return self.log.read().decode("utf-8", "replace")
 
@@ -82,6 +102,9 @@ class Embedded:
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = ""
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def __enter__(self) -> Embedded:
         self.start()
@@ -89,5 +112,3 @@ class Embedded:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

@@ -30,10 +30,10 @@ import msgspec
 from protocol import messages as m
 from protocol.profile import MiB, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
+from supervisor.pool import Pool
 from worker import cgroups, mounts, namespaces, privileges, sandbox, seccomp
 from worker.runtimes import RUNTIMES
 from worker.runtimes.base import Runtime
-from supervisor.pool import Pool
 
 SANDBOX_UID_IN_USERNS = 1000
 
@@ -90,9 +90,13 @@ class Launcher:
             ok, detail = runtime.probe()
             self.runtime_info.append(
                 m.RuntimeInfo(
-                    name=name, version=detail if ok else "", languages=list(cls.languages),
-                    available=ok, reason="" if ok else detail,
-                    self_test=cls.self_test[0], self_test_expect=cls.self_test[1],
+                    name=name,
+                    version=detail if ok else "",
+                    languages=list(cls.languages),
+                    available=ok,
+                    reason="" if ok else detail,
+                    self_test=cls.self_test[0],
+                    self_test_expect=cls.self_test[1],
                 )
             )
             if ok:
@@ -117,8 +121,14 @@ class Launcher:
         else:
             self.layers.append(m.LayerStatus(name="cgroups", active=False, detail="off in the profile; rlimits only"))
         self.layout = layout
-        self.layers.append(m.LayerStatus(name="rlimits", active=True, detail="cpu, nofile, fsize, nproc, core"
-                                         + ("" if layout and layout.version("memory") else ", as (memory)")))
+        self.layers.append(
+            m.LayerStatus(
+                name="rlimits",
+                active=True,
+                detail="cpu, nofile, fsize, nproc, core"
+                + ("" if layout and layout.version("memory") else ", as (memory)"),
+            )
+        )
         # The template root.
         root = os.path.join(cfg.rundir, "root")
         binds = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS]
@@ -126,9 +136,7 @@ class Launcher:
             binds += [mounts.Bind(p, p) for p in runtime.host_paths()]
         binds += [mounts.Bind(x.src, x.target, x.optional) for x in profile.mounts]
         uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base
-        template = mounts.build_template(
-            root, binds, mounts.etc_files(profile.sandbox.hostname, uid, uid)
-        )
+        template = mounts.build_template(root, binds, mounts.etc_files(profile.sandbox.hostname, uid, uid))
         self.layers.append(
             m.LayerStatus(
                 name="filesystem",
@@ -136,30 +144,49 @@ class Launcher:
                 detail=f"read-only template root, {len(template.binds)} binds, tmpfs /tmp and /work, pivot_root",
             )
         )
-        self.layers.append(m.LayerStatus(name="network", active=True, detail={
-            "loopback": "own network namespace, loopback only", "none": "own network namespace, no interfaces up"
-        }[profile.sandbox.network]))
-        self.layers.append(m.LayerStatus(
-            name="privileges", active=True,
-            detail=("user namespace, sandbox uid 1000 inside" if cfg.unprivileged
-                    else f"uid {cfg.worker_uid_base}+slot") + "; no capabilities, no_new_privs, securebits locked",
-        ))
+        self.layers.append(
+            m.LayerStatus(
+                name="network",
+                active=True,
+                detail={
+                    "loopback": "own network namespace, loopback only",
+                    "none": "own network namespace, no interfaces up",
+                }[profile.sandbox.network],
+            )
+        )
+        self.layers.append(
+            m.LayerStatus(
+                name="privileges",
+                active=True,
+                detail=(
+                    "user namespace, sandbox uid 1000 inside" if cfg.unprivileged else f"uid {cfg.worker_uid_base}+slot"
+                )
+                + "; no capabilities, no_new_privs, securebits locked",
+            )
+        )
         # seccomp, compiled once in a helper so libseccomp never enters this heap.
         programs = None
         if profile.layers.seccomp != "off":
             policies = [seccomp.monitor_policy()]
             for name, runtime in self.runtimes.items():
                 policy = profile.runtimes[name]
-                policies.append(seccomp.Policy(
-                    name=name,
-                    extra_allow=runtime.extra_syscalls,
-                    exec=policy.exec,
-                    socket_families=tuple(policy.socket_families),
-                ))
+                policies.append(
+                    seccomp.Policy(
+                        name=name,
+                        extra_allow=runtime.extra_syscalls,
+                        exec=policy.exec,
+                        socket_families=tuple(policy.socket_families),
+                    )
+                )
             try:
                 programs = seccomp.build_in_helper(policies).filters
-                self.layers.append(m.LayerStatus(name="seccomp", active=True,
-                                                 detail="allowlist per runtime + deny filter; x32 and foreign arches killed"))
+                self.layers.append(
+                    m.LayerStatus(
+                        name="seccomp",
+                        active=True,
+                        detail="allowlist per runtime + deny filter; x32 and foreign arches killed",
+                    )
+                )
             except RuntimeError as exc:
                 if profile.layers.seccomp == "required":
                     self._unavailable(f"seccomp is required by the profile but {exc}")
@@ -202,7 +229,10 @@ class Launcher:
         dirs: dict[str, str] = {}
         if self.layout is not None:
             dirs = cgroups.prepare_slot(
-                self.layout, slot, self.profile.limits.memory_mb * MiB, self.profile.fixed.pids,
+                self.layout,
+                slot,
+                self.profile.limits.memory_mb * MiB,
+                self.profile.fixed.pids,
                 self.profile.fixed.cpu_quota,
             )
         spec = sandbox.WorkerSpec(worker_id=worker_id, runtime=runtime, uid=uid, gid=uid, cgroup_dirs=dirs)

@@ -123,25 +123,34 @@ class Supervisor:
 
     def _launcher_payload(self) -> bytes:
         service = self.config.service
-        pools = {name: service.pool.get(name, policy.pool if policy.pool is not None else default_pool())
-                 for name, policy in self.profile.runtimes.items()}
-        return msgspec.msgpack.encode(launcher_mod.LauncherConfig(
-            rundir=self.rundir,
-            profile=self.profile,
-            pools=pools,
-            unprivileged=not self.root,
-            broker_uid=service.broker_uid if self.root else 0,
-            worker_uid_base=service.worker_uid_base,
-            slots=service.slots,
-            cgroup_parent=self.config.cgroups.parent,
-            instance=self.instance,
-        ))
+        pools = {
+            name: service.pool.get(name, policy.pool if policy.pool is not None else default_pool())
+            for name, policy in self.profile.runtimes.items()
+        }
+        return msgspec.msgpack.encode(
+            launcher_mod.LauncherConfig(
+                rundir=self.rundir,
+                profile=self.profile,
+                pools=pools,
+                unprivileged=not self.root,
+                broker_uid=service.broker_uid if self.root else 0,
+                worker_uid_base=service.worker_uid_base,
+                slots=service.slots,
+                cgroup_parent=self.config.cgroups.parent,
+                instance=self.instance,
+            )
+        )
 
     def _broker_payload(self) -> bytes:
-        return msgspec.msgpack.encode(broker_mod.BrokerConfig(
-            rundir=self.rundir, statedir=self.statedir, profile=self.profile, config=self.config,
-            drop_to=self.config.service.broker_uid if self.root else -1,
-        ))
+        return msgspec.msgpack.encode(
+            broker_mod.BrokerConfig(
+                rundir=self.rundir,
+                statedir=self.statedir,
+                profile=self.profile,
+                config=self.config,
+                drop_to=self.config.service.broker_uid if self.root else -1,
+            )
+        )
 
     def start_launcher(self) -> None:
         self._spawn(self.launcher, "supervisor.launcher", self._launcher_payload())
@@ -177,8 +186,10 @@ class Supervisor:
                 ready_pending = False
                 os.read(self.ready_r, 1)
                 os.close(self.ready_r)
-                log(f"serving on ipc://{os.path.join(self.rundir, 'client.sock')} (profile {self.profile.name}, "
-                    f"{'root' if self.root else 'unprivileged'} mode)")
+                log(
+                    f"serving on ipc://{os.path.join(self.rundir, 'client.sock')} (profile {self.profile.name}, "
+                    f"{'root' if self.root else 'unprivileged'} mode)"
+                )
                 if self.ready_fd >= 0:
                     os.write(self.ready_fd, b"R")
                     os.close(self.ready_fd)
@@ -216,8 +227,10 @@ class Supervisor:
         while child.starts and child.starts[0] < now - RESTART_WINDOW_S:
             child.starts.popleft()
         if len(child.starts) >= RESTARTS:
-            log(f"{child.name} died {len(child.starts)} times within {RESTART_WINDOW_S:.0f} s "
-                f"(last exit {code}); giving up")
+            log(
+                f"{child.name} died {len(child.starts)} times within {RESTART_WINDOW_S:.0f} s "
+                f"(last exit {code}); giving up"
+            )
             self.exit_code = 1
             self.stopping = True
             return

@@ -45,12 +45,21 @@ def assemble(
 
 
 def from_worker(
-    request_id: str, run_id: str, language: str, runtime: str, worker: str, raw: m.WorkerResult,
+    request_id: str,
+    run_id: str,
+    language: str,
+    runtime: str,
+    worker: str,
+    raw: m.WorkerResult,
     redactor: Redactor | None,
 ) -> m.ExecuteResult:
     counts: collections.Counter[str] = collections.Counter()
-    stdout, out_cut, out_dropped = assemble("stdout", raw.stdout_head, raw.stdout_tail, raw.stdout_total, redactor, counts)
-    stderr, err_cut, err_dropped = assemble("stderr", raw.stderr_head, raw.stderr_tail, raw.stderr_total, redactor, counts)
+    stdout, out_cut, out_dropped = assemble(
+        "stdout", raw.stdout_head, raw.stdout_tail, raw.stdout_total, redactor, counts
+    )
+    stderr, err_cut, err_dropped = assemble(
+        "stderr", raw.stderr_head, raw.stderr_tail, raw.stderr_total, redactor, counts
+    )
     return m.ExecuteResult(
         id=request_id,
         run_id=run_id,

@@ -23,7 +23,7 @@ from protocol.wire import worker_codec
 from worker.cgroups import Meter
 from worker.exits import WorkerExit
 from worker.payload import EXITED, MEMORY_ERROR
-from worker.zmtp import Dealer, frame_bytes
+from worker.zmtp import Dealer, Parser, frame_bytes
 
 READ_SIZE = 1 << 16
 _codec = worker_codec()
@@ -148,7 +148,7 @@ class Monitor:
     def warm(self) -> None:
         """Walk the job path once on dummies, so its copy-on-write faults happen now."""
         job = m.Job(id="warm", code="", timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=4)
-        scratch = Dealer(None)  # type: ignore[arg-type]
+        scratch = Parser()
         scratch.feed(frame_bytes(_codec.encode(job)))
         for frames in scratch.take():
             _codec.decode(frames)
@@ -255,9 +255,7 @@ class Monitor:
             memory_peak_bytes=peak,
         )
 
-    def _pump(
-        self, job: m.Job, out: Capture, err: Capture, outcome: Outcome, deadline: float, fast: bool
-    ) -> None:
+    def _pump(self, job: m.Job, out: Capture, err: Capture, outcome: Outcome, deadline: float, fast: bool) -> None:
         stdin = job.stdin.encode()
         poller = select.poll()
         for fd in (self.stdout_r, self.stderr_r, self.pidfd, self.report_r):
@@ -285,7 +283,7 @@ class Monitor:
                     _kill_all(signal.SIGKILL)
                     killing_at = time.monotonic() + 5.0
                 continue
-            for fd, event in events:
+            for fd, _ in events:
                 if fd == self.pidfd:
                     _, status = os.waitpid(self.payload_pid, 0)
                     if not outcome.reported:

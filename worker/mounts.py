@@ -106,7 +106,7 @@ def build_template(root: str, binds: list[Bind], etc: dict[str, str]) -> Templat
             out.write(text)
     for name in DEV_NODES:
         target = os.path.join(root, "dev", name)
-        open(target, "w").close()  # noqa: SIM115 - an empty mount point
+        open(target, "w").close()
         sc.mount("/dev/" + name, target, None, sc.MS_BIND)
     for name, dest in DEV_LINKS.items():
         os.symlink(dest, os.path.join(root, "dev", name))
@@ -128,7 +128,7 @@ def build_template(root: str, binds: list[Bind], etc: dict[str, str]) -> Templat
             parent = _mkdirs(root, os.path.dirname(bind.dst), 0o755)
             target = os.path.join(parent, os.path.basename(bind.dst))
             if not os.path.lexists(target):
-                open(target, "w").close()  # noqa: SIM115 - an empty mount point
+                open(target, "w").close()
         _bind_ro(bind.src, target)
         done.add(bind.dst)
     sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
@@ -140,9 +140,7 @@ def enter_root(template: str, tmp_mb: int, work_mb: int, uid: int, gid: int) -> 
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.mount(template, template, None, sc.MS_BIND | sc.MS_REC)
     sc.mount("tmpfs", template + "/tmp", "tmpfs", SCRATCH, f"size={tmp_mb}m,mode=1777")
-    sc.mount(
-        "tmpfs", template + "/work", "tmpfs", SCRATCH, f"size={work_mb}m,mode=0700,uid={uid},gid={gid}"
-    )
+    sc.mount("tmpfs", template + "/work", "tmpfs", SCRATCH, f"size={work_mb}m,mode=0700,uid={uid},gid={gid}")
     sc.mount("proc", template + "/proc", "proc", SCRATCH)
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching
     # "." then drops it, with no put_old directory left in the sandbox's view.

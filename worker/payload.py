@@ -64,7 +64,7 @@ def _arrange(fds: PayloadFds) -> None:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 1 << 20)
         if not chunk:
@@ -72,8 +72,9 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def _setup(fds: PayloadFds, runtime: Runtime, profile: Profile, program: tuple[bytes, bytes] | None,
-           memory_fallback: bool) -> None:
+def _setup(
+    fds: PayloadFds, runtime: Runtime, profile: Profile, program: tuple[bytes, bytes] | None, memory_fallback: bool
+) -> None:
     step = WorkerExit.SETUP_RLIMITS
     try:
         _arrange(fds)
@@ -100,8 +101,9 @@ def _setup(fds: PayloadFds, runtime: Runtime, profile: Profile, program: tuple[b
         os._exit(step)
 
 
-def become_payload(fds: PayloadFds, runtime: Runtime, profile: Profile,
-                   program: tuple[bytes, bytes] | None, memory_fallback: bool) -> NoReturn:
+def become_payload(
+    fds: PayloadFds, runtime: Runtime, profile: Profile, program: tuple[bytes, bytes] | None, memory_fallback: bool
+) -> NoReturn:
     code = int(WorkerExit.INTERNAL)
     try:
         _setup(fds, runtime, profile, program, memory_fallback)

@@ -14,7 +14,6 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
 
 import msgspec
 
@@ -64,36 +63,36 @@ def step(code: WorkerExit) -> Iterator[None]:
         yield
     except StepFailed:
         raise
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes the step's code
+    except BaseException as exc:
         raise StepFailed(code, exc) from exc
 
 
 def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
     """Make one worker; return its monitor's pid. In the child this never returns.
 
-    The order, in the monitor (pid 1 of the new pid namespace):
+     The order, in the monitor (pid 1 of the new pid namespace):
 
-    1. namespaces  clone() into new pid, mount, net, ipc and uts namespaces,
-                   plus a user namespace when the service is not root; the
-                   child resets signal handling and closes inherited descriptors
-    2. identity    (user namespace) map the sandbox uid/gid to the launcher's
-    3. cgroups     join the slot's memory, pids and cpu cgroups, open the
-                   memory meter, then unshare a cgroup namespace
-    4. connect     ZMTP connection to the broker's worker socket, made while
-                   the socket is still in view (it never is in the sandbox)
-    5. mounts      template root with tmpfs /tmp and /work and a new /proc;
-                   pivot_root; the old root detached
-    6. network     loopback up (profile network "loopback"), else left down;
-                   hostname set
-    7. privileges  securebits locked, bounding and ambient sets dropped,
-                   supplementary groups cleared, uid/gid changed, capability
-                   sets emptied, no_new_privs; checked against /proc
-    8. payload     fork the payload, which closes every other descriptor,
-                   starts a session, takes its rlimits, builds its environment,
-                   warms its runtime, and loads its seccomp filters last
-    9. seccomp     the monitor makes itself not dumpable and loads its own
-                   filter, last
-   10. ready       the monitor tells the broker, then waits for one job
+     1. namespaces  clone() into new pid, mount, net, ipc and uts namespaces,
+                    plus a user namespace when the service is not root; the
+                    child resets signal handling and closes inherited descriptors
+     2. identity    (user namespace) map the sandbox uid/gid to the launcher's
+     3. cgroups     join the slot's memory, pids and cpu cgroups, open the
+                    memory meter, then unshare a cgroup namespace
+     4. connect     ZMTP connection to the broker's worker socket, made while
+                    the socket is still in view (it never is in the sandbox)
+     5. mounts      template root with tmpfs /tmp and /work and a new /proc;
+                    pivot_root; the old root detached
+     6. network     loopback up (profile network "loopback"), else left down;
+                    hostname set
+     7. privileges  securebits locked, bounding and ambient sets dropped,
+                    supplementary groups cleared, uid/gid changed, capability
+                    sets emptied, no_new_privs; checked against /proc
+     8. payload     fork the payload, which closes every other descriptor,
+                    starts a session, takes its rlimits, builds its environment,
+                    warms its runtime, and loads its seccomp filters last
+     9. seccomp     the monitor makes itself not dumpable and loads its own
+                    filter, last
+    10. ready       the monitor tells the broker, then waits for one job
     """
     pid = namespaces.clone_worker(ctx.user_namespace)
     if pid:

@@ -42,13 +42,55 @@ def frame_bytes(frames: list[bytes]) -> bytes:
     return b"".join(_frame(0 if i == last else _MORE, f) for i, f in enumerate(frames))
 
 
-class Dealer:
-    """Blocking DEALER end of one ZMTP connection to a ROUTER."""
+class Parser:
+    """Turns received ZMTP bytes into messages (commands answered by ``command``)."""
 
-    def __init__(self, sock: socket.socket | None) -> None:
-        self._sock = sock
+    def __init__(self) -> None:
         self._buffer = bytearray()
         self._parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def command(self, body: bytes) -> None:
+        """A ZMTP command arrived (none is expected from a ROUTER without heartbeats)."""
+
+    def take(self) -> list[list[bytes]]:
+        """Whole messages from what was fed so far."""
+        messages = []
+        buf = self._buffer
+        while True:
+            if len(buf) < 2:
+                break
+            flags = buf[0]
+            if flags & _LONG:
+                if len(buf) < 9:
+                    break
+                size = struct.unpack_from(">Q", buf, 1)[0]
+                start = 9
+            else:
+                size = buf[1]
+                start = 2
+            if len(buf) < start + size:
+                break
+            body = bytes(buf[start : start + size])
+            del buf[: start + size]
+            if flags & _COMMAND:
+                self.command(body)
+                continue
+            self._parts.append(body)
+            if not flags & _MORE:
+                messages.append(self._parts)
+                self._parts = []
+        return messages
+
+
+class Dealer(Parser):
+    """Blocking DEALER end of one ZMTP connection to a ROUTER."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
 
     @classmethod
     def connect(cls, path: str, identity: bytes, timeout: float = 5.0) -> Dealer:
@@ -94,39 +136,10 @@ class Dealer:
     def send(self, frames: list[bytes]) -> None:
         self._sock.sendall(frame_bytes(frames))
 
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-
-    def take(self) -> list[list[bytes]]:
-        """Whole messages from what was fed so far."""
-        messages = []
-        buf = self._buffer
-        while True:
-            if len(buf) < 2:
-                break
-            flags = buf[0]
-            if flags & _LONG:
-                if len(buf) < 9:
-                    break
-                size = struct.unpack_from(">Q", buf, 1)[0]
-                start = 9
-            else:
-                size = buf[1]
-                start = 2
-            if len(buf) < start + size:
-                break
-            body = bytes(buf[start : start + size])
-            del buf[: start + size]
-            if flags & _COMMAND:
-                if body.startswith(b"\x04PING"):
-                    # PING: ttl(2) + context; answer PONG with the same context.
-                    self._sock.sendall(_frame(_COMMAND, b"\x04PONG" + body[7:]))
-                continue
-            self._parts.append(body)
-            if not flags & _MORE:
-                messages.append(self._parts)
-                self._parts = []
-        return messages
+    def command(self, body: bytes) -> None:
+        if body.startswith(b"\x04PING"):
+            # PING: ttl(2) + context; answer PONG with the same context.
+            self._sock.sendall(_frame(_COMMAND, b"\x04PONG" + body[7:]))
 
     def recv_available(self) -> list[list[bytes]] | None:
         """Read what the socket has now; return whole messages, None on EOF."""

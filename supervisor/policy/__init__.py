@@ -27,7 +27,9 @@ class Admitted:
 
 
 class Policy:
-    def __init__(self, config: Config, profile: Profile, state_dir: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, profile: Profile, state_dir: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.profile = profile
         self.clock = clock
@@ -44,8 +46,15 @@ class Policy:
     def released(self, client_key: str) -> None:
         pass
 
-    def finished(self, client_key: str, request: m.ExecuteRequest, run_id: str, result: m.ExecuteResult,
-                 capabilities: list[m.Capability], received: float) -> None:
+    def finished(
+        self,
+        client_key: str,
+        request: m.ExecuteRequest,
+        run_id: str,
+        result: m.ExecuteResult,
+        capabilities: list[m.Capability],
+        received: float,
+    ) -> None:
         pass
 
     def stream_text(self, streams: dict[str, object], name: str, data: bytes) -> str:
@@ -54,7 +63,9 @@ class Policy:
     def admin(self, request: m.Request) -> m.Reply:
         from protocol.errors import ErrorCode, ErrorInfo
 
-        return m.ErrorReply(id=getattr(request, "id", ""), error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message="not available yet"))
+        return m.ErrorReply(
+            id=getattr(request, "id", ""), error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message="not available yet")
+        )
 
     def close(self) -> None:
         pass

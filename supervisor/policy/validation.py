@@ -45,7 +45,9 @@ def check_sizes(profile: Profile, request: m.ExecuteRequest) -> None:
     stdin_bytes = len(request.stdin.encode("utf-8", "surrogatepass"))
     if stdin_bytes > fixed.stdin_bytes:
         raise CellblockError(
-            ErrorCode.TOO_LARGE, f"stdin is {stdin_bytes} bytes; this profile takes at most {fixed.stdin_bytes}", "stdin"
+            ErrorCode.TOO_LARGE,
+            f"stdin is {stdin_bytes} bytes; this profile takes at most {fixed.stdin_bytes}",
+            "stdin",
         )
 
 

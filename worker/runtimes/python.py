@@ -72,13 +72,12 @@ class PythonRuntime(Runtime):
 
     def _execute(self, job: Job, final: bool) -> int:
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-        sys.stdout = io.TextIOWrapper(
-            io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=job.stream
-        )
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=job.stream)
         sys.stderr = io.TextIOWrapper(
             io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
         )
-        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+        for name in ("stdin", "stdout", "stderr"):
+            setattr(sys, f"__{name}__", getattr(sys, name))
         source = job.code
         linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
         main = types.ModuleType("__main__")
@@ -101,7 +100,7 @@ class PythonRuntime(Runtime):
             try:
                 threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads
                 atexit._run_exitfuncs()
-            except BaseException:  # noqa: BLE001, S110 - the run is over either way
+            except BaseException:  # noqa: BLE001, S110 - a closed pipe; nothing to say
                 pass
         for stream in (sys.stdout, sys.stderr):
             try:

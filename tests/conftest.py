@@ -1,0 +1,156 @@
+"""Shared fixtures: real services in private runtime directories.
+
+Nothing here fakes the sandbox. ``service`` starts the real ``cellblock
+serve`` (main, launcher, broker, workers) once per session; tests that kill
+parts of it use ``fresh_service``. Every service is stopped at teardown:
+SIGTERM, wait, then SIGKILL of its whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import textwrap
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+from protocol import messages as m
+from protocol.client import Client
+from supervisor.embedded import Embedded
+
+ROOT = os.geteuid() == 0
+
+
+def write_config(directory: pathlib.Path, extra: str = "") -> str:
+    path = directory / "cellblock.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [service]
+            state_dir = "{directory / "state"}"
+            queue_wait_s = 60
+
+            [policy]
+            rate_per_minute = 100000
+            concurrency = 1000
+            """
+        )
+        + textwrap.dedent(extra)
+    )
+    return str(path)
+
+
+class Service:
+    """A running service and what a test needs to poke at it."""
+
+    def __init__(self, embedded: Embedded, socket: str, directory: pathlib.Path) -> None:
+        self.embedded = embedded
+        self.socket = socket
+        self.directory = directory
+        self.rundir = embedded.rundir
+
+    @property
+    def main(self) -> psutil.Process:
+        assert self.embedded.proc is not None
+        return psutil.Process(self.embedded.proc.pid)
+
+    def child(self, module: str) -> psutil.Process:
+        for proc in self.main.children():
+            if module in " ".join(proc.cmdline()):
+                return proc
+        raise LookupError(module)
+
+    @property
+    def launcher(self) -> psutil.Process:
+        return self.child("supervisor.launcher")
+
+    @property
+    def broker(self) -> psutil.Process:
+        return self.child("supervisor.broker")
+
+    def workers(self) -> list[psutil.Process]:
+        """Worker monitors (children of the launcher)."""
+        try:
+            return self.launcher.children()
+        except LookupError:
+            return []
+
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    def status(self) -> m.StatusReply:
+        with self.client() as client:
+            return client.status()
+
+    def wait_warm(self, runtime: str = "python", at_least: int = 1, timeout: float = 20.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                status = self.status()
+            except Exception:  # noqa: BLE001 - not answering yet is what we wait out
+                status = None
+            if status is not None:
+                for rt in status.runtimes:
+                    if rt.name == runtime and rt.offered and rt.warm >= at_least:
+                        return
+            time.sleep(0.05)
+        raise TimeoutError(f"no warm {runtime} worker within {timeout} s")
+
+    def stop(self) -> None:
+        proc = self.embedded.proc
+        pgid = proc.pid if proc is not None else None
+        self.embedded.stop()
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture(scope="session")
+def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+
+    def start(pool: int = 2, profile: str | None = None, config: str = "") -> Service:
+        directory = tmp_path_factory.mktemp("svc")
+        os.chmod(directory, 0o711)
+        embedded = Embedded(config=write_config(directory, config), pool=pool, profile=profile)
+        socket = embedded.start()
+        service = Service(embedded, socket, directory)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def service(service_factory: Callable[..., Service]) -> Service:
+    return service_factory(pool=3)
+
+
+@pytest.fixture
+def fresh_service(service_factory: Callable[..., Service]) -> Iterator[Service]:
+    svc = service_factory(pool=2)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(service: Service) -> Iterator[Client]:
+    with service.client() as c:
+        yield c
+
+
+@pytest.fixture
+def run(client: Client) -> Callable[..., m.ExecuteResult]:
+    def execute(code: str, **kwargs: object) -> m.ExecuteResult:
+        return client.execute(textwrap.dedent(code), **kwargs)  # type: ignore[arg-type]
+
+    return execute

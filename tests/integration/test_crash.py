@@ -1,0 +1,112 @@
+"""Killing parts of the service mid-run: every waiting client gets a final reply,
+and the service recovers by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from protocol import messages as m
+from protocol.client import Client
+
+pytestmark = pytest.mark.integration
+SLOW = "import time; time.sleep(3); print('finished')"
+
+
+def start_run(socket: str, code: str = SLOW) -> tuple[threading.Thread, list[m.ExecuteResult]]:
+    out: list[m.ExecuteResult] = []
+
+    def go() -> None:
+        with Client(socket) as client:
+            out.append(client.execute(code, limits=m.Limits(timeout_ms=20_000)))
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread, out
+
+
+def wait_busy(service: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = service.status()  # type: ignore[attr-defined]
+        if status.in_flight:
+            return
+        time.sleep(0.02)
+    raise TimeoutError("the run never started")
+
+
+def recovers(service: object) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        with Client(service.socket) as client:  # type: ignore[attr-defined]
+            result = client.execute("print('again')")
+        if result.status is m.Status.OK:
+            assert result.stdout == "again\n"
+            return
+        assert time.monotonic() < deadline, result
+        time.sleep(0.2)
+
+
+def test_sigkill_of_the_worker(fresh_service: object) -> None:
+    thread, out = start_run(fresh_service.socket)  # type: ignore[attr-defined]
+    wait_busy(fresh_service)
+    for worker in fresh_service.workers():  # type: ignore[attr-defined]
+        worker.kill()
+    thread.join(15)
+    (result,) = out
+    assert result.status is m.Status.INTERNAL_ERROR
+    assert result.error is not None and result.error.code == "worker_lost"
+    recovers(fresh_service)
+
+
+def test_sigkill_of_the_launcher(fresh_service: object) -> None:
+    launcher = fresh_service.launcher  # type: ignore[attr-defined]
+    thread, out = start_run(fresh_service.socket)  # type: ignore[attr-defined]
+    wait_busy(fresh_service)
+    launcher.kill()
+    thread.join(15)
+    (result,) = out
+    # The run's sandbox does not depend on the launcher: it finishes and reports.
+    assert result.status is m.Status.OK and result.stdout == "finished\n"
+    recovers(fresh_service)
+    assert fresh_service.launcher.pid != launcher.pid  # type: ignore[attr-defined]
+
+
+def test_sigkill_of_the_broker(fresh_service: object) -> None:
+    broker = fresh_service.broker  # type: ignore[attr-defined]
+    thread, out = start_run(fresh_service.socket)  # type: ignore[attr-defined]
+    wait_busy(fresh_service)
+    broker.kill()
+    thread.join(15)
+    (result,) = out
+    assert result.status is m.Status.INTERNAL_ERROR
+    assert result.error is not None and result.error.code == "connection_lost"
+    recovers(fresh_service)
+    assert fresh_service.broker.pid != broker.pid  # type: ignore[attr-defined]
+
+
+def test_sigterm_drains_then_stops_everything(fresh_service: object) -> None:
+    thread, out = start_run(fresh_service.socket, "import time; time.sleep(1); print('drained')")  # type: ignore[attr-defined]
+    wait_busy(fresh_service)
+    main = fresh_service.main  # type: ignore[attr-defined]
+    tree = [main, *main.children(recursive=True)]
+    os.kill(main.pid, signal.SIGTERM)
+    thread.join(15)
+    (result,) = out
+    assert result.status is m.Status.OK and result.stdout == "drained\n"
+    assert fresh_service.embedded.proc.wait(20) == 0  # type: ignore[attr-defined]
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert alive == []
+
+
+def test_crash_loop_budget_is_unit_tested() -> None:
+    # A broken host (every sandbox step failing) is covered by tests/unit/test_pool.py
+    # with a fake waitpid; here we only check the named exit codes exist end to end.
+    from worker.exits import WorkerExit
+
+    assert all(70 <= c.value <= 82 for c in WorkerExit if c is not WorkerExit.DONE)

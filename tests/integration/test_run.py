@@ -1,0 +1,201 @@
+"""Running code through the real service: results, limits, output, streaming."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from protocol import messages as m
+from protocol.client import Client
+
+pytestmark = pytest.mark.integration
+Run = Callable[..., m.ExecuteResult]
+
+
+def test_print_one(run: Run) -> None:
+    result = run("print(1)")
+    assert result.status is m.Status.OK
+    assert result.stdout == "1\n" and result.stderr == ""
+    assert result.exit_code == 0 and result.signal is None
+    assert result.wall_ms > 0 and result.cpu_ms >= 0 and result.memory_peak_bytes > 0
+    assert result.worker and result.runtime.startswith("CPython")
+
+
+def test_syntax_error_is_an_error_with_traceback(run: Run) -> None:
+    result = run("print(1")
+    assert result.status is m.Status.ERROR and result.exit_code == 1
+    assert "SyntaxError" in result.stderr and 'File "<cell>", line 1' in result.stderr
+    assert "cellblock" not in result.stderr and "/worker/" not in result.stderr  # no frames of ours
+
+
+def test_exception_traceback_shows_the_source_line(run: Run) -> None:
+    result = run("def f():\n    return 1 / 0\nf()\n")
+    assert result.status is m.Status.ERROR
+    assert "ZeroDivisionError" in result.stderr and "return 1 / 0" in result.stderr
+    assert "python.py" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code", "status"),
+    [
+        ("import sys; sys.exit(3)", 3, m.Status.ERROR),
+        ("import sys; sys.exit(0)", 0, m.Status.OK),
+        ("import sys; sys.exit('bye')", 1, m.Status.ERROR),
+        ("import os; os._exit(7)", 7, m.Status.ERROR),
+        ("raise SystemExit", 0, m.Status.OK),
+    ],
+)
+def test_exit_codes_are_honoured(run: Run, code: str, exit_code: int, status: m.Status) -> None:
+    result = run(code)
+    assert (result.exit_code, result.status) == (exit_code, status)
+
+
+def test_stdin_is_fed(run: Run) -> None:
+    stdin = "".join(f"line {i}\n" for i in range(20_000))  # well past one pipe buffer
+    result = run("import sys; data = sys.stdin.read(); print(len(data), data.splitlines()[-1])", stdin=stdin)
+    assert result.stdout == f"{len(stdin)} line 19999\n"
+
+
+def test_output_from_c_and_children_is_captured(run: Run) -> None:
+    result = run("""
+        import os, subprocess, sys
+        os.write(1, b"from-c\\n")
+        subprocess.run(["/bin/echo", "from-child"])
+        subprocess.run([sys.executable, "-c", "import sys; print('from-python-child', file=sys.stderr)"])
+        print("from-print")
+    """)
+    assert result.status is m.Status.OK, result.stderr
+    assert result.stdout.splitlines() == ["from-c", "from-child", "from-print"]
+    assert "from-python-child" in result.stderr
+
+
+def test_environment_is_built_from_nothing(run: Run) -> None:
+    result = run("import os, json; print(json.dumps(dict(os.environ), sort_keys=True))")
+    assert result.status is m.Status.OK
+    assert result.stdout.strip() == (
+        '{"HOME": "/work", "LANG": "C.UTF-8", "LOGNAME": "sandbox", '
+        '"PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": "/tmp", "USER": "sandbox"}'
+    )
+
+
+def test_fresh_working_directory(run: Run) -> None:
+    result = run("import os; print(os.getcwd(), os.listdir('.'))")
+    assert result.stdout == "/work []\n"
+
+
+def test_non_daemon_threads_are_joined(run: Run) -> None:
+    result = run("""
+        import threading, time
+        def late():
+            time.sleep(0.2)
+            print("thread done")
+        threading.Thread(target=late).start()
+        print("main done")
+    """)
+    assert result.stdout == "main done\nthread done\n"
+
+
+def test_timeout_ends_within_two_seconds(client: Client) -> None:
+    started = time.monotonic()
+    result = client.execute("while True: pass", limits=m.Limits(timeout_ms=1000))
+    elapsed = time.monotonic() - started
+    assert result.status is m.Status.TIMEOUT
+    assert elapsed < 2.0
+    assert "1000 ms" in result.reason
+
+
+def test_cpu_limit_is_a_timeout(client: Client) -> None:
+    result = client.execute("while True: pass", limits=m.Limits(cpu_ms=1000, timeout_ms=5000))
+    assert result.status is m.Status.TIMEOUT
+    assert "cpu" in result.reason
+
+
+def test_sigterm_ignoring_code_still_times_out(client: Client) -> None:
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(0.01)\n"
+    started = time.monotonic()
+    result = client.execute(code, limits=m.Limits(timeout_ms=500))
+    assert result.status is m.Status.TIMEOUT and time.monotonic() - started < 2.0
+
+
+def test_output_is_cut_at_the_cap_with_head_and_tail(client: Client) -> None:
+    code = "import sys\nfor i in range(200000): sys.stdout.write(f'{i:07d}\\n')\n"
+    result = client.execute(code, limits=m.Limits(output_bytes=1000))
+    assert result.status is m.Status.OK
+    assert result.stdout_truncated and result.stdout_dropped == 200000 * 8 - 1000
+    assert result.stdout.startswith("0000000\n") and result.stdout.endswith("0199999\n")
+    assert f"{result.stdout_dropped} bytes of stdout dropped" in result.stdout
+
+
+def test_100_mb_flood_is_cut_while_other_clients_are_served(service: object, client: Client) -> None:
+    flood: list[m.ExecuteResult] = []
+
+    def produce() -> None:
+        with Client(service.socket) as own:  # type: ignore[attr-defined]
+            flood.append(
+                own.execute(
+                    "import os\nblock = b'x' * (1 << 20)\nfor _ in range(100): os.write(1, block)\n",
+                    limits=m.Limits(timeout_ms=30_000),
+                )
+            )
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    answered = []
+    while thread.is_alive() and len(answered) < 5:
+        answered.append(client.execute("print('meanwhile')").stdout)
+    thread.join(60)
+    assert answered and all(a == "meanwhile\n" for a in answered)
+    (result,) = flood
+    assert result.status in (m.Status.OK, m.Status.OUTPUT_LIMIT)
+    assert result.stdout_truncated and result.stdout_dropped > 0
+    assert len(result.stdout) < 2 * 1024 * 1024
+
+
+def test_streaming_chunks_then_one_result(client: Client) -> None:
+    chunks: list[m.OutputChunk] = []
+    code = "import time\nfor i in range(3):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.05)\n"
+    result = client.execute(code, on_chunk=chunks.append)
+    assert result.status is m.Status.OK
+    assert "".join(c.data for c in chunks if c.stream == "stdout") == "tick 0\ntick 1\ntick 2\n"
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert result.stdout == "tick 0\ntick 1\ntick 2\n"
+
+
+def test_unknown_language_is_rejected_by_name(run: Run) -> None:
+    result = run("print(1)", language="cobol")
+    assert result.status is m.Status.REJECTED
+    assert result.error is not None and result.error.code == "unknown_language" and result.error.field == "language"
+
+
+def test_limits_above_the_profile_maximum_are_rejected(client: Client) -> None:
+    result = client.execute("print(1)", limits=m.Limits(memory_bytes=64 << 30))
+    assert result.status is m.Status.REJECTED
+    assert result.error is not None and result.error.field == "limits.memory_bytes"
+
+
+def test_concurrent_clients_each_get_their_own_result(service: object) -> None:
+    results: dict[int, str] = {}
+
+    def worker(i: int) -> None:
+        with Client(service.socket) as own:  # type: ignore[attr-defined]
+            results[i] = own.execute(f"print({i} * 2)").stdout
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {i: f"{i * 2}\n" for i in range(8)}
+
+
+def test_status_reports_pool_and_layers(service: object) -> None:
+    status = service.status()  # type: ignore[attr-defined]
+    (python,) = [r for r in status.runtimes if r.name == "python"]
+    assert python.offered and python.version.startswith("CPython")
+    names = {layer.name: layer for layer in status.layers}
+    for layer in ("namespaces", "filesystem", "privileges", "seccomp", "network", "rlimits", "cgroups", "broker"):
+        assert layer in names
+    assert names["seccomp"].active and names["namespaces"].active

@@ -1,0 +1,172 @@
+"""Dispatcher logic with a fake clock and no processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from protocol import messages as m
+from protocol.errors import ErrorCode, ErrorInfo
+from supervisor import dispatch
+from supervisor.dispatch import Dispatcher, Effects, Ticket
+
+
+@dataclass
+class Recorder:
+    now: float = 100.0
+    sent: list[tuple[str, str]] = field(default_factory=list)
+    taken: list[str] = field(default_factory=list)
+    killed: list[tuple[str, str]] = field(default_factory=list)
+    finished: list[tuple[str, m.WorkerResult | None, ErrorInfo | None]] = field(default_factory=list)
+    unreachable: set[str] = field(default_factory=set)
+
+    def send_job(self, worker: str, job: m.Job) -> bool:
+        if worker in self.unreachable:
+            return False
+        self.sent.append((worker, job.id))
+        return True
+
+    def finish(self, ticket: Ticket, result: m.WorkerResult | None, error: ErrorInfo | None) -> None:
+        self.finished.append((ticket.run_id, result, error))
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def disp(rec: Recorder) -> Dispatcher:
+    effects = Effects(
+        send_job=rec.send_job,
+        taken=rec.taken.append,
+        kill=lambda w, r: rec.killed.append((w, r)),
+        finish=rec.finish,
+    )
+    return Dispatcher(effects=effects, clock=lambda: rec.now, queue_limit=2, queue_wait_s=30)
+
+
+def ticket(run_id: str, timeout_ms: int = 1000, runtime: str = "python", now: float = 100.0) -> Ticket:
+    job = m.Job(id=run_id, code="1", timeout_ms=timeout_ms, cpu_ms=1000, memory_bytes=1, output_bytes=1)
+    return Ticket(run_id=run_id, runtime=runtime, job=job, context=None, queued_at=now, wait_deadline=now + 30)
+
+
+def warm(disp: Dispatcher, worker: str, runtime: str = "python") -> None:
+    disp.spawned(worker, runtime, 1)
+    disp.ready(worker, runtime, 1)
+
+
+def result(run_id: str) -> m.WorkerResult:
+    return m.WorkerResult(id=run_id, status=m.Status.OK)
+
+
+def test_job_goes_to_a_warm_worker_once(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    assert disp.submit(ticket("j1"))
+    assert rec.sent == [("w1", "j1")]
+    assert disp.result("w1", result("j1"))
+    assert [f[0] for f in rec.finished] == ["j1"]
+    assert rec.taken == ["w1"]  # replacement asked for only after the run
+    assert not disp.result("w1", result("j1"))  # a second result is dropped
+
+
+def test_queue_then_overloaded(disp: Dispatcher, rec: Recorder) -> None:
+    assert disp.submit(ticket("a")) and disp.submit(ticket("b"))
+    assert not disp.submit(ticket("c"))  # queue_limit=2
+    warm(disp, "w1")
+    assert rec.sent == [("w1", "a")]
+    assert disp.statistics().queued == 1
+
+
+def test_results_only_from_the_worker_dispatched_to(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    warm(disp, "w2")
+    disp.submit(ticket("j1"))
+    assert not disp.result("w2", result("j1"))
+    assert disp.counters["forged_or_late_result"] == 1
+    assert rec.finished == []
+    assert disp.chunk_ticket("w2", "j1") is None
+
+
+def test_ready_before_spawned_is_kept_briefly(disp: Dispatcher, rec: Recorder) -> None:
+    disp.ready("w1", "python", 1)
+    disp.submit(ticket("j1"))
+    assert rec.sent == []
+    disp.spawned("w1", "python", 1)
+    assert rec.sent == [("w1", "j1")]
+
+
+def test_unknown_ready_expires(disp: Dispatcher, rec: Recorder) -> None:
+    disp.ready("ghost", "python", 1)
+    rec.now += dispatch.READY_STASH_S + 1
+    disp.tick()
+    assert disp.counters["unknown_worker"] == 1
+
+
+def test_worker_death_mid_run_gives_one_error_after_grace(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    disp.submit(ticket("j1", timeout_ms=60_000))
+    disp.exited("w1", "killed by SIGKILL")
+    disp.tick()
+    assert rec.finished == []  # the result may still be on its way
+    rec.now += dispatch.EXIT_GRACE_S + 0.01
+    disp.tick()
+    ((run_id, res, err),) = rec.finished
+    assert run_id == "j1" and res is None and err is not None
+    assert err.code is ErrorCode.WORKER_LOST and "SIGKILL" in err.message
+    disp.tick()
+    assert len(rec.finished) == 1
+
+
+def test_result_within_grace_wins(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    disp.submit(ticket("j1"))
+    disp.exited("w1", "done")
+    assert disp.result("w1", result("j1"))
+    rec.now += 10
+    disp.tick()
+    assert len(rec.finished) == 1 and rec.finished[0][1] is not None
+
+
+def test_broker_deadline_kills_and_replies(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    disp.submit(ticket("j1", timeout_ms=1000))
+    rec.now += 1 + dispatch.DEADLINE_MARGIN_S + 0.01
+    disp.tick()
+    assert rec.killed and rec.killed[0][0] == "w1"
+    assert rec.finished[0][2] is not None and rec.finished[0][2].code is ErrorCode.WORKER_LOST
+
+
+def test_queue_wait_runs_out(disp: Dispatcher, rec: Recorder) -> None:
+    disp.submit(ticket("j1"))
+    rec.now += 31
+    disp.tick()
+    assert rec.finished[0][2] is not None and rec.finished[0][2].code is ErrorCode.OVERLOADED
+
+
+def test_unreachable_worker_is_skipped(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "dead")
+    warm(disp, "w2")
+    rec.unreachable.add("dead")
+    disp.submit(ticket("j1"))
+    assert rec.sent == [("w2", "j1")]
+
+
+def test_new_launcher_generation_keeps_running_jobs(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    warm(disp, "w2")
+    disp.submit(ticket("j1"))
+    disp.new_generation(2)
+    assert disp.statistics().warm == {}  # w2 will not serve the new generation
+    assert disp.result("w1", result("j1"))  # the old worker still reports
+    assert rec.finished[0][1] is not None
+
+
+def test_fail_all_answers_everyone(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    disp.submit(ticket("a"))
+    disp.submit(ticket("b"))
+    disp.fail_all(ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="stop"))
+    assert sorted(f[0] for f in rec.finished) == ["a", "b"]
+    assert disp.idle

@@ -1,0 +1,135 @@
+"""Pool logic: refill, reap, classify, restart budget; fake clock and waitpid."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+
+from protocol import messages as m
+from supervisor.pool import Pool, classify
+from worker.exits import WorkerExit
+
+
+def exited(code: int) -> int:
+    return code << 8
+
+
+def killed(sig: int) -> int:
+    return sig
+
+
+@dataclass
+class Fake:
+    now: float = 0.0
+    next_pid: int = 100
+    spawned: list[tuple[str, int]] = field(default_factory=list)
+    statuses: list[tuple[int, int]] = field(default_factory=list)
+    reports: list[m.Internal] = field(default_factory=list)
+    kills: list[tuple[int, int]] = field(default_factory=list)
+
+    def spawn(self, runtime: str, slot: int) -> tuple[str, int]:
+        self.next_pid += 1
+        self.spawned.append((runtime, slot))
+        return f"w{self.next_pid}", self.next_pid
+
+    def waitpid(self, pid: int, flags: int) -> tuple[int, int]:
+        assert pid == -1 and flags == os.WNOHANG
+        if not self.statuses:
+            return 0, 0
+        return self.statuses.pop(0)
+
+
+def make(fake: Fake, target: int = 2, slots: int = 8) -> Pool:
+    pool = Pool(
+        {"python": target},
+        spawn=fake.spawn,
+        kill=lambda pid, sig: fake.kills.append((pid, sig)),
+        report=fake.reports.append,
+        clock=lambda: fake.now,
+        slots=slots,
+        waitpid=fake.waitpid,
+        max_failures=3,
+        window=30,
+        first_backoff=5,
+        max_backoff=40,
+    )
+    pool.paused = False
+    return pool
+
+
+def test_fill_to_target_and_refill_after_taken() -> None:
+    fake = Fake()
+    pool = make(fake)
+    pool.fill()
+    assert len(fake.spawned) == 2
+    worker_id = next(iter(pool.by_id))
+    pool.taken(worker_id)
+    assert len(fake.spawned) == 3
+
+
+def test_reap_frees_slot_and_reports() -> None:
+    fake = Fake()
+    pool = make(fake, target=1, slots=1)
+    pool.fill()
+    (pid,) = pool.workers
+    fake.statuses.append((pid, exited(0)))
+    exits = pool.reap()
+    assert exits[0].kind is m.ExitKind.DONE
+    assert len(fake.spawned) == 2  # the slot came back and was refilled
+
+
+def test_crash_loop_marks_unhealthy_then_probes_with_backoff() -> None:
+    fake = Fake()
+    pool = make(fake, target=1)
+    pool.fill()
+    for _ in range(3):
+        (pid,) = pool.workers
+        fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
+        pool.reap()
+    health = [r for r in fake.reports if isinstance(r, m.Health)]
+    assert health and not health[-1].healthy and "mounts" in health[-1].reason
+    spawned = len(fake.spawned)
+    pool.fill()
+    assert len(fake.spawned) == spawned  # waiting out the backoff
+    fake.now += 5
+    pool.fill()
+    assert len(fake.spawned) == spawned + 1  # one probe
+    (pid,) = pool.workers
+    fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
+    pool.reap()
+    assert pool.runtimes["python"].backoff == 10  # doubled
+    fake.now += 10
+    pool.fill()
+    worker_id = next(iter(pool.by_id))
+    pool.taken(worker_id)  # the probe became ready and ran a job
+    assert pool.runtimes["python"].healthy
+
+
+def test_kill_marks_reason() -> None:
+    fake = Fake()
+    pool = make(fake, target=1)
+    pool.fill()
+    worker_id, worker = next(iter(pool.by_id.items()))
+    pool.kill(worker_id, "deadline")
+    assert fake.kills == [(worker.pid, signal.SIGKILL)]
+    fake.statuses.append((worker.pid, killed(signal.SIGKILL)))
+    (ex,) = pool.reap()
+    assert ex.kind is m.ExitKind.KILLED and ex.detail == "deadline"
+
+
+def test_classify() -> None:
+    assert classify(exited(0), "")[0] is m.ExitKind.DONE
+    assert classify(exited(WorkerExit.SETUP_SECCOMP), "")[0] is m.ExitKind.SETUP_FAILED
+    assert classify(exited(WorkerExit.RUNTIME_MISSING), "")[0] is m.ExitKind.RUNTIME_MISSING
+    kind, _, sig, detail = classify(killed(signal.SIGSEGV), "")
+    assert kind is m.ExitKind.CRASHED and sig == signal.SIGSEGV and "SIGSEGV" in detail
+    assert classify(exited(3), "")[0] is m.ExitKind.CRASHED
+
+
+def test_paused_pool_spawns_nothing() -> None:
+    fake = Fake()
+    pool = make(fake)
+    pool.paused = True
+    pool.fill()
+    assert fake.spawned == []
