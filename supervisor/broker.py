@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import prctl
@@ -38,9 +38,9 @@ from protocol.wire import (
     broker_launcher_codec,
     broker_worker_codec,
 )
-from supervisor import results
 from supervisor.config import Config
 from supervisor.dispatch import Dispatcher, Effects, Ticket
+from supervisor.intake import Intake
 from supervisor.policy import Policy
 
 VERSION = "0.1.0"
@@ -62,20 +62,11 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     drop_to: int = -1  # root mode: the broker's own uid, taken before any socket is bound
 
 
-@dataclass
-class Request:
-    """The broker's state for one execute request."""
+@dataclass(frozen=True)
+class SelfTest:
+    """Ticket context of a runtime's self-test run (no client waits for it)."""
 
-    client: bytes
-    request: m.ExecuteRequest
-    client_key: str
     runtime: str
-    received: float
-    seq: int = 0
-    streams: dict[str, object] = field(default_factory=dict)
-    findings: list[m.Finding] = field(default_factory=list)
-    capabilities: list[m.Capability] = field(default_factory=list)
-    self_test: bool = False
 
 
 @dataclass
@@ -112,7 +103,6 @@ class Broker:
         self.layers: list[m.LayerStatus] = []
         self.mode = ""
         self.generation = 0
-        self.requests: dict[tuple[bytes, str], str] = {}  # (client, request id) -> run id
         self.signals: collections.deque[int] = collections.deque()
         self.draining = False
         self.drain_deadline = 0.0
@@ -126,6 +116,9 @@ class Broker:
             queue_wait_s=cfg.config.service.queue_wait_s,
         )
         self.policy = Policy(cfg.config, cfg.profile, cfg.statedir, time.time)
+        self.intake = Intake(
+            self.policy, self.dispatcher, self._reply, self._resolve, self._version, cfg.config.service.queue_wait_s
+        )
 
     # --- sockets -----------------------------------------------------------------------
 
@@ -202,35 +195,34 @@ class Broker:
             self.counters["reply_undeliverable"] += 1
 
     def _finish(self, ticket: Ticket, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
-        state: Request = ticket.context
-        request = state.request
-        self.requests.pop((state.client, request.id), None)
-        view = self.runtimes.get(state.runtime)
-        if state.self_test:
-            self._self_test_done(state.runtime, raw, error)
-            return
-        if raw is not None:
-            result = results.from_worker(
-                request.id,
-                ticket.run_id,
-                request.language,
-                state.runtime,
-                ticket.worker or "",
-                raw,
-                self.policy.redactor,
-            )
-            result = msgspec.structs.replace(
-                result,
-                runtime=view.info.version if view else state.runtime,
-                worker=(ticket.worker or "")[:8],
-                findings=state.findings,
-            )
+        if isinstance(ticket.context, SelfTest):
+            self._self_test_done(ticket.context.runtime, raw, error)
         else:
-            assert error is not None
-            result = results.from_error(request.id, ticket.run_id, request.language, error, findings=state.findings)
-        self.policy.finished(state.client_key, request, ticket.run_id, result, state.capabilities, state.received)
-        self.counters[f"status_{result.status.value}"] += 1
-        self._reply(state.client, result)
+            self.intake.finish(ticket, raw, error)
+
+    def _resolve(self, language: str) -> str:
+        runtime = self.languages.get(language.lower())
+        if runtime is None:
+            if not self.runtimes:
+                raise CellblockError(
+                    ErrorCode.RUNTIME_UNAVAILABLE, "the service is starting; no runtime is ready yet", "language"
+                )
+            known = ", ".join(sorted(self.languages))
+            raise CellblockError(
+                ErrorCode.UNKNOWN_LANGUAGE, f"unknown language {language!r}; known: {known}", "language"
+            )
+        view = self.runtimes[runtime]
+        if view.self_test == "failed":
+            raise CellblockError(
+                ErrorCode.RUNTIME_UNAVAILABLE,
+                f"{runtime} is not available on this host: {view.self_test_detail}",
+                "language",
+            )
+        return runtime
+
+    def _version(self, runtime: str) -> str:
+        view = self.runtimes.get(runtime)
+        return view.info.version if view else runtime
 
     # --- runtimes and the self-test --------------------------------------------------------
 
@@ -261,24 +253,26 @@ class Broker:
                 view.self_test = "passed"
             return
         view.self_test = "running"
-        request = m.ExecuteRequest(id="self-test-" + runtime, code=view.info.self_test, language=runtime)
         run_id = "st-" + secrets.token_hex(6)
-        job = msgspec.structs.replace(
-            self._job(
-                request,
-                self.profile.limits.timeout_ms,
-                self.profile.limits.cpu_ms,
-                self.profile.limits.memory_mb * MiB,
-                4096,
-            ),
+        limits = self.profile.limits
+        job = m.Job(
             id=run_id,
-        )
-        state = Request(
-            client=b"", request=request, client_key="", runtime=runtime, received=time.monotonic(), self_test=True
+            code=view.info.self_test,
+            timeout_ms=limits.timeout_ms,
+            cpu_ms=limits.cpu_ms,
+            memory_bytes=limits.memory_mb * MiB,
+            output_bytes=4096,
         )
         now = time.monotonic()
         self.dispatcher.submit(
-            Ticket(run_id=run_id, runtime=runtime, job=job, context=state, queued_at=now, wait_deadline=now + 60)
+            Ticket(
+                run_id=run_id,
+                runtime=runtime,
+                job=job,
+                context=SelfTest(runtime),
+                queued_at=now,
+                wait_deadline=now + 60,
+            )
         )
 
     def _self_test_done(self, runtime: str, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
@@ -351,118 +345,11 @@ class Broker:
     def _handle(self, client: bytes, request: m.ClientRequest) -> None:
         match request:
             case m.ExecuteRequest():
-                self._execute(client, request)
+                self.intake.execute(client, request)
             case m.StatusRequest(id=rid):
                 self._reply(client, self.status(rid))
             case m.GrantRequest() | m.RevokeRequest() | m.GrantsRequest() | m.HistoryRequest():
                 self._reply(client, self.policy.admin(request))
-
-    def _job(self, request: m.ExecuteRequest, timeout_ms: int, cpu_ms: int, memory: int, output: int) -> m.Job:
-        return m.Job(
-            id="",
-            code=request.code,
-            stdin=request.stdin,
-            timeout_ms=timeout_ms,
-            cpu_ms=cpu_ms,
-            memory_bytes=memory,
-            output_bytes=output,
-            stream=request.stream,
-        )
-
-    def _execute(self, client: bytes, request: m.ExecuteRequest) -> None:
-        run_id = secrets.token_hex(8)
-        key = (client, request.id)
-        received = time.monotonic()
-        if self.draining:
-            self._reply(
-                client,
-                results.from_error(
-                    request.id,
-                    run_id,
-                    request.language,
-                    ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the service is shutting down; retry shortly"),
-                ),
-            )
-            return
-        if key in self.requests:
-            self._reply(
-                client,
-                results.from_error(
-                    request.id,
-                    run_id,
-                    request.language,
-                    ErrorInfo(
-                        code=ErrorCode.INVALID_REQUEST, message="a request with this id is already running", field="id"
-                    ),
-                ),
-            )
-            return
-        runtime = self.languages.get(request.language.lower())
-        try:
-            if runtime is None:
-                raise CellblockError(
-                    ErrorCode.UNKNOWN_LANGUAGE if self.runtimes else ErrorCode.RUNTIME_UNAVAILABLE,
-                    f"unknown language {request.language!r}; known: {', '.join(sorted(self.languages)) or 'none yet'}"
-                    if self.runtimes
-                    else "the service is starting; no runtime is ready yet",
-                    "language",
-                )
-            view = self.runtimes[runtime]
-            if view.self_test == "failed":
-                raise CellblockError(
-                    ErrorCode.RUNTIME_UNAVAILABLE,
-                    f"{runtime} is not available on this host: {view.self_test_detail}",
-                    "language",
-                )
-            admitted = self.policy.admit(client.hex(), request)
-        except CellblockError as exc:
-            self.counters[f"rejected_{exc.code.value}"] += 1
-            self._reply(client, results.from_error(request.id, run_id, request.language, exc.info()))
-            return
-        if admitted.reply is not None:
-            self._reply(client, msgspec.structs.replace(admitted.reply, id=request.id, run_id=run_id))
-            return
-        limits = admitted.limits
-        assert limits is not None  # admitted without a reply means limits were resolved
-        job = msgspec.structs.replace(
-            self._job(request, limits.timeout_ms, limits.cpu_ms, limits.memory_bytes, limits.output_bytes), id=run_id
-        )
-        state = Request(
-            client=client,
-            request=request,
-            client_key=admitted.client_key,
-            runtime=runtime,
-            received=received,
-            findings=admitted.findings,
-            capabilities=admitted.capabilities,
-        )
-        now = time.monotonic()
-        ticket = Ticket(
-            run_id=run_id,
-            runtime=runtime,
-            job=job,
-            context=state,
-            queued_at=now,
-            wait_deadline=now + self.cfg.config.service.queue_wait_s,
-        )
-        self.requests[key] = run_id
-        if not self.dispatcher.submit(ticket):
-            self.requests.pop(key, None)
-            self.policy.released(admitted.client_key)
-            self._reply(
-                client,
-                results.from_error(
-                    request.id,
-                    run_id,
-                    request.language,
-                    ErrorInfo(
-                        code=ErrorCode.OVERLOADED,
-                        message=f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; "
-                        "retry later",
-                    ),
-                    retry_after_s=1.0,
-                ),
-            )
 
     # --- workers -------------------------------------------------------------------------------
 
@@ -491,15 +378,8 @@ class Broker:
 
     def _chunk(self, worker_id: str, chunk: m.WorkerChunk) -> None:
         ticket = self.dispatcher.chunk_ticket(worker_id, chunk.id)
-        if ticket is None:
-            return
-        state: Request = ticket.context
-        if not state.request.stream:
-            return
-        text = self.policy.stream_text(state.streams, chunk.stream, chunk.data)
-        if text:
-            self._reply(state.client, m.OutputChunk(id=state.request.id, stream=chunk.stream, seq=state.seq, data=text))
-            state.seq += 1
+        if ticket is not None and not isinstance(ticket.context, SelfTest):
+            self.intake.chunk(ticket.context, chunk)
 
     # --- the launcher -----------------------------------------------------------------------------
 
@@ -567,6 +447,7 @@ class Broker:
                 )
             )
         counters = dict(self.counters)
+        counters.update(self.intake.counters)
         counters.update({f"dispatch_{k}": v for k, v in stats.counters.items()})
         broker_layer = m.LayerStatus(
             name="broker", active=os.geteuid() != 0, detail=f"uid {os.geteuid()}; validates, queues, redacts, records"
@@ -606,7 +487,7 @@ class Broker:
 
     def handle_sigterm(self) -> None:
         if not self.draining:
-            self.draining = True
+            self.draining = self.intake.draining = True
             self.drain_deadline = time.monotonic() + self.cfg.config.service.drain_s
             _log(
                 f"draining: {self.dispatcher.statistics().in_flight} running, "
@@ -630,9 +511,9 @@ class Broker:
             poller.register(wake_r, zmq.POLLIN)
             if self.launcher is not None:
                 poller.register(self.launcher, zmq.POLLIN)
-            due = self.dispatcher.tick()
+            dues = [t for t in (self.dispatcher.tick(), self.intake.tick()) if t is not None]
             now = time.monotonic()
-            timeout = 1.0 if due is None else max(0.0, due - now)
+            timeout = 1.0 if not dues else max(0.0, min(dues) - now)
             if self.launcher is None:
                 timeout = min(timeout, 0.1)
             if self.draining:
@@ -656,12 +537,14 @@ class Broker:
                 getattr(self, f"handle_{name}", self.handle_sigterm)()
             self._maybe_ready()
             if self.draining:
-                if self.dispatcher.idle:
+                if self.dispatcher.idle and self.intake.idle:
                     return 0
                 if time.monotonic() >= self.drain_deadline:
-                    self.dispatcher.fail_all(
-                        ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the service stopped before this run finished")
+                    stopped = ErrorInfo(
+                        code=ErrorCode.SHUTTING_DOWN, message="the service stopped before this run finished"
                     )
+                    self.intake.fail_waiting(stopped)
+                    self.dispatcher.fail_all(stopped)
                     return 0
 
     def _guarded(self, handle: Callable[[], None]) -> None:
@@ -688,8 +571,9 @@ class Broker:
 def drop_privileges(uid: int) -> None:
     """Root mode: become the broker's own unprivileged user, for good.
 
-    Started as root only so that every module is imported before the drop
-    (the checkout may not be readable by that uid); nothing else needs root.
+    Started as root only so that every module is imported, the database is
+    open and the sockets are bound before the drop (the checkout or the
+    state directory's parents may not be reachable by that uid).
     """
     os.setgroups([])
     os.setresgid(uid, uid, uid)
@@ -702,10 +586,13 @@ def drop_privileges(uid: int) -> None:
 def main() -> int:
     with os.fdopen(int(sys.argv[1]), "rb") as src:
         cfg = msgspec.msgpack.decode(src.read(), type=BrokerConfig)
-    if cfg.drop_to >= 0:
-        drop_privileges(cfg.drop_to)
+    # Root mode: open the history database and bind the sockets first (their
+    # directories need not be reachable by the broker's uid), then drop for good.
     broker = Broker(cfg)
     broker.bind()
+    if cfg.drop_to >= 0:
+        broker.policy.store.hand_over(cfg.drop_to)
+        drop_privileges(cfg.drop_to)
     try:
         return broker.run()
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -187,6 +189,163 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- grants, history, export ------------------------------------------------------------------
+
+
+def _with_service(args: argparse.Namespace, action: Callable[[Client], int]) -> int:
+    """Run ``action`` against the running service, or an embedded one (same state dir)."""
+    path = _socket_path(args)
+    embedded = None
+    if not _service_answers(path):
+        if args.socket:
+            print(f"cellblock: no service answers on {path}", file=sys.stderr)
+            return EXIT_NOT_RUN
+        from supervisor.embedded import Embedded, EmbeddedError
+
+        embedded = Embedded(config=args.config)
+        try:
+            path = embedded.start()
+        except EmbeddedError as exc:
+            print(f"cellblock: {exc}", file=sys.stderr)
+            return EXIT_NOT_RUN
+    try:
+        with Client(path) as client:
+            return action(client)
+    except ServiceError as exc:
+        print(f"cellblock: {exc.error.code.value}: {exc.error.message}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def parse_capability(text: str) -> m.Capability:
+    kind, _, target = text.partition(":")
+    if not target:
+        raise argparse.ArgumentTypeError("a capability is KIND:TARGET, e.g. limits:memory_bytes")
+    try:
+        return m.Capability(m.CapabilityKind(kind), target)
+    except ValueError:
+        kinds = ", ".join(k.value for k in m.CapabilityKind)
+        raise argparse.ArgumentTypeError(f"a capability is KIND:TARGET with KIND one of {kinds}") from None
+
+
+def _print_grants(grants: list[m.Grant]) -> None:
+    if not grants:
+        print("no grants")
+    for g in grants:
+        scope = f" conversation {g.conversation_id}" if g.conversation_id else ""
+        expires = f" expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(g.expires))}" if g.expires else ""
+        print(f"#{g.grant_id}  {g.client_id}{scope}  {g.capability.kind.value}:{g.capability.target}{expires}")
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    def action(client: Client) -> int:
+        reply = client.grant(args.client, args.capability, args.conversation or "", args.expires)
+        _print_grants(reply.grants)
+        return 0
+
+    return _with_service(args, action)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    def action(client: Client) -> int:
+        client.revoke(args.grant_id)
+        print(f"revoked #{args.grant_id}")
+        return 0
+
+    return _with_service(args, action)
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    def action(client: Client) -> int:
+        reply = client.grants(args.client or "")
+        if args.json:
+            sys.stdout.buffer.write(to_json(reply) + b"\n")
+        else:
+            _print_grants(reply.grants)
+        return 0
+
+    return _with_service(args, action)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    def action(client: Client) -> int:
+        reply = client.history(
+            client_id=args.client or "",
+            conversation_id=args.conversation or "",
+            language=args.language or "",
+            status=m.Status(args.status) if args.status else None,
+            since=time.time() - args.since if args.since else None,
+            limit=args.limit,
+        )
+        if args.json:
+            sys.stdout.buffer.write(to_json(reply) + b"\n")
+            return 0
+        for e in reply.entries:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started))
+            code = "" if e.exit_code is None else f" exit {e.exit_code}"
+            extras = []
+            if e.redactions:
+                extras.append("redacted " + ",".join(f"{k}x{v}" for k, v in sorted(e.redactions.items())))
+            if e.findings:
+                extras.append("findings " + ",".join(e.findings))
+            print(
+                f"{when}  {e.run_id}  {e.client_id:<16} {e.language:<8} {e.status.value:<19}{code}  "
+                f"{e.wall_ms:.1f}ms  {e.code_bytes}B sha256:{e.code_sha256[:12]}  {'; '.join(extras)}"
+            )
+        if not reply.entries:
+            print("no runs recorded")
+        return 0
+
+    return _with_service(args, action)
+
+
+def export_markdown(result: m.ExecuteResult) -> str:
+    lines = [
+        f"## cellblock run {result.run_id or result.id}",
+        "",
+        f"- status: **{result.status.value}**"
+        + (f" (exit {result.exit_code})" if result.exit_code is not None else ""),
+        f"- runtime: {result.runtime or result.language}",
+        f"- wall {result.wall_ms:.1f} ms, cpu {result.cpu_ms:.1f} ms, memory {result.memory_peak_bytes / MiB:.1f} MiB",
+    ]
+    if result.reason:
+        lines.append(f"- reason: {result.reason}")
+    if result.error is not None:
+        lines.append(f"- error: `{result.error.code.value}`: {result.error.message}")
+    if result.redactions:
+        lines.append("- redacted: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.redactions.items())))
+    for f in result.findings:
+        lines.append(f"- finding (line {f.line}, {f.severity}): {f.message}")
+    for name, text, cut, dropped in (
+        ("stdout", result.stdout, result.stdout_truncated, result.stdout_dropped),
+        ("stderr", result.stderr, result.stderr_truncated, result.stderr_dropped),
+    ):
+        if text:
+            note = f" ({dropped} bytes dropped)" if cut else ""
+            fence = "````" if "```" in text else "```"
+            lines += ["", f"### {name}{note}", "", fence, text.rstrip("\n"), fence]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The broker keeps no output: export a result the client kept (``run --json``)."""
+    try:
+        raw = sys.stdin.buffer.read() if args.result == "-" else open(args.result, "rb").read()  # noqa: SIM115
+        result = msgspec.json.decode(raw, type=m.ExecuteResult)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        print(f"cellblock: {args.result} is not a saved result ({exc})", file=sys.stderr)
+        return 2
+    text = export_markdown(result).encode() if args.format == "markdown" else to_json(result) + b"\n"
+    if args.output and args.output != "-":
+        with open(args.output, "wb") as out:
+            out.write(text)
+    else:
+        sys.stdout.buffer.write(text)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from supervisor.doctor import run_doctor
 
@@ -228,6 +387,44 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     common(status)
     status.set_defaults(func=cmd_status)
+
+    grant = sub.add_parser("grant", help="grant a capability to a client (optionally one conversation)")
+    grant.add_argument("client")
+    grant.add_argument(
+        "capability", type=parse_capability, help="limits:memory_bytes, net:*.example.com, fs_read:/data"
+    )
+    grant.add_argument("--conversation")
+    grant.add_argument("--expires", type=int, metavar="SECONDS")
+    common(grant)
+    grant.set_defaults(func=cmd_grant)
+
+    revoke = sub.add_parser("revoke", help="revoke a grant by its id")
+    revoke.add_argument("grant_id", type=int)
+    common(revoke)
+    revoke.set_defaults(func=cmd_revoke)
+
+    grants = sub.add_parser("grants", help="list grants")
+    grants.add_argument("client", nargs="?")
+    grants.add_argument("--json", action="store_true")
+    common(grants)
+    grants.set_defaults(func=cmd_grants)
+
+    history = sub.add_parser("history", help="past runs (metadata only: never code, never output)")
+    history.add_argument("--client")
+    history.add_argument("--conversation")
+    history.add_argument("--language")
+    history.add_argument("--status", choices=[s.value for s in m.Status])
+    history.add_argument("--since", type=float, metavar="SECONDS", help="only runs from the last SECONDS")
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--json", action="store_true")
+    common(history)
+    history.set_defaults(func=cmd_history)
+
+    export = sub.add_parser("export", help="write a saved result (from run --json) as JSON or Markdown")
+    export.add_argument("result", help="a file with the result JSON, or -")
+    export.add_argument("--format", choices=["json", "markdown"], default="markdown")
+    export.add_argument("--output", "-o")
+    export.set_defaults(func=cmd_export)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
     common(doctor)

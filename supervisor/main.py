@@ -78,6 +78,7 @@ class Supervisor:
         self.broker = Child("broker")
         self.stopping = False
         self.exit_code = 0
+        self.ready_r = -1
 
     # --- directories ------------------------------------------------------------------
 
@@ -102,6 +103,8 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         extra = []
         if child is self.broker:
+            if self.ready_r >= 0:
+                os.close(self.ready_r)
             self.ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
             os.set_inheritable(ready_w, True)
             extra = [ready_w]
@@ -174,7 +177,7 @@ class Supervisor:
         ready_pending = True
         while True:
             watch = [wake_r]
-            if ready_pending:
+            if ready_pending and self.ready_r >= 0:
                 watch.append(self.ready_r)
             readable, _, _ = select.select(watch, [], [], 1.0)
             if wake_r in readable:
@@ -182,10 +185,14 @@ class Supervisor:
                     os.read(wake_r, 512)
                 except BlockingIOError:
                     pass
-            if ready_pending and self.ready_r in readable:
-                ready_pending = False
-                os.read(self.ready_r, 1)
+            if ready_pending and self.ready_r >= 0 and self.ready_r in readable:
+                ready = os.read(self.ready_r, 1) == b"R"
                 os.close(self.ready_r)
+                self.ready_r = -1  # a restarted broker gets a new pipe
+            else:
+                ready = False
+            if ready_pending and ready:
+                ready_pending = False
                 log(
                     f"serving on ipc://{os.path.join(self.rundir, 'client.sock')} (profile {self.profile.name}, "
                     f"{'root' if self.root else 'unprivileged'} mode)"

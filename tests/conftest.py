@@ -24,21 +24,18 @@ from supervisor.embedded import Embedded
 ROOT = os.geteuid() == 0
 
 
-def write_config(directory: pathlib.Path, extra: str = "") -> str:
-    path = directory / "cellblock.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [service]
-            state_dir = "{directory / "state"}"
-            queue_wait_s = 60
+RELAXED_POLICY = "rate_per_minute = 100000\nconcurrency = 1000\n"
 
-            [policy]
-            rate_per_minute = 100000
-            concurrency = 1000
-            """
-        )
-        + textwrap.dedent(extra)
+
+def write_config(
+    directory: pathlib.Path, policy: str = RELAXED_POLICY, extra: str = "", state_dir: pathlib.Path | None = None
+) -> str:
+    """A config for a test service: private state, and (unless a test says
+    otherwise) no rate or concurrency limit getting in the way."""
+    path = directory / "cellblock.toml"
+    state = state_dir or directory / "state"
+    path.write_text(
+        f'[service]\nstate_dir = "{state}"\nqueue_wait_s = 60\n\n[policy]\n{policy}\n' + textwrap.dedent(extra)
     )
     return str(path)
 
@@ -116,10 +113,17 @@ class Service:
 def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
-    def start(pool: int = 2, profile: str | None = None, config: str = "") -> Service:
+    def start(
+        pool: int = 2,
+        profile: str | None = None,
+        policy: str = RELAXED_POLICY,
+        extra: str = "",
+        state_dir: pathlib.Path | None = None,
+    ) -> Service:
         directory = tmp_path_factory.mktemp("svc")
         os.chmod(directory, 0o711)
-        embedded = Embedded(config=write_config(directory, config), pool=pool, profile=profile)
+        config = write_config(directory, policy, extra, state_dir)
+        embedded = Embedded(config=config, pool=pool, profile=profile)
         socket = embedded.start()
         service = Service(embedded, socket, directory)
         started.append(service)

@@ -1,20 +1,38 @@
 """Broker policy: everything the trusted side decides about a request.
 
-``Policy`` is the broker's one entry point; each concern lives in its own
-module (validation, rate limits, grants, findings, redaction, history).
+``Policy`` is the broker's one entry point. Each concern has its module:
+``validation`` (sizes, limits, capability syntax), ``ratelimit`` (per-client
+rate and concurrency), ``grants`` (which grant covers which need),
+``findings`` (static analysis), ``redact`` (secrets in output) and ``store``
+(SQLite: history and grants). Admission order: validate, check capabilities
+against grants, rate, concurrency, then analyse.
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from protocol.errors import CellblockError, ErrorCode, ErrorInfo
 from protocol.profile import Profile
 from supervisor.config import Config
-from supervisor.policy import validation
+from supervisor.policy import findings as findings_mod
+from supervisor.policy import grants, validation
+from supervisor.policy.ratelimit import Limiter
+from supervisor.policy.redact import Redactor, StreamRedactor
+from supervisor.policy.store import Store
 from supervisor.policy.validation import Resolved
+
+K = m.CapabilityKind
+NOT_YET = {
+    K.NET: "network egress is not available in this version; a net capability cannot be used yet",
+    K.FS_READ: "binding host paths into the sandbox is not available in this version",
+    K.FS_WRITE: "binding host paths into the sandbox is not available in this version",
+}
 
 
 @dataclass
@@ -22,8 +40,21 @@ class Admitted:
     client_key: str
     limits: Resolved | None = None
     reply: m.ExecuteResult | None = None  # a final refusal
+    wait: bool = False  # the client is at its concurrency limit and waits its turn
     findings: list[m.Finding] = field(default_factory=list)
     capabilities: list[m.Capability] = field(default_factory=list)
+
+
+@dataclass
+class Streams:
+    """Per streamed request: an incremental decoder and a redactor per stream."""
+
+    decoders: dict[str, codecs.IncrementalDecoder] = field(default_factory=dict)
+    redactors: dict[str, StreamRedactor] = field(default_factory=dict)
+
+
+def _refusal(status: m.Status, error: ErrorInfo, **extra: object) -> m.ExecuteResult:
+    return m.ExecuteResult(id="", status=status, error=error, **extra)  # type: ignore[arg-type]
 
 
 class Policy:
@@ -33,39 +64,148 @@ class Policy:
         self.config = config
         self.profile = profile
         self.clock = clock
-        self.redactor = None
+        self.store = Store(state_dir, clock, config.history.retention_days, config.history.max_rows)
+        self.limiter = Limiter(config.policy, time.monotonic)
+        self.redactor = Redactor() if config.redaction.enabled else None
 
-    def admit(self, connection: str, request: m.ExecuteRequest) -> Admitted:
-        key = request.client_id or f"conn:{connection}"
+    def close(self) -> None:
+        self.store.close()
+
+    # --- admission --------------------------------------------------------------------------
+
+    def client_key(self, connection: str, request: m.ExecuteRequest) -> str:
+        return request.client_id or f"conn:{connection}"
+
+    def admit(self, connection: str, request: m.ExecuteRequest, runtime: str) -> Admitted:
+        """Decide; raises CellblockError for a request that is simply wrong."""
+        key = self.client_key(connection, request)
         validation.check_sizes(self.profile, request)
         for i, cap in enumerate(request.capabilities):
             validation.check_capability(cap, i)
-        limits, _ = validation.resolve_limits(self.profile, request.limits)
-        return Admitted(client_key=key, limits=limits)
+            if cap.kind in NOT_YET:
+                raise CellblockError(ErrorCode.INVALID_REQUEST, NOT_YET[cap.kind], f"capabilities[{i}]")
+        limits, above_default = validation.resolve_limits(self.profile, request.limits)
+        needs = list(dict.fromkeys([*request.capabilities, *above_default]))
+        if needs:
+            lacking = grants.missing(self.store.grants(key), request.conversation_id, needs)
+            if lacking:
+                names = ", ".join(grants.describe(c) for c in lacking)
+                scope = f" --conversation {request.conversation_id}" if request.conversation_id else ""
+                return Admitted(
+                    key,
+                    reply=_refusal(
+                        m.Status.PERMISSION_REQUIRED,
+                        ErrorInfo(
+                            code=ErrorCode.PERMISSION_REQUIRED,
+                            message=f"this run needs {names}, which client {key!r} does not hold; "
+                            f"grant it with: cellblock grant {key} {grants.describe(lacking[0])}{scope}",
+                            field="capabilities" if request.capabilities else "limits",
+                        ),
+                        required=lacking,
+                    ),
+                )
+        retry = self.limiter.retry_after(key)
+        if retry is not None:
+            rate, _ = self.limiter.limits(key)
+            return Admitted(
+                key,
+                reply=_refusal(
+                    m.Status.RATE_LIMITED,
+                    ErrorInfo(
+                        code=ErrorCode.RATE_LIMITED,
+                        message=f"client {key!r} started {rate} runs in the last minute; retry in {retry:.1f} s",
+                    ),
+                    retry_after_s=round(retry, 3),
+                ),
+            )
+        if self.limiter.busy(key):
+            if self.config.policy.over_concurrency == "wait":
+                return Admitted(key, wait=True)
+            _, concurrency = self.limiter.limits(key)
+            return Admitted(
+                key,
+                reply=_refusal(
+                    m.Status.RATE_LIMITED,
+                    ErrorInfo(
+                        code=ErrorCode.RATE_LIMITED,
+                        message=f"client {key!r} already has {concurrency} runs going; retry when one ends",
+                    ),
+                    retry_after_s=1.0,
+                ),
+            )
+        self.limiter.start(key)
+        found = findings_mod.analyse(runtime, request.code)
+        return Admitted(key, limits=limits, findings=found, capabilities=needs)
 
     def released(self, client_key: str) -> None:
-        pass
+        """An admitted run is over (with or without a result)."""
+        self.limiter.finish(client_key)
+
+    # --- after the run ------------------------------------------------------------------------
 
     def finished(
         self,
         client_key: str,
         request: m.ExecuteRequest,
-        run_id: str,
         result: m.ExecuteResult,
         capabilities: list[m.Capability],
-        received: float,
+        received_wall: float,
     ) -> None:
-        pass
-
-    def stream_text(self, streams: dict[str, object], name: str, data: bytes) -> str:
-        return data.decode("utf-8", "replace")
-
-    def admin(self, request: m.Request) -> m.Reply:
-        from protocol.errors import ErrorCode, ErrorInfo
-
-        return m.ErrorReply(
-            id=getattr(request, "id", ""), error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message="not available yet")
+        """Record the run's metadata (never code, never output)."""
+        if not self.config.history.enabled:
+            return
+        code = request.code.encode("utf-8", "surrogatepass")
+        self.store.record(
+            m.HistoryEntry(
+                run_id=result.run_id,
+                started=received_wall,
+                finished=self.clock(),
+                client_id=client_key,
+                conversation_id=request.conversation_id,
+                language=request.language,
+                code_bytes=len(code),
+                code_sha256=hashlib.sha256(code).hexdigest(),
+                status=result.status,
+                exit_code=result.exit_code,
+                wall_ms=result.wall_ms,
+                cpu_ms=result.cpu_ms,
+                memory_peak_bytes=result.memory_peak_bytes,
+                stdout_truncated=result.stdout_truncated,
+                stderr_truncated=result.stderr_truncated,
+                redactions=result.redactions,
+                findings=sorted({f.rule for f in result.findings}),
+                capabilities=capabilities,
+                network=result.network,
+            )
         )
 
-    def close(self) -> None:
-        pass
+    # --- streaming -----------------------------------------------------------------------------
+
+    def stream_text(self, streams: Streams, name: str, data: bytes, final: bool = False) -> str:
+        decoder = streams.decoders.setdefault(name, codecs.getincrementaldecoder("utf-8")("replace"))
+        text = decoder.decode(data, final=final)
+        if self.redactor is None:
+            return text
+        redactor = streams.redactors.setdefault(name, self.redactor.stream())
+        out = redactor.feed(text)
+        return out + redactor.flush() if final else out
+
+    # --- admin requests -----------------------------------------------------------------------
+
+    def admin(self, request: m.Request) -> m.Reply:
+        match request:
+            case m.GrantRequest():
+                validation.check_capability(request.capability, 0)
+                self.store.add_grant(
+                    request.client_id, request.conversation_id, request.capability, request.expires_in_s
+                )
+                return m.GrantsReply(id=request.id, grants=self.store.grants(request.client_id))
+            case m.RevokeRequest():
+                if not self.store.revoke(request.grant_id):
+                    raise CellblockError(ErrorCode.NOT_FOUND, f"no grant with id {request.grant_id}", "grant_id")
+                return m.GrantsReply(id=request.id, grants=self.store.grants())
+            case m.GrantsRequest():
+                return m.GrantsReply(id=request.id, grants=self.store.grants(request.client_id))
+            case m.HistoryRequest():
+                return m.HistoryReply(id=request.id, entries=self.store.history(request))
+        raise CellblockError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(request).__name__} is not an admin request")

@@ -23,7 +23,7 @@ def start_run(socket: str, code: str = SLOW) -> tuple[threading.Thread, list[m.E
 
     def go() -> None:
         with Client(socket) as client:
-            out.append(client.execute(code, limits=m.Limits(timeout_ms=20_000)))
+            out.append(client.execute(code))
 
     thread = threading.Thread(target=go)
     thread.start()

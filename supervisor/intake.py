@@ -1,0 +1,267 @@
+"""From an execute request to its one final reply, on the broker's side.
+
+``Intake`` admits a request through the policy, turns it into a job for the
+dispatcher, holds it while its client is at its concurrency limit (when the
+config says to wait), forwards streamed output through the redactor, and
+builds the final result: exactly one per request, whatever happened.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from protocol import messages as m
+from protocol.errors import CellblockError, ErrorCode, ErrorInfo
+from supervisor import results
+from supervisor.dispatch import Dispatcher, Ticket
+from supervisor.policy import Admitted, Policy, Streams
+
+Reply = Callable[[bytes, m.Reply], None]
+Resolve = Callable[[str], str]  # language -> runtime name, or raises CellblockError
+
+
+@dataclass
+class Request:
+    """The broker's state for one admitted execute request."""
+
+    client: bytes
+    request: m.ExecuteRequest
+    client_key: str
+    runtime: str
+    received: float  # wall clock, for history
+    seq: int = 0
+    streams: Streams = field(default_factory=Streams)
+    findings: list[m.Finding] = field(default_factory=list)
+    capabilities: list[m.Capability] = field(default_factory=list)
+
+
+@dataclass
+class Waiting:
+    client: bytes
+    request: m.ExecuteRequest
+    run_id: str
+    received: float
+    deadline: float
+
+
+class Intake:
+    def __init__(
+        self,
+        policy: Policy,
+        dispatcher: Dispatcher,
+        reply: Reply,
+        resolve: Resolve,
+        version: Callable[[str], str],
+        queue_wait_s: float,
+    ) -> None:
+        self.policy = policy
+        self.dispatcher = dispatcher
+        self.reply = reply
+        self.resolve = resolve
+        self.version = version
+        self.queue_wait_s = queue_wait_s
+        self.active: dict[tuple[bytes, str], str] = {}  # (client, request id) -> run id
+        self.waiting: dict[str, collections.deque[Waiting]] = collections.defaultdict(collections.deque)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.draining = False
+
+    # --- a new request ------------------------------------------------------------------------
+
+    def _refuse(
+        self, client: bytes, request: m.ExecuteRequest, run_id: str, result: m.ExecuteResult, client_key: str = ""
+    ) -> None:
+        result = msgspec.structs.replace(result, id=request.id, run_id=run_id, language=request.language)
+        self.counters[f"status_{result.status.value}"] += 1
+        if client_key:
+            self.policy.finished(client_key, request, result, [], time.time())
+        self.reply(client, result)
+
+    def _error(self, status_error: ErrorInfo, **extra: object) -> m.ExecuteResult:
+        return results.from_error("", "", "", status_error, **extra)
+
+    def execute(self, client: bytes, request: m.ExecuteRequest, waited: Waiting | None = None) -> None:
+        run_id = waited.run_id if waited else secrets.token_hex(8)
+        received = waited.received if waited else time.time()
+        key = (client, request.id)
+        if self.draining:
+            self._refuse(
+                client,
+                request,
+                run_id,
+                self._error(
+                    ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the service is shutting down; retry shortly")
+                ),
+            )
+            return
+        if waited is None and key in self.active:
+            self._refuse(
+                client,
+                request,
+                run_id,
+                self._error(
+                    ErrorInfo(
+                        code=ErrorCode.INVALID_REQUEST, message="a request with this id is already running", field="id"
+                    )
+                ),
+            )
+            return
+        try:
+            runtime = self.resolve(request.language)
+            admitted = self.policy.admit(client.hex(), request, runtime)
+        except CellblockError as exc:
+            self.counters[f"rejected_{exc.code.value}"] += 1
+            self._refuse(
+                client, request, run_id, self._error(exc.info()), self.policy.client_key(client.hex(), request)
+            )
+            return
+        if admitted.reply is not None:
+            self._refuse(client, request, run_id, admitted.reply, admitted.client_key)
+            return
+        if admitted.wait:
+            self.active[key] = run_id
+            now = time.monotonic()
+            self.waiting[admitted.client_key].append(
+                Waiting(client, request, run_id, received, waited.deadline if waited else now + self.queue_wait_s)
+            )
+            self.counters["waited_for_concurrency"] += 1
+            return
+        self._dispatch(client, request, run_id, runtime, admitted, received)
+
+    def _dispatch(
+        self, client: bytes, request: m.ExecuteRequest, run_id: str, runtime: str, admitted: Admitted, received: float
+    ) -> None:
+        limits = admitted.limits
+        assert limits is not None  # admitted without a reply means limits were resolved
+        job = m.Job(
+            id=run_id,
+            code=request.code,
+            stdin=request.stdin,
+            timeout_ms=limits.timeout_ms,
+            cpu_ms=limits.cpu_ms,
+            memory_bytes=limits.memory_bytes,
+            output_bytes=limits.output_bytes,
+            stream=request.stream,
+        )
+        state = Request(
+            client=client,
+            request=request,
+            client_key=admitted.client_key,
+            runtime=runtime,
+            received=received,
+            findings=admitted.findings,
+            capabilities=admitted.capabilities,
+        )
+        now = time.monotonic()
+        ticket = Ticket(
+            run_id=run_id, runtime=runtime, job=job, context=state, queued_at=now, wait_deadline=now + self.queue_wait_s
+        )
+        self.active[(client, request.id)] = run_id
+        if not self.dispatcher.submit(ticket):
+            self.active.pop((client, request.id), None)
+            self.policy.released(admitted.client_key)
+            self._refuse(
+                client,
+                request,
+                run_id,
+                self._error(
+                    ErrorInfo(
+                        code=ErrorCode.OVERLOADED,
+                        message=f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; "
+                        "retry later",
+                    ),
+                    retry_after_s=1.0,
+                ),
+                admitted.client_key,
+            )
+
+    # --- output and the end of a run -----------------------------------------------------------
+
+    def chunk(self, state: Request, chunk: m.WorkerChunk) -> None:
+        if not state.request.stream:
+            return
+        self._send_chunk(state, chunk.stream, self.policy.stream_text(state.streams, chunk.stream, chunk.data))
+
+    def _send_chunk(self, state: Request, stream: str, text: str) -> None:
+        if text:
+            self.reply(state.client, m.OutputChunk(id=state.request.id, stream=stream, seq=state.seq, data=text))  # type: ignore[arg-type]
+            state.seq += 1
+
+    def finish(self, ticket: Ticket, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
+        state: Request = ticket.context
+        request = state.request
+        self.active.pop((state.client, request.id), None)
+        if request.stream:  # what the line-wise stream redactor still holds
+            for name in ("stdout", "stderr"):
+                self._send_chunk(state, name, self.policy.stream_text(state.streams, name, b"", final=True))
+        if raw is not None:
+            result = results.from_worker(
+                request.id,
+                ticket.run_id,
+                request.language,
+                self.version(state.runtime),
+                (ticket.worker or "")[:8],
+                raw,
+                self.policy.redactor,
+            )
+            result = msgspec.structs.replace(result, findings=state.findings)
+        else:
+            assert error is not None
+            result = results.from_error(request.id, ticket.run_id, request.language, error, findings=state.findings)
+        self.policy.released(state.client_key)
+        self.policy.finished(state.client_key, request, result, state.capabilities, state.received)
+        self.counters[f"status_{result.status.value}"] += 1
+        self.reply(state.client, result)
+        self._resume(state.client_key)
+
+    def _resume(self, client_key: str) -> None:
+        queue = self.waiting.get(client_key)
+        if not queue:
+            return
+        waited = queue.popleft()
+        if not queue:
+            del self.waiting[client_key]
+        self.execute(waited.client, waited.request, waited)
+
+    def tick(self) -> float | None:
+        now = time.monotonic()
+        due = None
+        for client_key, queue in list(self.waiting.items()):
+            for waited in [w for w in queue if w.deadline <= now]:
+                queue.remove(waited)
+                self.active.pop((waited.client, waited.request.id), None)
+                self._refuse(
+                    waited.client,
+                    waited.request,
+                    waited.run_id,
+                    self._error(
+                        ErrorInfo(
+                            code=ErrorCode.OVERLOADED,
+                            message=f"waited {self.queue_wait_s:.0f} s for this client's other runs to end; "
+                            "retry later",
+                        ),
+                        retry_after_s=1.0,
+                    ),
+                    client_key,
+                )
+            if not queue:
+                del self.waiting[client_key]
+            elif due is None or queue[0].deadline < due:
+                due = queue[0].deadline
+        return due
+
+    def fail_waiting(self, error: ErrorInfo) -> None:
+        for client_key, queue in list(self.waiting.items()):
+            for waited in queue:
+                self.active.pop((waited.client, waited.request.id), None)
+                self._refuse(waited.client, waited.request, waited.run_id, self._error(error), client_key)
+        self.waiting.clear()
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting
