@@ -30,8 +30,8 @@ import msgspec
 from protocol import messages as m
 from protocol.profile import MiB, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
-from supervisor.pool import Pool
-from worker import cgroups, mounts, namespaces, privileges, sandbox, seccomp
+from supervisor.pool import Pool, SpawnDeferred
+from worker import cgroups, mounts, namespaces, payload, privileges, sandbox, seccomp, syscalls
 from worker.runtimes import RUNTIMES
 from worker.runtimes.base import Runtime
 
@@ -135,8 +135,12 @@ class Launcher:
         for runtime in self.runtimes.values():
             binds += [mounts.Bind(p, p) for p in runtime.host_paths()]
         binds += [mounts.Bind(x.src, x.target, x.optional) for x in profile.mounts]
-        uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base
-        template = mounts.build_template(root, binds, mounts.etc_files(profile.sandbox.hostname, uid, uid))
+        uids = (
+            range(SANDBOX_UID_IN_USERNS, SANDBOX_UID_IN_USERNS + 1)
+            if cfg.unprivileged
+            else range(cfg.worker_uid_base, cfg.worker_uid_base + cfg.slots)
+        )
+        template = mounts.build_template(root, binds, mounts.etc_files(profile.sandbox.hostname, uids))
         self.layers.append(
             m.LayerStatus(
                 name="filesystem",
@@ -236,7 +240,17 @@ class Launcher:
                 self.profile.fixed.cpu_quota,
             )
         spec = sandbox.WorkerSpec(worker_id=worker_id, runtime=runtime, uid=uid, gid=uid, cgroup_dirs=dirs)
-        pid = sandbox.spawn(spec, self.context, self.runtimes[runtime])
+        # Connected here, in the host's network namespace, and handed over.
+        broker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            broker.connect(self.context.broker_socket)
+        except OSError as exc:
+            broker.close()
+            raise SpawnDeferred(str(exc)) from exc
+        try:
+            pid = sandbox.spawn(spec, self.context, self.runtimes[runtime], broker.fileno())
+        finally:
+            broker.close()
         return worker_id, pid
 
     @staticmethod
@@ -395,6 +409,10 @@ def main() -> int:
     fd = int(sys.argv[1])
     with os.fdopen(fd, "rb") as src:
         config = msgspec.msgpack.decode(src.read(), type=LauncherConfig)
+    # Every worker is a fork of this process: its environment is already the
+    # sandbox's, and nothing of how it was started (paths, variables) stays
+    # readable in /proc/<pid>/cmdline or environ.
+    syscalls.scrub_start_block(payload.ENVIRONMENT)
     launcher = Launcher(config)
     try:
         launcher.setup()

@@ -23,6 +23,12 @@ from protocol import messages as m
 from worker.exits import WorkerExit, describe
 
 SpawnFn = Callable[[str, int], tuple[str, int]]  # (runtime, slot) -> (worker id, pid)
+
+
+class SpawnDeferred(Exception):
+    """Not now, and not the sandbox's fault (the broker is not reachable)."""
+
+
 WaitFn = Callable[[int, int], tuple[int, int]]
 
 
@@ -126,6 +132,9 @@ class Pool:
                 slot = self._free_slots.popleft()
                 try:
                     worker_id, pid = self._spawn(name, slot)
+                except SpawnDeferred:
+                    self._free_slots.appendleft(slot)
+                    return
                 except OSError as exc:
                     self._free_slots.appendleft(slot)
                     self._setup_failed(name, now, f"clone failed: {exc.strerror}")

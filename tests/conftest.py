@@ -62,7 +62,7 @@ class Service:
 
     @property
     def launcher(self) -> psutil.Process:
-        return self.child("supervisor.launcher")
+        return self.child("cellblock-launcher")  # its title after start-up
 
     @property
     def broker(self) -> psutil.Process:

@@ -231,10 +231,18 @@ def prepare_slot(layout: Layout, index: int, memory_bytes: int, pids: int, cpu_q
     return dirs
 
 
-def join(dirs: dict[str, str]) -> None:
-    """Move the calling process into every controller's slot directory."""
-    for directory in sorted(set(dirs.values())):
-        _write(os.path.join(directory, "cgroup.procs"), "0")
+def join(layout: Layout, dirs: dict[str, str]) -> None:
+    """Move the calling (single-threaded) process into every controller's slot.
+
+    On v1 the move goes through ``tasks`` with "0": moving only the calling
+    thread skips the global threadgroup lock, whose RCU grace period made
+    every ``cgroup.procs`` move cost ~13 ms and serialised all of them. The
+    worker has one thread at this point, so the thread is the process.
+    """
+    versions = {directory: layout.parents[c][0] for c, directory in dirs.items()}
+    for directory in sorted(versions):
+        name = "tasks" if versions[directory] == 1 else "cgroup.procs"
+        _write(os.path.join(directory, name), "0")
 
 
 def remove_slot(dirs: dict[str, str]) -> None:

@@ -75,14 +75,17 @@ def _bind_ro(src: str, target: str) -> None:
     sc.mount(None, target, None, RO_BIND)
 
 
-def etc_files(hostname: str, uid: int, gid: int) -> dict[str, str]:
+def etc_files(hostname: str, uids: range) -> dict[str, str]:
+    """/etc of the sandbox; every worker uid (one per slot in root mode) is "sandbox"."""
+    users = "".join(f"sandbox:x:{uid}:{uid}:sandbox:/work:/bin/sh\n" for uid in uids)
+    groups = "".join(f"sandbox:x:{uid}:\n" for uid in uids)
     return {
         "passwd": (
             "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
-            f"sandbox:x:{uid}:{gid}:sandbox:/work:/bin/sh\n"
-            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            + users
+            + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         ),
-        "group": f"root:x:0:\nsandbox:x:{gid}:\nnogroup:x:65534:\n",
+        "group": "root:x:0:\n" + groups + "nogroup:x:65534:\n",
         "hosts": f"127.0.0.1 localhost {hostname}\n::1 localhost ip6-localhost\n",
         "hostname": f"{hostname}\n",
         "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
@@ -135,12 +138,19 @@ def build_template(root: str, binds: list[Bind], etc: dict[str, str]) -> Templat
     return Template(root=root, binds=binds, skipped=skipped)
 
 
+def inodes(size_mb: int) -> int:
+    """Files a scratch tmpfs may hold: one per 4 KiB of its size, at least 1024."""
+    return max(1024, size_mb * 256)
+
+
 def enter_root(template: str, tmp_mb: int, work_mb: int, uid: int, gid: int) -> None:
     """Give the calling (worker) process its own root built on the template."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.mount(template, template, None, sc.MS_BIND | sc.MS_REC)
-    sc.mount("tmpfs", template + "/tmp", "tmpfs", SCRATCH, f"size={tmp_mb}m,mode=1777")
-    sc.mount("tmpfs", template + "/work", "tmpfs", SCRATCH, f"size={work_mb}m,mode=0700,uid={uid},gid={gid}")
+    # nr_inodes too: empty files cost kernel memory that no size= counts.
+    sc.mount("tmpfs", template + "/tmp", "tmpfs", SCRATCH, f"size={tmp_mb}m,nr_inodes={inodes(tmp_mb)},mode=1777")
+    work = f"size={work_mb}m,nr_inodes={inodes(work_mb)},mode=0700,uid={uid},gid={gid}"
+    sc.mount("tmpfs", template + "/work", "tmpfs", SCRATCH, work)
     sc.mount("proc", template + "/proc", "proc", SCRATCH)
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching
     # "." then drops it, with no put_old directory left in the sandbox's view.

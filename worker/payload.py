@@ -32,6 +32,8 @@ STDIN, STDOUT, STDERR, JOB, REPORT = 0, 1, 2, 3, 4
 # the kernel and the monitor.
 EXITED = b"X"
 MEMORY_ERROR = b"M"
+# The code's whole environment. The launcher takes it as its own at start
+# (supervisor/launcher.py), so every payload inherits exactly this.
 ENVIRONMENT = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": "/work",
@@ -39,7 +41,6 @@ ENVIRONMENT = {
     "USER": "sandbox",
     "LOGNAME": "sandbox",
     "LANG": "C.UTF-8",
-    "PYTHONUNBUFFERED": "",
 }
 
 _job_decoder = msgspec.msgpack.Decoder(Job)
@@ -79,19 +80,18 @@ def _setup(
     try:
         _arrange(fds)
         os.setsid()
-        try:
-            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as out:
-                out.write("1000")  # the payload goes first when memory runs out
-        except OSError:
-            pass
+        # The uid change left the process not dumpable, which makes its /proc
+        # files root's; an ordinary process again, it may raise its own
+        # oom_score_adj, so the OOM killer takes the payload, not the monitor.
+        prctl.set_dumpable(1)
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        os.write(fd, b"1000")
+        os.close(fd)
         rlimits.apply_payload(profile, memory_fallback)
-        os.environ.clear()
-        os.environ.update({k: v for k, v in ENVIRONMENT.items() if v})
         step = WorkerExit.RUNTIME_MISSING
         runtime.prepare()
         _job_decoder.decode(_WARM_JOB)
         runtime.warm_up()
-        prctl.set_dumpable(1)  # an ordinary process again; nothing here to protect
         step = WorkerExit.SETUP_SECCOMP
         if program is not None:
             for bpf in program:

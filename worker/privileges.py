@@ -44,6 +44,25 @@ def drop(uid: int, gid: int, in_user_namespace: bool, last_cap: int) -> None:
     prctl.set_no_new_privs(1)
 
 
+def protect_from_oom(in_user_namespace: bool) -> None:
+    """Where allowed, the monitor is never the OOM killer's choice.
+
+    Lowering oom_score_adj needs CAP_SYS_RESOURCE in the initial namespace,
+    which a user-namespace worker (and root in some containers) lacks; the
+    payload's own +1000 still makes it the first choice, so this is best
+    effort on top of that.
+    """
+    if in_user_namespace:
+        return
+    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+    try:
+        os.write(fd, b"-1000")
+    except PermissionError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def make_undumpable() -> None:
     """No ptrace attach, no /proc/<pid>/mem or fd access by the same uid."""
     prctl.set_dumpable(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -67,7 +68,7 @@ def step(code: WorkerExit) -> Iterator[None]:
         raise StepFailed(code, exc) from exc
 
 
-def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
+def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int:
     """Make one worker; return its monitor's pid. In the child this never returns.
 
      The order, in the monitor (pid 1 of the new pid namespace):
@@ -99,7 +100,7 @@ def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
         return pid
     code = int(WorkerExit.INTERNAL)
     try:
-        code = _enter(spec, ctx, runtime)
+        code = _enter(spec, ctx, runtime, broker)
     except StepFailed as failure:
         code = int(failure.code)
         try:
@@ -114,34 +115,39 @@ def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
     os._exit(code)
 
 
-def _reset_process(lifeline: int) -> int:
+LIFELINE, BROKER = 3, 4
+
+
+def _reset_process(lifeline: int, broker: int) -> None:
     """Undo what the launcher's process state would leak into the worker."""
     gc.disable()  # the launcher's objects must never be finalised here
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os.dup2(lifeline, 3)
-    sc.close_range(4)
-    return 3
+    moved = os.dup(broker)  # out of the way of LIFELINE
+    for fd, target in ((lifeline, LIFELINE), (moved, BROKER)):
+        if fd != target:  # dup3() refuses equal descriptors
+            os.dup2(fd, target, inheritable=False)
+    sc.close_range(BROKER + 1)
 
 
-def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
+def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int:
     profile = ctx.profile
     with step(WorkerExit.SETUP_NAMESPACES):
-        lifeline = _reset_process(ctx.lifeline)
+        _reset_process(ctx.lifeline, broker)
     if ctx.user_namespace:
         with step(WorkerExit.SETUP_NAMESPACES):
             namespaces.map_identity(spec.uid, spec.gid, 0, 0)
     with step(WorkerExit.SETUP_CGROUPS):
         if ctx.layout is not None:
-            cgroups.join(spec.cgroup_dirs)
+            cgroups.join(ctx.layout, spec.cgroup_dirs)
             meter = cgroups.Meter(ctx.layout, spec.cgroup_dirs)
         else:
             meter = cgroups.Meter(cgroups.Layout(parents={}, detail=""), {})
         namespaces.enter_cgroup_namespace()
     with step(WorkerExit.SETUP_CONNECT):
-        dealer = Dealer.connect(ctx.broker_socket, spec.worker_id.encode())
+        dealer = Dealer.over(socket.socket(fileno=BROKER), spec.worker_id.encode())
     with step(WorkerExit.SETUP_MOUNTS):
         fixed = profile.fixed
         mounts.enter_root(ctx.template, fixed.tmp_mb, fixed.work_mb, spec.uid, spec.gid)
@@ -150,6 +156,7 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
             namespaces.loopback_up()
         namespaces.set_hostname(profile.sandbox.hostname)
     with step(WorkerExit.SETUP_PRIVILEGES):
+        privileges.protect_from_oom(ctx.user_namespace)
         privileges.drop(spec.uid, spec.gid, ctx.user_namespace, ctx.last_cap)
         privileges.verify(spec.uid, spec.gid)
     with step(WorkerExit.INTERNAL):
@@ -180,7 +187,7 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime) -> int:
         stdout_r=stdout_r,
         stderr_r=stderr_r,
         report_r=report_r,
-        lifeline=lifeline,
+        lifeline=LIFELINE,
         meter=meter,
         kill_grace_ms=profile.fixed.kill_grace_ms,
         output_kill_bytes=profile.fixed.output_kill_bytes,

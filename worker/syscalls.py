@@ -128,3 +128,25 @@ class CompiledFilter:
             _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(self._fprog), 0, 0),
             "seccomp",
         )
+
+
+def scrub_start_block(environment: dict[str, str]) -> None:
+    """Leave nothing of how this process was started readable in /proc/self.
+
+    /proc/<pid>/cmdline and /proc/<pid>/environ show the memory the kernel
+    wrote at exec time, whatever Python's os.environ says later; every fork
+    inherits it. Move the environment to ``environment`` (new strings on the
+    heap), then zero the original block, and retitle the command line.
+    """
+    import prctl
+
+    with open("/proc/self/stat", "rb") as src:
+        fields = src.read().rsplit(b")", 1)[1].split()
+    # Fields 50 and 51 of stat (1-based) are env_start and env_end; after the
+    # ")" split, field n is at index n - 3.
+    env_start, env_end = int(fields[50 - 3]), int(fields[51 - 3])
+    prctl.set_proctitle("cellblock-launcher")
+    os.environ.clear()
+    os.environ.update(environment)
+    if 0 < env_start < env_end:
+        ctypes.memset(env_start, 0, env_end - env_start)

@@ -97,6 +97,12 @@ class Dealer(Parser):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(timeout)
         sock.connect(path)
+        return cls.over(sock, identity, timeout)
+
+    @classmethod
+    def over(cls, sock: socket.socket, identity: bytes, timeout: float = 5.0) -> Dealer:
+        """ZMTP handshake on an already connected unix socket."""
+        sock.settimeout(timeout)
         dealer = cls(sock)
         dealer._handshake(identity)
         sock.settimeout(None)

@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""cellblock benchmark: the service beside its baselines, measured in one run.
+
+    python scripts/bench.py [--socket PATH] [--quick] [--json out.json]
+
+Through a running service (its socket) or an embedded one started for the
+run, it measures the latency of a trivial run, throughput at 1, 2, 8 and 32
+concurrent clients, unique memory per warm worker, the output path (10 MiB of
+stdout) and redaction cost. In the same run it measures the baselines: a
+fresh ``python3 -c`` per run (how the seed ran code), bubblewrap plus python
+per run (when bwrap is installed), and this host's bare sandbox-creation rate
+(a fork + unshare + pid-1 child loop, the ceiling for fresh sandboxes).
+It prints a table and writes JSON with each figure's ratio to each baseline.
+
+Latency is measured with a warm pool: sequential runs in bursts shorter
+than the pool, the pool refilled between bursts (a run finds a warm worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from protocol import messages as m  # noqa: E402
+from protocol.client import Client  # noqa: E402
+from supervisor.embedded import Embedded  # noqa: E402
+
+PRINT1 = "print(1)"
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+RUNTIME_CODE = {
+    "python": "print(1)",
+    "javascript": "console.log(1)",
+    "bash": "echo 1",
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": statistics.median(values), "p90": pct(values, 0.9), "p99": pct(values, 0.99), "n": len(values)}
+
+
+# --- baselines -------------------------------------------------------------------------------
+
+
+def time_command(cmd: list[str], runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def command_throughput(cmd: list[str], seconds: float, parallel: int) -> float:
+    stop = time.monotonic() + seconds
+    counts = [0] * parallel
+
+    def loop(i: int) -> None:
+        while time.monotonic() < stop:
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+            counts[i] += 1
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(parallel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - start)
+
+
+def bwrap_command() -> list[str] | None:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None
+    cmd = [bwrap, "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for name in ("bin", "lib", "lib64", "sbin"):
+        if os.path.islink("/" + name):
+            cmd += ["--symlink", os.readlink("/" + name), "/" + name]
+    cmd += ["--unshare-all", "--die-with-parent", "--new-session", PYTHON, "-c", PRINT1]
+    probe = subprocess.run(cmd, capture_output=True)
+    return cmd if probe.returncode == 0 else None
+
+
+_FLAGS = 0x20000 | 0x04000000 | 0x08000000 | 0x20000000 | 0x40000000  # ns, uts, ipc, pid, net
+
+
+def bare_sandbox_rate(seconds: float, parallel: int) -> float:
+    """fork, unshare(pid, mount, net, ipc, uts [+ user]), fork the pid-1 child, exit, wait: in a loop."""
+    flags = _FLAGS | (0 if os.geteuid() == 0 else 0x10000000)
+    code = f"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+stop = time.monotonic() + {seconds}
+n = 0
+while time.monotonic() < stop:
+    pid = os.fork()
+    if pid == 0:
+        if libc.unshare({flags}) != 0:
+            os._exit(1)
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if status:
+        sys.exit("unshare failed")
+    n += 1
+print(n)
+"""
+    start = time.monotonic()
+    procs = [subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(parallel)]
+    total = sum(int(p.communicate()[0]) for p in procs)
+    return total / (time.monotonic() - start)
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+def wait_warm(client: Client, runtime: str, target: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.status()
+        for rt in status.runtimes:
+            if rt.name == runtime and rt.warm >= target:
+                return
+        time.sleep(0.05)
+
+
+def latency(client: Client, code: str, language: str, runs: int, burst: int, pool: int) -> list[float]:
+    out: list[float] = []
+    while len(out) < runs:
+        wait_warm(client, language, pool)
+        for _ in range(min(burst, runs - len(out))):
+            t = time.perf_counter()
+            result = client.execute(code, language, client_id="bench")
+            out.append((time.perf_counter() - t) * 1000)
+            if result.status is not m.Status.OK:
+                raise RuntimeError(f"bench run failed: {result.status} {result.error} {result.stderr[-300:]}")
+    return out
+
+
+def throughput(socket: str, code: str, language: str, clients: int, seconds: float) -> dict[str, float]:
+    stop = time.monotonic() + seconds
+    counts = [0] * clients
+    failures = [0] * clients
+    latencies: list[float] = []
+
+    def loop(i: int) -> None:
+        with Client(socket) as client:
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                result = client.execute(code, language, client_id=f"bench-{i}")
+                if result.status is m.Status.OK:
+                    counts[i] += 1
+                    latencies.append((time.perf_counter() - t) * 1000)
+                else:
+                    failures[i] += 1
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(loop, range(clients)))
+    elapsed = time.monotonic() - start
+    return {
+        "runs_per_s": sum(counts) / elapsed,
+        "failures": sum(failures),
+        "p50_ms": statistics.median(latencies) if latencies else 0.0,
+    }
+
+
+def worker_memory(launcher_pid: int) -> dict[str, float]:
+    """USS of each warm worker's two processes (monitor + payload), and its cgroup charge."""
+    per_worker = []
+    charged = []
+    for monitor in psutil.Process(launcher_pid).children():
+        try:
+            uss = monitor.memory_full_info().uss + sum(p.memory_full_info().uss for p in monitor.children())
+        except psutil.Error:
+            continue
+        per_worker.append(uss / 2**20)
+        for line in pathlib.Path(f"/proc/{monitor.pid}/cgroup").read_text().splitlines():
+            _, controllers, path = line.strip().split(":", 2)
+            if "memory" in controllers.split(","):
+                usage = pathlib.Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.usage_in_bytes"
+                if usage.exists():
+                    charged.append(int(usage.read_text()) / 2**20)
+    out = {"uss_mib_median": statistics.median(per_worker) if per_worker else 0.0, "workers": len(per_worker)}
+    if charged:
+        out["cgroup_charge_mib_median"] = statistics.median(charged)
+    return out
+
+
+def output_path(client: Client, broker_pid: int) -> dict[str, float]:
+    code = "import os\nblock = b'x' * (1 << 20)\nfor _ in range(10): os.write(1, block)\n"
+    broker = psutil.Process(broker_pid)
+    before = broker.cpu_times()
+    t = time.perf_counter()
+    result = client.execute(code, limits=m.Limits(output_bytes=8 * 2**20), client_id="bench")
+    elapsed = time.perf_counter() - t
+    after = broker.cpu_times()
+    cpu = (after.user - before.user + after.system - before.system) * 1000
+    kept = len(result.stdout)
+    return {
+        "seconds": elapsed,
+        "mib_per_s": 10 / elapsed,
+        "broker_cpu_ms": cpu,
+        "kept_bytes": kept,
+        "dropped_bytes": result.stdout_dropped,
+        "status": result.status.value,
+    }
+
+
+def redaction_cost() -> float:
+    from supervisor.policy.redact import Redactor
+
+    words = "the result is value print error line data x count 42 3.14159 hello world id name".split()
+    text = "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(20000))[: 1 << 20]
+    redactor = Redactor()
+    runs = []
+    for _ in range(5):
+        t = time.perf_counter()
+        redactor.redact(text)
+        runs.append((time.perf_counter() - t) * 1000)
+    return statistics.median(runs)
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--socket", help="a running service's client socket (default: start one)")
+    parser.add_argument("--quick", action="store_true", help="fewer runs (CI smoke)")
+    parser.add_argument("--json", default="bench-results/bench.json")
+    parser.add_argument("--pool", type=int, default=48, help="warm workers of the embedded service")
+    args = parser.parse_args()
+    scale = 0.25 if args.quick else 1.0
+    seconds = 2.0 if args.quick else 6.0
+    report: dict[str, object] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "mode": "root" if os.geteuid() == 0 else "unprivileged",
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        },
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    embedded = None
+    socket = args.socket
+    if socket is None:
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix="cellblock-bench-"))
+        os.chmod(tmp, 0o711)
+        config = tmp / "bench.toml"
+        config.write_text(
+            f'[service]\nstate_dir = "{tmp / "state"}"\nqueue_limit = 10000\n\n'
+            "[policy]\nrate_per_minute = 10000000\nconcurrency = 1000\n"
+        )
+        embedded = Embedded(config=str(config), pool=args.pool)
+        socket = embedded.start()
+    try:
+        with Client(socket) as client:
+            status = client.status()
+            runtimes = [rt.name for rt in status.runtimes if rt.offered]
+            report["layers"] = {layer.name: layer.active for layer in status.layers}
+            client.grant("bench", m.Capability(m.CapabilityKind.LIMITS, "output_bytes"))
+            pool = min(rt.target or args.pool for rt in status.runtimes if rt.name == "python") or args.pool
+            burst = max(4, pool // 2)
+            print(
+                f"cellblock bench: {os.cpu_count()} cpus, {report['machine']['mode']} mode, pool {pool}",  # type: ignore[index]
+                file=sys.stderr,
+            )
+            service: dict[str, object] = {}
+            for runtime in runtimes:
+                code = RUNTIME_CODE.get(runtime)
+                if code is None:
+                    continue
+                lat = latency(client, code, runtime, int(200 * scale), burst, pool)
+                service[f"latency_ms_{runtime}"] = summary(lat)
+                print(f"  {runtime}: p50 {statistics.median(lat):.3f} ms", file=sys.stderr)
+            for clients in (1, 2, 8, 32):
+                wait_warm(client, "python", pool)
+                service[f"throughput_{clients}"] = throughput(socket, PRINT1, "python", clients, seconds)
+                print(
+                    f"  {clients} clients: {service[f'throughput_{clients}']['runs_per_s']:.0f} runs/s",  # type: ignore[index]
+                    file=sys.stderr,
+                )
+            for runtime in runtimes:
+                if runtime != "python" and runtime in RUNTIME_CODE:
+                    wait_warm(client, runtime, pool)
+                    service[f"throughput_8_{runtime}"] = throughput(socket, RUNTIME_CODE[runtime], runtime, 8, seconds)
+            wait_warm(client, "python", pool)
+            time.sleep(0.5)
+            main_pid = embedded.proc.pid if embedded and embedded.proc else None
+            procs = psutil.Process(main_pid).children() if main_pid else []
+            launcher = next((p for p in procs if "cellblock-launcher" in " ".join(p.cmdline())), None)
+            broker = next((p for p in procs if "supervisor.broker" in " ".join(p.cmdline())), None)
+            if launcher is not None:
+                service["worker_memory"] = worker_memory(launcher.pid)
+            if broker is not None:
+                service["output_10mib"] = output_path(client, broker.pid)
+        service["redaction_ms_per_mib"] = redaction_cost()
+        report["service"] = service
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    # Baselines, measured now, on the same machine and in the same run.
+    baselines: dict[str, object] = {}
+    python_c = [PYTHON, "-c", PRINT1]
+    baselines["python_c_latency_ms"] = summary(time_command(python_c, int(60 * scale) or 10))
+    baselines["python_c_runs_per_s"] = command_throughput(python_c, seconds / 2, os.cpu_count() or 1)
+    bwrap = bwrap_command()
+    if bwrap:
+        baselines["bwrap_python_latency_ms"] = summary(time_command(bwrap, int(40 * scale) or 10))
+        baselines["bwrap_python_runs_per_s"] = command_throughput(bwrap, seconds / 2, os.cpu_count() or 1)
+    baselines["bare_sandboxes_per_s"] = bare_sandbox_rate(seconds / 2, os.cpu_count() or 1)
+    report["baselines"] = baselines
+    # Ratios.
+    p50 = service["latency_ms_python"]["p50"]  # type: ignore[index]
+    best = max(service[f"throughput_{c}"]["runs_per_s"] for c in (1, 2, 8, 32))  # type: ignore[index]
+    ratios = {
+        "python_c_latency_over_service": baselines["python_c_latency_ms"]["p50"] / p50,  # type: ignore[index]
+        "service_throughput_over_python_c": best / baselines["python_c_runs_per_s"],  # type: ignore[operator]
+        "service_throughput_over_bare_sandboxes": best / baselines["bare_sandboxes_per_s"],  # type: ignore[operator]
+    }
+    if bwrap:
+        ratios["bwrap_latency_over_service"] = baselines["bwrap_python_latency_ms"]["p50"] / p50  # type: ignore[index]
+        ratios["service_throughput_over_bwrap"] = best / baselines["bwrap_python_runs_per_s"]  # type: ignore[operator]
+    for runtime in ("javascript", "bash"):
+        key = f"latency_ms_{runtime}"
+        if key in service:
+            ratios[f"{runtime}_p50_over_python_p50"] = service[key]["p50"] / p50  # type: ignore[index]
+    report["ratios"] = ratios
+    print_table(report)
+    out = pathlib.Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def print_table(report: dict) -> None:  # type: ignore[type-arg]
+    s, b, r = report["service"], report["baselines"], report["ratios"]
+    rows = []
+    for key, value in s.items():
+        if key.startswith("latency_ms_"):
+            rows.append(
+                (
+                    f"latency {key[11:]} p50 / p90 / p99",
+                    f"{value['p50']:.3f} / {value['p90']:.3f} / {value['p99']:.3f} ms",
+                )
+            )
+    for c in (1, 2, 8, 32):
+        t = s[f"throughput_{c}"]
+        rows.append(
+            (
+                f"throughput, {c} clients",
+                f"{t['runs_per_s']:.0f} runs/s (p50 {t['p50_ms']:.2f} ms, {t['failures']} failed)",
+            )
+        )
+    for key, value in s.items():
+        if key.startswith("throughput_8_"):
+            rows.append((f"throughput {key[13:]}, 8 clients", f"{value['runs_per_s']:.0f} runs/s"))
+    if "worker_memory" in s:
+        w = s["worker_memory"]
+        text = f"{w['uss_mib_median']:.2f} MiB USS (monitor + payload, {w['workers']} workers)"
+        if "cgroup_charge_mib_median" in w:
+            text += f"; cgroup charge {w['cgroup_charge_mib_median']:.2f} MiB"
+        rows.append(("memory per warm worker", text))
+    if "output_10mib" in s:
+        o = s["output_10mib"]
+        rows.append(
+            ("10 MiB of stdout", f"{o['mib_per_s']:.0f} MiB/s, broker cpu {o['broker_cpu_ms']:.1f} ms ({o['status']})")
+        )
+    rows.append(("redaction", f"{s['redaction_ms_per_mib']:.2f} ms per MiB"))
+    rows.append(
+        (
+            "baseline: python3 -c per run",
+            f"p50 {b['python_c_latency_ms']['p50']:.1f} ms, {b['python_c_runs_per_s']:.0f} runs/s",
+        )
+    )
+    if "bwrap_python_latency_ms" in b:
+        rows.append(
+            (
+                "baseline: bwrap + python per run",
+                f"p50 {b['bwrap_python_latency_ms']['p50']:.1f} ms, {b['bwrap_python_runs_per_s']:.0f} runs/s",
+            )
+        )
+    rows.append(("baseline: bare fork+unshare loop", f"{b['bare_sandboxes_per_s']:.0f} sandboxes/s"))
+    for key, value in r.items():
+        rows.append((f"ratio {key}", f"{value:.1f}x"))
+    width = max(len(k) for k, _ in rows)
+    print(f"\ncellblock bench  {report['when']}  {report['machine']}")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Layer: the memory limit (memory cgroup as root, RLIMIT_AS unprivileged).
+
+Allocations are really touched (``b"x" * n``), so the kernel has to back
+them. A run is stopped at its memory limit, the default one or a lower one
+it asked for, and the result says ``memory_limit``. The payload is the
+process the OOM killer takes first, so the monitor survives to report.
+Where the rlimit fallback cannot bound what a test attacks (memory spread
+over processes, shared memory written without mapping it), the test skips
+and says so.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from protocol import messages as m
+
+pytestmark = pytest.mark.sandbox
+
+MiB = 1 << 20
+ROOT = os.geteuid() == 0
+NO_CGROUP = "unprivileged service: no memory cgroup; RLIMIT_AS bounds each process, not the run"
+
+
+def _show(result: m.ExecuteResult) -> str:
+    return (
+        f"status={result.status} exit={result.exit_code} signal={result.signal} "
+        f"reason={result.reason!r} peak={result.memory_peak_bytes}\n"
+        f"stdout={result.stdout[-2000:]!r}\nstderr={result.stderr[-2000:]!r}"
+    )
+
+
+def _allocated(stdout: str) -> list[int]:
+    return [int(line.split()[1]) for line in stdout.splitlines() if line.startswith("ALLOCATED ")]
+
+
+ALLOCATE = """
+    step, goal = {step} * 2**20, {goal} * 2**20
+    print("START", flush=True)
+    blocks, total = [], 0
+    while total < goal:
+        blocks.append(b"x" * step)  # written, so every page is really backed
+        total += step
+        print("ALLOCATED", total >> 20, flush=True)
+    print("DONE", flush=True)
+"""
+
+
+def test_allocating_2gib_ends_as_memory_limit(run):
+    result = run(ALLOCATE.format(step=64, goal=2048))
+    assert "START" in result.stdout, _show(result)
+    assert "DONE" not in result.stdout, _show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, _show(result)
+    # It got some way before being stopped, and never past the 256 MiB default.
+    reached = _allocated(result.stdout)
+    assert reached, _show(result)
+    assert max(reached) <= 256, _show(result)
+
+
+def test_a_lower_requested_limit_is_enforced(run):
+    result = run(ALLOCATE.format(step=4, goal=100), limits=m.Limits(memory_bytes=64 * MiB))
+    assert "START" in result.stdout, _show(result)
+    assert "DONE" not in result.stdout, _show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, _show(result)
+    assert result.reason == f"memory limit of {64 * MiB} bytes", _show(result)
+    reached = _allocated(result.stdout)
+    assert reached and max(reached) < 64, _show(result)
+    assert result.memory_peak_bytes <= 64 * MiB + MiB, _show(result)
+
+
+def test_the_lower_limit_still_allows_what_fits(run):
+    """Control: the 64 MiB limit stops 100 MiB, not everything."""
+    result = run(ALLOCATE.format(step=4, goal=16), limits=m.Limits(memory_bytes=64 * MiB))
+    assert result.status == m.Status.OK, _show(result)
+    assert "DONE" in result.stdout, _show(result)
+
+
+def test_payload_is_the_first_oom_victim(run):
+    """The payload sets oom_score_adj 1000 so that, when the run's memory is
+    full of something no process maps (tmpfs files, kernel objects), the OOM
+    killer takes the payload and not the monitor (pid 1), which must survive
+    to report ``memory_limit``."""
+    result = run(
+        """
+        print("PAYLOAD", open("/proc/self/oom_score_adj").read().strip())
+        print("MONITOR", open("/proc/1/oom_score_adj").read().strip())
+        """
+    )
+    assert result.status == m.Status.OK, _show(result)
+    assert "MONITOR" in result.stdout, _show(result)
+    assert "PAYLOAD 1000" in result.stdout, _show(result)
+
+
+def test_memory_spread_over_processes_is_bounded(run):
+    """Eight children hold 48 MiB each under a 128 MiB limit: at most two can."""
+    if not ROOT:
+        pytest.skip(NO_CGROUP)
+    result = run(
+        """
+        import os, time
+        read_end, write_end = os.pipe()
+        children = []
+        for _ in range(8):
+            pid = os.fork()
+            if pid == 0:
+                block = b"x" * (48 * 2**20)
+                os.write(write_end, b"+")
+                time.sleep(30)
+                os._exit(0)
+            children.append(pid)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        reported, dead, deadline = 0, set(), time.monotonic() + 6
+        while reported + len(dead) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:
+                reported += len(os.read(read_end, 64))
+            except BlockingIOError:
+                pass
+            for pid in children:
+                if pid not in dead and os.waitpid(pid, os.WNOHANG)[0]:
+                    dead.add(pid)
+        time.sleep(0.3)
+        for pid in children:
+            if pid not in dead and os.waitpid(pid, os.WNOHANG)[0]:
+                dead.add(pid)
+        print("REPORTED", reported, "HOLDING", 8 - len(dead), flush=True)
+        """,
+        limits=m.Limits(memory_bytes=128 * MiB),
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith("REPORTED")), None)
+    if line is None:  # the payload itself was the victim: that is a stop too
+        assert result.status == m.Status.MEMORY_LIMIT, _show(result)
+        return
+    holding = int(line.split()[3])
+    assert holding * 48 <= 128, f"{holding} children hold 48 MiB each\n{_show(result)}"
+
+
+def test_shared_memory_written_without_mapping_is_counted(run):
+    """memfd pages written with write() are in no address space (RLIMIT_AS
+    never sees them); the memory cgroup must still stop the run."""
+    if not ROOT:
+        pytest.skip(NO_CGROUP + " (memfd pages are not in RLIMIT_AS)")
+    result = run(
+        """
+        import os
+        chunk = b"x" * 2**20
+        fds, total = [], 0
+        print("START", flush=True)
+        for _ in range(16):
+            fd = os.memfd_create("hoard")
+            for _ in range(16):
+                total += os.write(fd, chunk)
+            fds.append(fd)
+            print("HOARDED", total >> 20, flush=True)
+        print("DONE", flush=True)
+        """,
+        limits=m.Limits(memory_bytes=64 * MiB),
+    )
+    assert "START" in result.stdout, _show(result)
+    assert "DONE" not in result.stdout, _show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, _show(result)
+    hoarded = [int(x.split()[1]) for x in result.stdout.splitlines() if x.startswith("HOARDED")]
+    assert not hoarded or max(hoarded) <= 64, _show(result)
