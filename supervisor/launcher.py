@@ -67,6 +67,7 @@ class Launcher:
         self.runtime_info: list[m.RuntimeInfo] = []
         self.runtimes: dict[str, Runtime] = {}
         self.stopping = False
+        self.slot_dirs: dict[int, dict[str, str]] = {}
 
     # --- start-up ----------------------------------------------------------------
 
@@ -169,7 +170,7 @@ class Launcher:
             )
         )
         # seccomp, compiled once in a helper so libseccomp never enters this heap.
-        programs = None
+        filters = None
         if profile.layers.seccomp != "off":
             policies = [seccomp.monitor_policy()]
             for name, runtime in self.runtimes.items():
@@ -183,7 +184,15 @@ class Launcher:
                     )
                 )
             try:
-                programs = seccomp.build_in_helper(policies).filters
+                compiled = seccomp.build_in_helper(policies).filters
+                # The monitor's allowlist already leaves out every never-allowed
+                # call; the payload also gets the deny filter (argument checks).
+                filters = {
+                    name: [syscalls.CompiledFilter(allow)]
+                    if name == "@monitor"
+                    else [syscalls.CompiledFilter(allow), syscalls.CompiledFilter(deny)]
+                    for name, (allow, deny) in compiled.items()
+                }
                 self.layers.append(
                     m.LayerStatus(
                         name="seccomp",
@@ -204,7 +213,7 @@ class Launcher:
             broker_socket=os.path.join(cfg.rundir, "workers.sock"),
             user_namespace=cfg.unprivileged,
             layout=layout,
-            programs=programs,
+            filters=filters,
             last_cap=privileges.cap_last(),
             lifeline=self.lifeline_r,
         )
@@ -230,9 +239,11 @@ class Launcher:
         cfg = self.config
         worker_id = secrets.token_hex(8)
         uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base + slot
-        dirs: dict[str, str] = {}
-        if self.layout is not None:
-            dirs = cgroups.prepare_slot(
+        dirs: dict[str, str] = self.slot_dirs.get(slot, {})
+        if self.layout is not None and not dirs:
+            # Once per slot: later workers of the slot reuse it (each run sets
+            # its own memory limit, and resets it before its worker exits).
+            dirs = self.slot_dirs[slot] = cgroups.prepare_slot(
                 self.layout,
                 slot,
                 self.profile.limits.memory_mb * MiB,

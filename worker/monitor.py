@@ -113,7 +113,9 @@ class Monitor:
         meter: Meter,
         kill_grace_ms: int,
         output_kill_bytes: int,
+        idle_memory_bytes: int,
     ) -> None:
+        self.idle_memory_bytes = idle_memory_bytes
         self.worker_id = worker_id
         self.runtime = runtime
         self.dealer = dealer
@@ -142,7 +144,13 @@ class Monitor:
             return job
         result = self.run(job)
         self.dealer.send(_codec.encode(result))
-        self.meter.set_running(False)  # tearing the sandbox down can wait for other runs
+        # The slot's cgroup serves the next worker: back to its idle state.
+        # Tearing this sandbox down can wait for other runs.
+        self.meter.set_running(False)
+        try:
+            self.meter.set_limit(self.idle_memory_bytes)
+        except OSError:
+            pass  # still above it (pages not yet freed); the next run sets its own
         return WorkerExit.DONE
 
     def warm(self) -> None:

@@ -74,7 +74,7 @@ def _read_all(fd: int) -> bytes:
 
 
 def _setup(
-    fds: PayloadFds, runtime: Runtime, profile: Profile, program: tuple[bytes, bytes] | None, memory_fallback: bool
+    fds: PayloadFds, runtime: Runtime, profile: Profile, program: list[sc.CompiledFilter] | None, memory_fallback: bool
 ) -> None:
     step = WorkerExit.SETUP_RLIMITS
     try:
@@ -94,15 +94,15 @@ def _setup(
         runtime.warm_up()
         step = WorkerExit.SETUP_SECCOMP
         if program is not None:
-            for bpf in program:
-                sc.CompiledFilter(bpf).load()
+            for flt in program:
+                flt.load()
     except BaseException as exc:  # noqa: BLE001 - nothing can log here: exit with the step
         os.write(STDERR, f"cellblock payload: {step.step} failed: {exc}\n".encode())
         os._exit(step)
 
 
 def become_payload(
-    fds: PayloadFds, runtime: Runtime, profile: Profile, program: tuple[bytes, bytes] | None, memory_fallback: bool
+    fds: PayloadFds, runtime: Runtime, profile: Profile, program: list[sc.CompiledFilter] | None, memory_fallback: bool
 ) -> NoReturn:
     code = int(WorkerExit.INTERNAL)
     try:

@@ -35,7 +35,9 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     broker_socket: str
     user_namespace: bool
     layout: cgroups.Layout | None
-    programs: dict[str, tuple[bytes, bytes]] | None  # policy name -> (allow, deny)
+    # policy name -> filters to load, built once from the compiled BPF so a
+    # worker only makes the system call (no ctypes objects made per worker)
+    filters: dict[str, list[sc.CompiledFilter]] | None
     last_cap: int
     lifeline: int  # read end; EOF means the launcher is gone
 
@@ -165,7 +167,7 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         stderr_r, stderr_w = os.pipe()
         job_r, job_w = os.pipe()
         report_r, report_w = os.pipe()
-        program = ctx.programs.get(spec.runtime) if ctx.programs is not None else None
+        program = ctx.filters.get(spec.runtime) if ctx.filters is not None else None
         payload_pid = os.fork()
         if payload_pid == 0:
             fds = payload.PayloadFds(stdin_r, stdout_w, stderr_w, job_r, report_w)
@@ -174,9 +176,9 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
             os.close(fd)
     with step(WorkerExit.SETUP_SECCOMP):
         privileges.make_undumpable()
-        if ctx.programs is not None:
-            for bpf in ctx.programs["@monitor"]:
-                sc.CompiledFilter(bpf).load()
+        if ctx.filters is not None:
+            for flt in ctx.filters["@monitor"]:
+                flt.load()
     monitor = Monitor(
         worker_id=spec.worker_id,
         runtime=spec.runtime,
@@ -191,9 +193,6 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         meter=meter,
         kill_grace_ms=profile.fixed.kill_grace_ms,
         output_kill_bytes=profile.fixed.output_kill_bytes,
+        idle_memory_bytes=profile.limits.memory_mb * MiB,
     )
     return monitor.serve()
-
-
-def payload_memory_limit(profile: Profile) -> int:
-    return profile.limits.memory_mb * MiB

@@ -14,6 +14,8 @@ from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode
 from protocol.profile import MiB, Profile
 
+# Below these a sandbox cannot start its interpreter, whatever the code is.
+MINIMUM = {"memory_bytes": 16 * MiB, "timeout_ms": 10, "cpu_ms": 10, "output_bytes": 64}
 _DOMAIN = re.compile(r"^(\*\.)?([a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}$")
 
 
@@ -62,6 +64,12 @@ def resolve_limits(profile: Profile, asked: m.Limits) -> tuple[Resolved, list[m.
         if value is None:
             values[name] = default
             continue
+        if value < MINIMUM.get(name, 1):
+            raise CellblockError(
+                ErrorCode.INVALID_REQUEST,
+                f"limits.{name} = {value} is below the least a sandbox needs ({MINIMUM[name]})",
+                f"limits.{name}",
+            )
         if value > maxima[name]:
             raise CellblockError(
                 ErrorCode.INVALID_REQUEST,
