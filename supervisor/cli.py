@@ -346,6 +346,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_harness(args: argparse.Namespace) -> int:
+    from supervisor import harness
+
+    return harness.main(args.cases, args.socket, args.profile, args.json, args.category, args.config)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from supervisor.doctor import run_doctor
 
@@ -425,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["json", "markdown"], default="markdown")
     export.add_argument("--output", "-o")
     export.set_defaults(func=cmd_export)
+
+    harness = sub.add_parser("harness", help="attack a service with hostile programs and score it")
+    harness.add_argument("--cases", help="a folder of cases (default: tests/harness/cases)")
+    harness.add_argument("--profile", help="profile of the embedded service (name or path)")
+    harness.add_argument("--category", action="append", help="only these categories")
+    harness.add_argument("--json", help="where to write the report (default harness-results/harness.json)")
+    common(harness)
+    harness.set_defaults(func=cmd_harness)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
     common(doctor)
