@@ -11,6 +11,8 @@ for path in ("/work/left-behind", "/tmp/left-behind", "/dev/shm/left-behind"):
         pass
 print("BLOCKED: wrote the files")
 # ---- second run ----
+import os
+
 for path in ("/work/left-behind", "/tmp/left-behind", "/dev/shm/left-behind"):
     if os.path.exists(path):
         print("ESCAPED: found", path)
