@@ -216,6 +216,8 @@ class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     in_flight: int
     counters: dict[str, int]
     launcher_generation: int = 0
+    limits: dict[str, int] = {}  # the profile's defaults: timeout_ms, cpu_ms, memory_bytes, output_bytes
+    max_limits: dict[str, int] = {}  # the most a run may get (above the defaults with a grant)
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):

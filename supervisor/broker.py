@@ -29,7 +29,7 @@ import zmq
 
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo, error_info
-from protocol.profile import MiB, Profile
+from protocol.profile import MiB, Profile, RunLimits
 from protocol.wire import (
     MAX_CLIENT_FRAME,
     MAX_LAUNCHER_DATAGRAM,
@@ -82,6 +82,15 @@ class RuntimeView:
     @property
     def offered(self) -> bool:
         return self.info.available and self.self_test == "passed"
+
+
+def _limit_values(limits: RunLimits) -> dict[str, int]:
+    return {
+        "timeout_ms": limits.timeout_ms,
+        "cpu_ms": limits.cpu_ms,
+        "memory_bytes": limits.memory_mb * MiB,
+        "output_bytes": limits.output_bytes,
+    }
 
 
 def _log(text: str) -> None:
@@ -465,6 +474,8 @@ class Broker:
             in_flight=stats.in_flight,
             counters=counters,
             launcher_generation=self.generation,
+            limits=_limit_values(self.profile.limits),
+            max_limits=_limit_values(self.profile.max),
         )
 
     def _maybe_ready(self) -> None:

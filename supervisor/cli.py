@@ -352,6 +352,13 @@ def cmd_harness(args: argparse.Namespace) -> int:
     return harness.main(args.cases, args.socket, args.profile, args.json, args.category, args.config)
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from supervisor import mcp_server
+
+    default = args.socket or _socket_path(args)
+    return mcp_server.main(args.socket, default, args.http, args.config)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from supervisor.doctor import run_doctor
 
@@ -439,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     harness.add_argument("--json", help="where to write the report (default harness-results/harness.json)")
     common(harness)
     harness.set_defaults(func=cmd_harness)
+
+    mcp = sub.add_parser("mcp", help="MCP server with the execute_code tool (stdio, or --http PORT)")
+    mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on 127.0.0.1:PORT instead of stdio")
+    common(mcp)
+    mcp.set_defaults(func=cmd_mcp)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
     common(doctor)

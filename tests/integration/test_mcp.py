@@ -1,0 +1,115 @@
+"""cellblock mcp, driven by the MCP SDK's own client over stdio and over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+pytestmark = pytest.mark.integration
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+async def exercise(client: Client) -> dict[str, Any]:
+    tools = await client.list_tools()
+    out: dict[str, Any] = {"tools": {t.name: t for t in tools.tools}}
+    out["ok"] = await client.call_tool("execute_code", {"code": "print(2+2)"})
+    out["timeout"] = await client.call_tool("execute_code", {"code": "while True: pass", "timeout": 1})
+    out["syntax"] = await client.call_tool("execute_code", {"code": "print(2+"})
+    out["refused"] = await client.call_tool("execute_code", {"code": "print(1)", "timeout": 30})
+    out["runtimes"] = await client.call_tool("list_runtimes", {})
+    return out
+
+
+def check(out: dict[str, Any]) -> None:
+    assert set(out["tools"]) == {"execute_code", "list_runtimes"}
+    description = out["tools"]["execute_code"].description
+    assert "no network" in description.lower() and "survive" in description and "10 s" in description
+    ok = out["ok"]
+    assert ok.is_error is False
+    assert "status: ok" in ok.content[0].text and ok.content[0].text.rstrip().endswith("4")
+    assert ok.structured_content["stdout"] == "4\n" and ok.structured_content["status"] == "ok"
+    timeout = out["timeout"]
+    assert timeout.is_error is True and "timeout" in timeout.content[0].text
+    assert timeout.structured_content["status"] == "timeout"
+    syntax = out["syntax"]
+    assert syntax.is_error is True and "SyntaxError" in syntax.content[0].text
+    refused = out["refused"]
+    assert refused.is_error is True
+    text = refused.content[0].text
+    assert "permission_required" in text and "limits:timeout_ms" in text and "cellblock grant mcp-" in text
+    assert refused.structured_content["required"] == [{"kind": "limits", "target": "timeout_ms"}]
+    assert out["runtimes"].structured_content["runtimes"][0]["name"] == "python"
+
+
+def test_over_stdio(service: object) -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "supervisor.cli", "mcp", "--socket", service.socket],  # type: ignore[attr-defined]
+        env={"PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+    )
+
+    async def go() -> dict[str, Any]:
+        async with Client(params) as client:
+            return await exercise(client)
+
+    check(asyncio.run(go()))
+
+
+@pytest.fixture
+def http_server(service: object) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.cli", "mcp", "--http", str(port), "--socket", service.socket],  # type: ignore[attr-defined]
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "the MCP HTTP server did not start"
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/mcp"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_over_streamable_http(http_server: str) -> None:
+    async def go() -> dict[str, Any]:
+        async with Client(http_server) as client:
+            return await exercise(client)
+
+    check(asyncio.run(go()))
+
+
+def test_each_session_is_its_own_client(http_server: str, service: object) -> None:
+    async def who() -> str:
+        async with Client(http_server) as client:
+            result = await client.call_tool("execute_code", {"code": "print(1)", "timeout": 30})
+            return str(result.structured_content["error"]["message"])
+
+    first, second = asyncio.run(who()), asyncio.run(who())
+    ids = [text.split("client ")[1].split(" ")[0] for text in (first, second)]
+    assert ids[0] != ids[1] and all(i.startswith("'mcp-") for i in ids)
