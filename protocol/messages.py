@@ -286,6 +286,7 @@ class Job(Internal, tag="job", kw_only=True, frozen=True):
     memory_bytes: int
     output_bytes: int
     stream: bool = False
+    language: str = ""  # as the client named it (a runtime may care: "mjs" means an ES module)
 
 
 class WorkerChunk(Internal, tag="worker_chunk", kw_only=True, frozen=True):

@@ -52,8 +52,8 @@ def _language(args: argparse.Namespace) -> str:
     if args.language:
         return str(args.language)
     ext = os.path.splitext(args.file)[1].lower()
-    return {".js": "javascript", ".mjs": "javascript", ".sh": "bash", ".bash": "bash", ".swift": "swift"}.get(
-        ext, "python"
+    return {".py": "python", ".js": "javascript", ".mjs": "mjs", ".sh": "bash", ".bash": "bash", ".swift": "swift"}.get(
+        ext, "auto"
     )
 
 

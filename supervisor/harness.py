@@ -1,6 +1,6 @@
 """``cellblock harness``: attack a service with a corpus of hostile programs, score it.
 
-A case is a program with a comment header::
+A case is a program (.py, .js or .sh) with a comment header (``#`` or ``//``)::
 
     # category: network            resources, filesystem, network, privilege, escape,
     #                              seccomp, leaks, protocol, output, secrets (any word)
@@ -84,9 +84,10 @@ def load_cases(directory: pathlib.Path) -> list[Case]:
         text = path.read_text()
         header: dict[str, str] = {}
         for line in text.splitlines():
-            if not line.startswith("#"):
+            prefix = "//" if line.startswith("//") else "#" if line.startswith("#") else ""
+            if not prefix:
                 break
-            key, sep, value = line[1:].partition(":")
+            key, sep, value = line[len(prefix) :].partition(":")
             if sep:
                 header[key.strip().lower()] = value.strip()
         cases.append(

@@ -21,6 +21,7 @@ from protocol.errors import CellblockError, ErrorCode, ErrorInfo
 from supervisor import results
 from supervisor.dispatch import Dispatcher, Ticket
 from supervisor.policy import Admitted, Policy, Streams
+from supervisor.policy.detect import detect
 
 Reply = Callable[[bytes, m.Reply], None]
 Resolve = Callable[[str], str]  # language -> runtime name, or raises CellblockError
@@ -111,6 +112,25 @@ class Intake:
                 ),
             )
             return
+        detected = None
+        if request.language.lower() in ("", "auto"):
+            detected = detect(request.code)
+            if detected.language is None:
+                choices = f" ({' or '.join(detected.alternatives)})" if detected.alternatives else ""
+                self._refuse(
+                    client,
+                    request,
+                    run_id,
+                    self._error(
+                        ErrorInfo(
+                            code=ErrorCode.INVALID_REQUEST,
+                            field="language",
+                            message=f"cannot tell which language this is: {detected.reason}{choices}; set language",
+                        )
+                    ),
+                )
+                return
+            request = msgspec.structs.replace(request, language=detected.language)
         try:
             runtime = self.resolve(request.language)
             admitted = self.policy.admit(client.hex(), request, runtime)
@@ -123,6 +143,16 @@ class Intake:
         if admitted.reply is not None:
             self._refuse(client, request, run_id, admitted.reply, admitted.client_key)
             return
+        if detected is not None:
+            admitted.findings.insert(
+                0,
+                m.Finding(
+                    rule="language_detected",
+                    line=0,
+                    severity="info",
+                    message=f"ran as {detected.language} ({detected.confidence}: {detected.reason})",
+                ),
+            )
         if admitted.wait:
             self.active[key] = run_id
             now = time.monotonic()
@@ -147,6 +177,7 @@ class Intake:
             memory_bytes=limits.memory_bytes,
             output_bytes=limits.output_bytes,
             stream=request.stream,
+            language=request.language.lower(),
         )
         state = Request(
             client=client,

@@ -179,7 +179,7 @@ class Launcher:
                     seccomp.Policy(
                         name=name,
                         extra_allow=runtime.extra_syscalls,
-                        exec=policy.exec,
+                        exec=policy.exec or runtime.needs_exec_syscall,
                         socket_families=tuple(policy.socket_families),
                     )
                 )

@@ -23,6 +23,7 @@ from protocol.wire import worker_codec
 from worker.cgroups import Meter
 from worker.exits import WorkerExit
 from worker.payload import EXITED, MEMORY_ERROR
+from worker.runtimes.base import Runtime
 from worker.zmtp import Dealer, Parser, frame_bytes
 
 READ_SIZE = 1 << 16
@@ -114,8 +115,10 @@ class Monitor:
         kill_grace_ms: int,
         output_kill_bytes: int,
         idle_memory_bytes: int,
+        adapter: Runtime,
     ) -> None:
         self.idle_memory_bytes = idle_memory_bytes
+        self.adapter = adapter
         self.worker_id = worker_id
         self.runtime = runtime
         self.dealer = dealer
@@ -211,13 +214,13 @@ class Monitor:
         # With the worker's cgroup counting its cpu, the run can end at the
         # payload's report instead of waiting for its exit (tearing down a
         # forked interpreter's address space costs ~0.5-1 ms here).
-        fast = cpu_before is not None
+        fast = cpu_before is not None and self.adapter.reports
         out, err = Capture(job.output_bytes), Capture(job.output_bytes)
         outcome = Outcome()
         started = time.monotonic()
         deadline = started + job.timeout_ms / 1000
         try:
-            _write_all(self.job_w, _job_body(job))
+            _write_all(self.job_w, self.adapter.encode_job(job))
         except BrokenPipeError:
             pass  # the payload died before reading; its exit status says why
         os.close(self.job_w)
@@ -237,6 +240,9 @@ class Monitor:
         if peak is None:
             peak = (usage or resource.getrusage(resource.RUSAGE_CHILDREN)).ru_maxrss * 1024
         oom = self.meter.oom_kills() > oom_before
+        marker = self.adapter.oom_marker
+        if marker and (marker in err.head or marker in err.tail):
+            outcome.memory_error = True  # the runtime's own heap limit, sized from the memory limit
         status, reason = _classify(outcome, job, cpu_ms, oom)
         exit_code = signal_no = None
         if outcome.status is not None:
@@ -377,10 +383,6 @@ def _schedstat_ns(pid: int) -> int:
         return 0
 
 
-def _job_body(job: m.Job) -> bytes:
-    return _codec.encode(job)[1]
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -398,7 +400,7 @@ def _classify(outcome: Outcome, job: m.Job, cpu_ms: float, oom: bool) -> tuple[S
         return Status.INTERNAL_ERROR, "payload status unknown"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        if oom:
+        if oom or outcome.memory_error:
             return Status.MEMORY_LIMIT, f"memory limit of {job.memory_bytes} bytes"
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_ms >= job.cpu_ms):
             return Status.TIMEOUT, f"cpu time limit of {job.cpu_ms} ms"

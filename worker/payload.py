@@ -55,12 +55,13 @@ class PayloadFds(msgspec.Struct, frozen=True):
     report: int
 
 
-def _arrange(fds: PayloadFds) -> None:
+def _arrange(fds: PayloadFds, exec_runtime: bool) -> None:
     # Move every pipe above the target range first, so no dup2 clobbers another.
     moved = [os.dup(fd) for fd in (fds.stdin, fds.stdout, fds.stderr, fds.job, fds.report)]
     for target, fd in enumerate(moved):
-        # stdio is inherited by programs the code starts; the job and report pipes are not.
-        os.dup2(fd, target, inheritable=target < JOB)
+        # stdio is inherited by programs the code starts; the job and report pipes
+        # only by an exec'd runtime's interpreter, which reads and writes them.
+        os.dup2(fd, target, inheritable=target < JOB or exec_runtime)
     sc.close_range(5)
 
 
@@ -78,7 +79,7 @@ def _setup(
 ) -> None:
     step = WorkerExit.SETUP_RLIMITS
     try:
-        _arrange(fds)
+        _arrange(fds, runtime.execs)
         os.setsid()
         # The uid change left the process not dumpable, which makes its /proc
         # files root's; an ordinary process again, it may raise its own
@@ -87,7 +88,7 @@ def _setup(
         fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
         os.write(fd, b"1000")
         os.close(fd)
-        rlimits.apply_payload(profile, memory_fallback)
+        rlimits.apply_payload(profile, memory_fallback and runtime.address_space_rlimit)
         step = WorkerExit.RUNTIME_MISSING
         runtime.prepare()
         _job_decoder.decode(_WARM_JOB)
@@ -107,6 +108,9 @@ def become_payload(
     code = int(WorkerExit.INTERNAL)
     try:
         _setup(fds, runtime, profile, program, memory_fallback)
+        if runtime.execs:
+            code = int(WorkerExit.RUNTIME_MISSING)  # if the exec itself fails
+            runtime.exec_interpreter(profile)
         data = _read_all(JOB)
         if not data:
             os._exit(WorkerExit.DONE)  # the monitor closed the pipe without a job

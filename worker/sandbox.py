@@ -194,5 +194,6 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         kill_grace_ms=profile.fixed.kill_grace_ms,
         output_kill_bytes=profile.fixed.output_kill_bytes,
         idle_memory_bytes=profile.limits.memory_mb * MiB,
+        adapter=runtime,
     )
     return monitor.serve()

@@ -49,7 +49,8 @@ def check(out: dict[str, Any]) -> None:
     text = refused.content[0].text
     assert "permission_required" in text and "limits:timeout_ms" in text and "cellblock grant mcp-" in text
     assert refused.structured_content["required"] == [{"kind": "limits", "target": "timeout_ms"}]
-    assert out["runtimes"].structured_content["runtimes"][0]["name"] == "python"
+    runtimes = {r["name"]: r for r in out["runtimes"].structured_content["runtimes"]}
+    assert runtimes["python"]["available"] and "javascript" in runtimes
 
 
 def test_over_stdio(service: object) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from worker.runtimes.base import Runtime
+from worker.runtimes.bash import BashRuntime
+from worker.runtimes.node import NodeRuntime
 from worker.runtimes.python import PythonRuntime
+from worker.runtimes.swift import SwiftRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
-    PythonRuntime.name: PythonRuntime,
+    cls.name: cls for cls in (PythonRuntime, NodeRuntime, BashRuntime, SwiftRuntime)
 }
 
 

@@ -4,13 +4,27 @@ A runtime says which host paths it needs (bound read-only into the
 template), which extra system calls it needs, how to find out whether it
 can run on this host, a tiny self-test program the broker runs under the
 real profile before offering it, and how the payload runs a job.
+
+Two shapes:
+
+* in-process (Python): the payload is a fork of the launcher's warm
+  interpreter; it reads the job from the job pipe and runs it itself.
+* exec'd (Node, bash): after the sandbox steps and its seccomp filter, the
+  payload execs the runtime's own interpreter, which starts before any job
+  exists and blocks reading the job pipe (fd 3); ``encode_job`` turns the
+  job into what that interpreter reads. Its report pipe is fd 4.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NoReturn
+
+import msgspec
 
 from protocol.messages import Job
+from protocol.profile import Profile
+
+_encoder = msgspec.msgpack.Encoder()
 
 
 class Runtime:
@@ -18,6 +32,11 @@ class Runtime:
     languages: ClassVar[tuple[str, ...]]
     extra_syscalls: ClassVar[frozenset[str]] = frozenset()
     self_test: ClassVar[tuple[str, str]]  # (code, exact stdout expected)
+    execs: ClassVar[bool] = False  # the payload execs an interpreter before the job arrives
+    reports: ClassVar[bool] = True  # writes "X<exit code>" to fd 4 when the code returns
+    needs_exec_syscall: ClassVar[bool] = False  # execve must stay allowed (to start the interpreter)
+    address_space_rlimit: ClassVar[bool] = True  # RLIMIT_AS is usable (not for V8's reservations)
+    oom_marker: ClassVar[bytes] = b""  # on stderr when the runtime's own heap limit ended the run
 
     def host_paths(self) -> list[str]:
         """Host paths to bind read-only into the sandbox (besides /usr)."""
@@ -38,8 +57,16 @@ class Runtime:
         job arrives takes it off the job's latency.
         """
 
+    def encode_job(self, job: Job) -> bytes:
+        """What the monitor writes on the job pipe (the payload reads it to EOF)."""
+        return _encoder.encode(job)
+
+    def exec_interpreter(self, profile: Profile) -> NoReturn:
+        """Exec'd runtimes: replace the payload with the warm interpreter."""
+        raise NotImplementedError
+
     def run(self, job: Job) -> int:
-        """In the payload: run the job's code; return the exit code."""
+        """In-process runtimes: run the job's code; return the exit code."""
         raise NotImplementedError
 
     memory_error: bool = False  # set by run() when the code ran out of memory

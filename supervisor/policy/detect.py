@@ -1,0 +1,149 @@
+"""Which language is this code block? A code-fence tag, a shebang, then the content.
+
+The content classifier tries Python's own parser first, then weighs a few
+cheap signs of JavaScript and shell. It answers with a confidence; when two
+languages fit about equally it says "ambiguous" and names them, and the
+broker then refuses to guess rather than run code in the wrong runtime.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Literal
+
+import msgspec
+
+ALIASES = {
+    "py": "python",
+    "python": "python",
+    "python3": "python",
+    "py3": "python",
+    "ipython": "python",
+    "js": "javascript",
+    "javascript": "javascript",
+    "node": "javascript",
+    "nodejs": "javascript",
+    "mjs": "javascript",
+    "cjs": "javascript",
+    "esm": "javascript",
+    "sh": "bash",
+    "bash": "bash",
+    "shell": "bash",
+    "zsh": "bash",
+    "console": "bash",
+    "shell-session": "bash",
+    "swift": "swift",
+}
+Confidence = Literal["certain", "likely", "ambiguous", "unknown"]
+
+
+class Guess(msgspec.Struct, frozen=True, kw_only=True):
+    language: str | None
+    confidence: Confidence
+    reason: str
+    alternatives: list[str] = []
+
+
+JS_SIGNS = (
+    (re.compile(r"\b(?:const|let|var)\s+[\w${}\[\],\s]+=", re.M), 3),
+    (re.compile(r"\bconsole\.(?:log|error|warn)\s*\("), 4),
+    (re.compile(r"\brequire\s*\(\s*['\"]"), 4),
+    (re.compile(r"=>"), 2),
+    (re.compile(r"\bfunction\s*\w*\s*\("), 3),
+    (re.compile(r"===|!=="), 3),
+    (re.compile(r";\s*$", re.M), 1),
+    (re.compile(r"\bimport\s+[\w{}\s,*]+\s+from\s+['\"]"), 3),
+    (re.compile(r"\bprocess\.(?:argv|env|exit|stdout)\b"), 3),
+    (re.compile(r"\b(?:async|await)\b"), 1),
+)
+SHELL_SIGNS = (
+    (
+        re.compile(
+            r"^\s*(?:echo|printf|cd|ls|grep|cat|export|source|mkdir|rm|cp|mv|chmod|curl|wget|apt|sudo|pip|npm|git|"
+            r"find|sed|awk|tar|touch|head|tail|sort|uniq|wc|test|read|set|unset|alias|which|env)\b(?!\s*[(=.])",
+            re.M,
+        ),
+        3,
+    ),
+    (re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\$\(|\$\?|\$#|\$@"), 3),
+    (re.compile(r"^\s*(?:if\s+\[|fi\s*$|then\s*$|done\s*$|do\s*$|esac\s*$|elif\s+\[)", re.M), 4),
+    (re.compile(r"\s(?:\|\||&&)\s|\s\|\s+\w|\s2>&1|\s>\s*/dev/null"), 2),
+    (re.compile(r"^\s*\w+=[^=\s]"), 1),
+    (re.compile(r"^\s*for\s+\w+\s+in\s+[^:]*;\s*do|^\s*while\s+.*;\s*do", re.M), 4),
+)
+PY_SIGNS = (
+    (re.compile(r"^\s*(?:def|class)\s+\w+.*:\s*$", re.M), 4),
+    (re.compile(r"^\s*(?:import\s+\w+|from\s+[\w.]+\s+import\s)", re.M), 4),
+    (re.compile(r"\bprint\s*\("), 2),
+    (re.compile(r"^\s*(?:if|elif|for|while|with|try|except)\b.*:\s*$", re.M), 3),
+    (re.compile(r"\b(?:None|True|False|self|elif|lambda)\b"), 1),
+    (re.compile(r"\bf['\"]"), 1),
+)
+
+
+def _score(code: str, signs: tuple[tuple[re.Pattern[str], int], ...]) -> int:
+    return sum(weight for pattern, weight in signs if pattern.search(code))
+
+
+def _python_parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def detect(code: str, hint: str = "") -> Guess:
+    if hint:
+        tag = hint.strip().lower().split()[0].split(",")[0].lstrip("{.").rstrip("}")
+        if tag in ALIASES:
+            return Guess(language=ALIASES[tag], confidence="certain", reason=f"code fence says {tag}")
+    first = code.lstrip().split("\n", 1)[0]
+    if first.startswith("#!"):
+        words = first[2:].split()
+        if words and words[0].endswith("/env"):
+            words = [w for w in words[1:] if not w.startswith("-")]
+        name = re.sub(r"[\d.]+$", "", words[0].rsplit("/", 1)[-1]) if words else ""
+        if name in ALIASES:
+            return Guess(language=ALIASES[name], confidence="certain", reason=f"shebang names {name}")
+    stripped = code.strip()
+    if not stripped:
+        return Guess(language=None, confidence="unknown", reason="there is no code")
+    if stripped[0] in "[{":
+        try:
+            json.loads(stripped)
+        except ValueError:
+            pass
+        else:
+            return Guess(language=None, confidence="unknown", reason="this is JSON data, not a program")
+    parses = _python_parses(code)
+    py_signs = _score(code, PY_SIGNS)
+    # A one-line expression or assignment parses as Python whatever it was
+    # meant to be ("ls -la" is a subtraction): parsing counts for little there.
+    trivial = "\n" not in stripped and py_signs == 0
+    scores = {
+        "python": py_signs + ((1 if trivial else 3) if parses else -8),
+        "javascript": _score(code, JS_SIGNS),
+        "bash": _score(code, SHELL_SIGNS),
+    }
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    (best, top), (second, runner_up) = ranked[0], ranked[1]
+    if top <= 0:
+        return Guess(
+            language=None,
+            confidence="unknown",
+            reason="no language's signs are present",
+            alternatives=[k for k, _ in ranked],
+        )
+    if top - runner_up < 2:
+        return Guess(
+            language=None,
+            confidence="ambiguous",
+            reason=f"could be {best} or {second}; say which",
+            alternatives=[best, second],
+        )
+    confidence: Confidence = "likely" if top - runner_up < 5 else "certain"
+    why = "parses as Python" if best == "python" and parses else f"reads like {best}"
+    return Guess(language=best, confidence=confidence, reason=why)
