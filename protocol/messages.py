@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.errors import ErrorInfo
+from protocol.errors import ErrorCode, ErrorInfo
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Small = Annotated[str, msgspec.Meta(max_length=256)]
@@ -275,6 +275,7 @@ class Ready(Internal, tag="ready", kw_only=True, frozen=True):
     worker: str
     runtime: str
     pid: int
+    reserved_for: str = ""  # the run this worker was made for (host binds, egress)
 
 
 class Job(Internal, tag="job", kw_only=True, frozen=True):
@@ -346,6 +347,7 @@ class Spawned(Internal, tag="spawned", kw_only=True, frozen=True):
     worker: str
     runtime: str
     pid: int
+    reserved_for: str = ""
 
 
 class Exited(Internal, tag="exited", kw_only=True, frozen=True):
@@ -371,6 +373,31 @@ class Taken(Internal, tag="taken", kw_only=True, frozen=True):
     worker: str
 
 
+class HostBind(msgspec.Struct, frozen=True, kw_only=True):
+    """A granted host path, bound into the sandbox at /mnt/host/<path>."""
+
+    host: str  # the path the run asked for
+    within: str  # the grant that covers it: what ``host`` resolves to must lie inside
+    writable: bool = False
+
+
+class Reserve(Internal, tag="reserve", kw_only=True, frozen=True):
+    """Broker -> launcher: make a worker for this one run (its grants need binds)."""
+
+    run: str
+    runtime: str
+    binds: list[HostBind] = []
+    egress: str = ""  # host path of the run's egress proxy socket, bound at /mnt/egress.sock
+
+
+class ReserveFailed(Internal, tag="reserve_failed", kw_only=True, frozen=True):
+    """Launcher -> broker: no worker could be made for this run."""
+
+    run: str
+    code: ErrorCode
+    reason: str
+
+
 class Kill(Internal, tag="kill", kw_only=True, frozen=True):
     """Broker -> launcher: the broker gave up on this worker (deadline passed)."""
 
@@ -382,5 +409,31 @@ ClientRequest = ExecuteRequest | StatusRequest | GrantRequest | RevokeRequest | 
 ClientReply = OutputChunk | ExecuteResult | StatusReply | GrantsReply | HistoryReply | ErrorReply
 WorkerToBroker = Ready | WorkerChunk | WorkerResult
 BrokerToWorker = Job
-LauncherToBroker = LauncherHello | Spawned | Exited | Health
-BrokerToLauncher = Taken | Kill
+LauncherToBroker = LauncherHello | Spawned | Exited | Health | ReserveFailed
+BrokerToLauncher = Taken | Kill | Reserve
+
+
+# --- broker <-> egress proxy -------------------------------------------------------
+
+
+class EgressOpen(Internal, tag="egress_open", kw_only=True, frozen=True):
+    run: str
+    allow: list[str]  # domain patterns granted to the run
+
+
+class EgressOpened(Internal, tag="egress_opened", kw_only=True, frozen=True):
+    run: str
+    path: str  # unix socket the run's forwarder connects to
+
+
+class EgressClose(Internal, tag="egress_close", kw_only=True, frozen=True):
+    run: str
+
+
+class EgressReport(Internal, tag="egress_report", kw_only=True, frozen=True):
+    run: str
+    decisions: list[NetDecision]
+
+
+BrokerToEgress = EgressOpen | EgressClose
+EgressToBroker = EgressOpened | EgressReport

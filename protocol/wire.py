@@ -98,6 +98,14 @@ def launcher_codec() -> Codec[m.BrokerToLauncher]:
     return Codec(m.BrokerToLauncher, MAX_LAUNCHER_DATAGRAM)
 
 
+def broker_egress_codec() -> Codec[m.EgressToBroker]:
+    return Codec(m.EgressToBroker, MAX_LAUNCHER_DATAGRAM)
+
+
+def egress_codec() -> Codec[m.BrokerToEgress]:
+    return Codec(m.BrokerToEgress, MAX_LAUNCHER_DATAGRAM)
+
+
 _json_encoder = msgspec.json.Encoder()
 
 

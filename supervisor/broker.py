@@ -5,6 +5,8 @@ Sockets (all in the 0700 runtime directory):
 * ``client.sock``   ZeroMQ ROUTER for clients (host apps, the CLI, the MCP server)
 * ``workers.sock``  ZeroMQ ROUTER for worker monitors; never visible in a sandbox
 * ``launcher.sock`` the launcher's SEQPACKET socket, which the broker connects to
+* ``egress.ctl``    the egress proxy's SEQPACKET socket: open and close a run's
+                    proxy socket (a short request and reply, for net runs only)
 
 Every client frame is decoded by the client codec (version first); anything
 that cannot be read gets an error reply and is counted, and the loop goes on.
@@ -35,6 +37,7 @@ from protocol.wire import (
     MAX_LAUNCHER_DATAGRAM,
     MAX_WORKER_FRAME,
     broker_client_codec,
+    broker_egress_codec,
     broker_launcher_codec,
     broker_worker_codec,
 )
@@ -98,6 +101,64 @@ def _log(text: str) -> None:
     sys.stderr.flush()
 
 
+class EgressLink:
+    """The broker's side of ``egress.ctl``: one request, one reply, in order.
+
+    Blocking, with a short timeout: the proxy answers from memory (it only
+    creates or removes a socket), and only runs holding a net grant ask.
+    """
+
+    TIMEOUT_S = 2.0
+
+    def __init__(self, rundir: str) -> None:
+        self.path = os.path.join(rundir, "egress.ctl")
+        self.codec = broker_egress_codec()
+        self.sock: socket.socket | None = None
+
+    def _call(self, message: m.Internal, run_id: str) -> m.EgressToBroker:
+        for attempt in (1, 2):  # a restarted proxy: reconnect once
+            if self.sock is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+                sock.settimeout(self.TIMEOUT_S)
+                try:
+                    sock.connect(self.path)
+                except OSError as exc:
+                    sock.close()
+                    raise CellblockError(
+                        ErrorCode.INTERNAL_ERROR, f"the egress proxy is not running ({exc.strerror})"
+                    ) from None
+                self.sock = sock
+            try:
+                self.sock.send(self.codec.encode_datagram(message))
+                data = self.sock.recv(MAX_LAUNCHER_DATAGRAM)
+                if not data:
+                    raise ConnectionResetError
+                reply = self.codec.decode_datagram(data)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.sock.close()  # a late reply must never be read as the next one's
+                self.sock = None
+                if attempt == 1 and isinstance(exc, ConnectionError | BrokenPipeError):
+                    continue
+                raise CellblockError(ErrorCode.INTERNAL_ERROR, "the egress proxy did not answer") from None
+            if reply.run != run_id:
+                raise CellblockError(ErrorCode.INTERNAL_ERROR, "the egress proxy answered for another run")
+            return reply
+        raise CellblockError(ErrorCode.INTERNAL_ERROR, "the egress proxy did not answer")
+
+    def open(self, run_id: str, allow: list[str]) -> str:
+        reply = self._call(m.EgressOpen(run=run_id, allow=allow), run_id)
+        assert isinstance(reply, m.EgressOpened)
+        return reply.path
+
+    def close(self, run_id: str) -> list[m.NetDecision]:
+        try:
+            reply = self._call(m.EgressClose(run=run_id), run_id)
+        except CellblockError as exc:
+            _log(f"egress close for run {run_id}: {exc.message}")
+            return []
+        return reply.decisions if isinstance(reply, m.EgressReport) else []
+
+
 class Broker:
     def __init__(self, cfg: BrokerConfig) -> None:
         self.cfg = cfg
@@ -119,14 +180,23 @@ class Broker:
         self.launcher_retry = 0.0
         self.ready_sent = False
         self.dispatcher = Dispatcher(
-            effects=Effects(send_job=self._send_job, taken=self._taken, kill=self._kill, finish=self._finish),
+            effects=Effects(
+                send_job=self._send_job, taken=self._taken, kill=self._kill, finish=self._finish, reserve=self._reserve
+            ),
             clock=time.monotonic,
             queue_limit=cfg.config.service.queue_limit,
             queue_wait_s=cfg.config.service.queue_wait_s,
         )
         self.policy = Policy(cfg.config, cfg.profile, cfg.statedir, time.time)
+        self.egress = EgressLink(cfg.rundir)
         self.intake = Intake(
-            self.policy, self.dispatcher, self._reply, self._resolve, self._version, cfg.config.service.queue_wait_s
+            self.policy,
+            self.dispatcher,
+            self._reply,
+            self._resolve,
+            self._version,
+            cfg.config.service.queue_wait_s,
+            self.egress,
         )
 
     # --- sockets -----------------------------------------------------------------------
@@ -196,6 +266,14 @@ class Broker:
 
     def _kill(self, worker_id: str, reason: str) -> None:
         self._launcher_send(m.Kill(worker=worker_id, reason=reason))
+
+    def _reserve(self, reservation: m.Reserve) -> None:
+        if self.launcher is None:
+            self.dispatcher.reserve_failed(
+                reservation.run, ErrorCode.RUNTIME_UNAVAILABLE, "the launcher is not connected; retry shortly"
+            )
+            return
+        self._launcher_send(reservation)
 
     def _reply(self, client: bytes, reply: m.Reply) -> None:
         try:
@@ -410,7 +488,9 @@ class Broker:
             case m.LauncherHello():
                 self._hello(message)
             case m.Spawned(worker=worker_id, runtime=runtime, pid=pid):
-                self.dispatcher.spawned(worker_id, runtime, pid)
+                self.dispatcher.spawned(worker_id, runtime, pid, message.reserved_for)
+            case m.ReserveFailed(run=run_id, code=code, reason=reason):
+                self.dispatcher.reserve_failed(run_id, code, reason)
             case m.Exited(worker=worker_id, detail=detail):
                 self.dispatcher.exited(worker_id, detail)
             case m.Health(runtime=runtime):
@@ -572,6 +652,8 @@ class Broker:
             self.counters["client_disconnects"] += 1
 
     def close(self) -> None:
+        if self.egress.sock is not None:
+            self.egress.sock.close()
         self.policy.close()
         self.monitor.close(linger=0)
         self.client.close(linger=0)

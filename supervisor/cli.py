@@ -70,6 +70,9 @@ def _summary(result: m.ExecuteResult) -> str:
         parts.append(f"dropped={result.stdout_dropped + result.stderr_dropped}B")
     if result.redactions:
         parts.append("redacted=" + ",".join(f"{k}x{v}" for k, v in sorted(result.redactions.items())))
+    for d in result.network:
+        verdict = f"allowed in={d.bytes_in}B out={d.bytes_out}B" if d.allowed else f"denied ({d.reason})"
+        parts.append(f"net {d.host}:{d.port} {verdict}")
     if result.error is not None:
         parts.append(f"error={result.error.code.value}: {result.error.message}")
     return "[cellblock] " + " ".join(parts)
@@ -115,7 +118,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         with Client(path) as client:
             result = client.execute(
-                code, _language(args), stdin=stdin, limits=limits, client_id=args.client_id or "cli", on_chunk=on_chunk
+                code,
+                _language(args),
+                stdin=stdin,
+                limits=limits,
+                capabilities=args.cap,
+                client_id=args.client_id or "cli",
+                on_chunk=on_chunk,
             )
     finally:
         if embedded is not None:
@@ -385,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--stream", action="store_true", help="print output as it is produced")
     run.add_argument("--client-id", default="")
+    run.add_argument(
+        "--cap",
+        action="append",
+        default=[],
+        type=parse_capability,
+        metavar="KIND:TARGET",
+        help="a capability the run uses (granted beforehand): net:example.com, fs_read:/srv/data, fs_write:/srv/out",
+    )
     common(run)
     run.set_defaults(func=cmd_run)
 

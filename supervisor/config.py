@@ -7,6 +7,7 @@ reason. Defaults are what a new user gets from ``make run``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pathlib
 from typing import Annotated, Literal
@@ -52,6 +53,18 @@ class PolicySection(Strict, frozen=True):
     grant_roots: list[str] = []  # host paths under which fs grants may be given
 
 
+class EgressSection(Strict, frozen=True):
+    """The egress proxy: the only way out of a sandbox, for runs holding a net grant."""
+
+    enabled: bool = True
+    deny: list[str] = []  # domain patterns refused even when granted (deny beats allow)
+    # Test setups only: fixed answers instead of DNS, and private or loopback
+    # targets ("127.0.0.1:8080") that may be reached although they are not public.
+    resolve: dict[str, str] = {}
+    allow_targets: list[str] = []
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+
+
 class HistorySection(Strict, frozen=True):
     enabled: bool = True
     retention_days: Pos = 30
@@ -66,6 +79,7 @@ class Config(Strict, frozen=True):
     service: ServiceSection = ServiceSection()
     cgroups: CgroupSection = CgroupSection()
     policy: PolicySection = PolicySection()
+    egress: EgressSection = EgressSection()
     history: HistorySection = HistorySection()
     redaction: RedactionSection = RedactionSection()
 
@@ -80,6 +94,22 @@ def _check(config: Config, path: str) -> None:
     for i, root in enumerate(config.policy.grant_roots):
         if not root.startswith("/"):
             raise ConfigError(path, f"policy.grant_roots[{i}]", "must be an absolute path")
+        if os.path.realpath(root) == "/":
+            raise ConfigError(path, f"policy.grant_roots[{i}]", "must not be / (name the folders that may be granted)")
+    for name, address in config.egress.resolve.items():
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(path, f"egress.resolve.{name}", "must be an IP address") from None
+    for i, target in enumerate(config.egress.allow_targets):
+        host, _, port = target.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            valid = 0 < int(port) < 65536
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(path, f"egress.allow_targets[{i}]", "must be ADDRESS:PORT, e.g. 127.0.0.1:8080")
 
 
 def load_config(path: str | None) -> Config:

@@ -1,7 +1,9 @@
 """The broker's worker table, job queue and deadlines. No sockets here.
 
 A job goes to exactly one warm worker, or waits in a bounded queue until
-one is ready; past the bound it is refused as overloaded. Every job ends in
+one is ready; past the bound it is refused as overloaded. A job whose run
+holds path or network grants instead asks the launcher for a worker of its
+own (``Reserve``) and goes only to that worker, which no other job can get. Every job ends in
 exactly one call to ``finish``: with the worker's result, or with an error
 when the worker dies, a deadline passes, the launcher is lost or the queue
 wait runs out. Results are accepted only from the worker the job was sent
@@ -47,6 +49,7 @@ class WorkerEntry:
     generation: int
     state: WorkerState = WorkerState.STARTING
     job: str | None = None
+    reserved_for: str = ""
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Ticket:
     started: float = 0.0
     deadline: float = 0.0
     lost: str = ""  # why the worker is gone, once the launcher said so
+    reserve: m.Reserve | None = None  # set: the run gets a worker made for it alone
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Effects:
     taken: Callable[[str], None]
     kill: Callable[[str, str], None]
     finish: Callable[[Ticket, m.WorkerResult | None, ErrorInfo | None], None]
+    reserve: Callable[[m.Reserve], None]
 
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,15 +100,24 @@ class Dispatcher:
     queue: collections.deque[Ticket] = field(default_factory=collections.deque)
     running: dict[str, Ticket] = field(default_factory=dict)
     stash: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    reserved: dict[str, Ticket] = field(default_factory=dict)  # run id -> waiting for its own worker
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
 
     # --- jobs ---------------------------------------------------------------------
 
     def submit(self, ticket: Ticket) -> bool:
         """Dispatch now or queue; False means overloaded (caller replies)."""
+        if ticket.reserve is not None:
+            if len(self.queue) + len(self.reserved) >= self.queue_limit:
+                self.counters["overloaded"] += 1
+                return False
+            self.reserved[ticket.run_id] = ticket
+            self.counters["reserved"] += 1
+            self.effects.reserve(ticket.reserve)
+            return True
         if self._dispatch(ticket):
             return True
-        if len(self.queue) >= self.queue_limit:
+        if len(self.queue) + len(self.reserved) >= self.queue_limit:
             self.counters["overloaded"] += 1
             return False
         self.queue.append(ticket)
@@ -113,27 +127,30 @@ class Dispatcher:
     def _dispatch(self, ticket: Ticket) -> bool:
         warm = self.warm.get(ticket.runtime)
         while warm:
-            worker_id = warm.popleft()
-            entry = self.workers.get(worker_id)
+            entry = self.workers.get(warm.popleft())
             if entry is None or entry.state is not WorkerState.WARM:
                 continue
-            now = self.clock()
-            entry.state = WorkerState.BUSY
-            entry.job = ticket.run_id
-            ticket.worker = worker_id
-            ticket.started = now
-            ticket.deadline = now + ticket.job.timeout_ms / 1000 + DEADLINE_MARGIN_S
-            self.running[ticket.run_id] = ticket
-            if not self.effects.send_job(worker_id, ticket.job):
-                # Gone between ready and now: forget it and try the next one.
-                self.counters["unreachable_worker"] += 1
-                del self.running[ticket.run_id]
-                self.workers.pop(worker_id, None)
-                ticket.worker = None
-                continue
-            self.counters["dispatched"] += 1
-            return True
+            if self._start(entry, ticket):
+                return True
         return False
+
+    def _start(self, entry: WorkerEntry, ticket: Ticket) -> bool:
+        now = self.clock()
+        entry.state = WorkerState.BUSY
+        entry.job = ticket.run_id
+        ticket.worker = entry.worker_id
+        ticket.started = now
+        ticket.deadline = now + ticket.job.timeout_ms / 1000 + DEADLINE_MARGIN_S
+        self.running[ticket.run_id] = ticket
+        if not self.effects.send_job(entry.worker_id, ticket.job):
+            # Gone between ready and now: forget it (the caller tries another).
+            self.counters["unreachable_worker"] += 1
+            del self.running[ticket.run_id]
+            self.workers.pop(entry.worker_id, None)
+            ticket.worker = None
+            return False
+        self.counters["dispatched"] += 1
+        return True
 
     def _end(self, ticket: Ticket, result: m.WorkerResult | None, error: ErrorInfo | None) -> None:
         self.running.pop(ticket.run_id, None)
@@ -148,8 +165,8 @@ class Dispatcher:
 
     # --- workers ----------------------------------------------------------------
 
-    def spawned(self, worker_id: str, runtime: str, pid: int) -> None:
-        self.workers[worker_id] = WorkerEntry(worker_id, runtime, pid, self.generation)
+    def spawned(self, worker_id: str, runtime: str, pid: int, reserved_for: str = "") -> None:
+        self.workers[worker_id] = WorkerEntry(worker_id, runtime, pid, self.generation, reserved_for=reserved_for)
         stashed = self.stash.pop(worker_id, None)
         if stashed is not None:
             self.ready(worker_id, stashed[0], stashed[1])
@@ -163,6 +180,9 @@ class Dispatcher:
         if entry.state is not WorkerState.STARTING or entry.runtime != runtime:
             self.counters["unexpected_ready"] += 1
             return
+        if entry.reserved_for:
+            self._ready_reserved(entry)
+            return
         entry.state = WorkerState.WARM
         self.warm.setdefault(runtime, collections.deque()).append(worker_id)
         for ticket in list(self.queue):
@@ -172,6 +192,31 @@ class Dispatcher:
                     return
                 self.queue.appendleft(ticket)
                 return
+
+    def _ready_reserved(self, entry: WorkerEntry) -> None:
+        ticket = self.reserved.pop(entry.reserved_for, None)
+        if ticket is None:  # its run ended (deadline, shutdown) while the worker was made
+            self.counters["reserved_orphan"] += 1
+            self.workers.pop(entry.worker_id, None)
+            self.effects.kill(entry.worker_id, "its run is over")
+            return
+        if not self._start(entry, ticket):
+            self._end(
+                ticket,
+                None,
+                ErrorInfo(code=ErrorCode.WORKER_LOST, message="the sandbox made for this run was gone before it ran"),
+            )
+
+    def reserve_failed(self, run_id: str, code: ErrorCode, reason: str) -> None:
+        ticket = self.reserved.pop(run_id, None)
+        if ticket is not None:
+            self.counters["reserve_failed"] += 1
+            self._end(ticket, None, ErrorInfo(code=code, message=f"no sandbox could be made for this run: {reason}"))
+
+    def _fail_reserved(self, message: str) -> None:
+        for ticket in list(self.reserved.values()):
+            del self.reserved[ticket.run_id]
+            self._end(ticket, None, ErrorInfo(code=ErrorCode.WORKER_LOST, message=message))
 
     def result(self, worker_id: str, result: m.WorkerResult) -> bool:
         ticket = self.running.get(result.id)
@@ -195,6 +240,16 @@ class Dispatcher:
         ticket = self.running.get(entry.job) if entry.job is not None else None
         if ticket is None:
             self.workers.pop(worker_id, None)
+            waiting = self.reserved.pop(entry.reserved_for, None) if entry.reserved_for else None
+            if waiting is not None:
+                self._end(
+                    waiting,
+                    None,
+                    ErrorInfo(
+                        code=ErrorCode.WORKER_LOST,
+                        message=f"the sandbox made for this run did not start ({detail})",
+                    ),
+                )
             return
         ticket.lost = detail
         ticket.deadline = min(ticket.deadline, self.clock() + EXIT_GRACE_S)
@@ -207,6 +262,7 @@ class Dispatcher:
                 self.workers.pop(entry.worker_id, None)
         for warm in self.warm.values():
             warm.clear()
+        self._fail_reserved("the launcher making this run's sandbox went away; retry")
 
     def new_generation(self, generation: int) -> None:
         """A new launcher, or a new link to the same one. Idle workers of the old
@@ -219,6 +275,7 @@ class Dispatcher:
                 self.workers.pop(entry.worker_id, None)
         for warm in self.warm.values():
             warm.clear()
+        self._fail_reserved("the launcher making this run's sandbox was replaced; retry")
 
     # --- time ------------------------------------------------------------------------
 
@@ -251,11 +308,24 @@ class Dispatcher:
                         message=f"no sandbox became free within {self.queue_wait_s:.0f} s; retry later",
                     ),
                 )
+        for ticket in list(self.reserved.values()):
+            if now >= ticket.wait_deadline:
+                del self.reserved[ticket.run_id]
+                self.counters["reserve_timeout"] += 1
+                for entry in self.workers.values():
+                    if entry.reserved_for == ticket.run_id:
+                        self.effects.kill(entry.worker_id, "its sandbox took too long to start")
+                self._end(
+                    ticket,
+                    None,
+                    ErrorInfo(code=ErrorCode.OVERLOADED, message="the sandbox for this run took too long to start"),
+                )
         for worker_id, (_, _, at) in list(self.stash.items()):
             if now - at > READY_STASH_S:
                 del self.stash[worker_id]
                 self.counters["unknown_worker"] += 1
-        times = [t.deadline for t in self.running.values()] + [t.wait_deadline for t in self.queue]
+        times = [t.deadline for t in self.running.values()]
+        times += [t.wait_deadline for t in (*self.queue, *self.reserved.values())]
         if self.stash:
             times.append(min(at for _, _, at in self.stash.values()) + READY_STASH_S)
         return min(times) if times else None
@@ -266,8 +336,10 @@ class Dispatcher:
             self._end(ticket, None, error)
 
     def fail_all(self, error: ErrorInfo) -> None:
-        for ticket in list(self.queue):
-            self.queue.remove(ticket)
+        waiting = [*self.queue, *self.reserved.values()]
+        self.queue.clear()
+        self.reserved.clear()
+        for ticket in waiting:
             self._end(ticket, None, error)
         for ticket in list(self.running.values()):
             if ticket.worker is not None:
@@ -276,7 +348,7 @@ class Dispatcher:
 
     @property
     def idle(self) -> bool:
-        return not self.queue and not self.running
+        return not self.queue and not self.running and not self.reserved
 
     def statistics(self) -> Statistics:
         warm: collections.Counter[str] = collections.Counter()
@@ -287,7 +359,7 @@ class Dispatcher:
                 entry.runtime
             ] += 1
         return Statistics(
-            queued=len(self.queue),
+            queued=len(self.queue) + len(self.reserved),
             queue_limit=self.queue_limit,
             in_flight=len(self.running),
             warm=dict(warm),

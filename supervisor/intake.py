@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -25,6 +26,16 @@ from supervisor.policy.detect import detect
 
 Reply = Callable[[bytes, m.Reply], None]
 Resolve = Callable[[str], str]  # language -> runtime name, or raises CellblockError
+
+
+class Egress(Protocol):
+    """The broker's link to the egress proxy."""
+
+    def open(self, run_id: str, allow: list[str]) -> str:
+        """The host path of the run's proxy socket; raises CellblockError."""
+
+    def close(self, run_id: str) -> list[m.NetDecision]:
+        """Close the run's socket; what the proxy decided for it."""
 
 
 @dataclass
@@ -40,6 +51,7 @@ class Request:
     streams: Streams = field(default_factory=Streams)
     findings: list[m.Finding] = field(default_factory=list)
     capabilities: list[m.Capability] = field(default_factory=list)
+    egress: bool = False  # the egress proxy holds a socket for this run
 
 
 @dataclass
@@ -60,7 +72,9 @@ class Intake:
         resolve: Resolve,
         version: Callable[[str], str],
         queue_wait_s: float,
+        egress: Egress,
     ) -> None:
+        self.egress = egress
         self.policy = policy
         self.dispatcher = dispatcher
         self.reply = reply
@@ -188,14 +202,32 @@ class Intake:
             findings=admitted.findings,
             capabilities=admitted.capabilities,
         )
+        reserve = None
+        if admitted.reserve:
+            try:
+                path = self.egress.open(run_id, admitted.net) if admitted.net else ""
+            except CellblockError as exc:
+                self.policy.released(admitted.client_key)
+                self._refuse(client, request, run_id, self._error(exc.info()), admitted.client_key)
+                return
+            state.egress = bool(path)
+            reserve = m.Reserve(run=run_id, runtime=runtime, binds=admitted.binds, egress=path)
         now = time.monotonic()
         ticket = Ticket(
-            run_id=run_id, runtime=runtime, job=job, context=state, queued_at=now, wait_deadline=now + self.queue_wait_s
+            run_id=run_id,
+            runtime=runtime,
+            job=job,
+            context=state,
+            queued_at=now,
+            wait_deadline=now + self.queue_wait_s,
+            reserve=reserve,
         )
         self.active[(client, request.id)] = run_id
         if not self.dispatcher.submit(ticket):
             self.active.pop((client, request.id), None)
             self.policy.released(admitted.client_key)
+            if state.egress:
+                self.egress.close(run_id)
             self._refuse(
                 client,
                 request,
@@ -244,6 +276,8 @@ class Intake:
         else:
             assert error is not None
             result = results.from_error(request.id, ticket.run_id, request.language, error, findings=state.findings)
+        if state.egress:
+            result = msgspec.structs.replace(result, network=self.egress.close(ticket.run_id))
         self.policy.released(state.client_key)
         self.policy.finished(state.client_key, request, result, state.capabilities, state.received)
         self.counters[f"status_{result.status.value}"] += 1

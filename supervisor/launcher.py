@@ -2,7 +2,10 @@
 
 It never reads client input. It talks to one broker over a unix
 SOCK_SEQPACKET socket (``launcher.sock``; the peer's uid is checked) and
-hears only ``Taken`` and ``Kill``. It is single-threaded and holds no
+hears only ``Taken``, ``Kill`` and ``Reserve``. ``Reserve`` asks for a worker
+made for one run, outside the warm pool, because that run's grants need
+binds: host paths (each checked here, as root, for where it really leads
+before the worker checks it again) and the run's egress proxy socket. It is single-threaded and holds no
 ZeroMQ context, because it forks: every worker is a clone of this warm
 interpreter, so a job pays for no interpreter start.
 
@@ -21,6 +24,7 @@ import secrets
 import selectors
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -28,6 +32,7 @@ import time
 import msgspec
 
 from protocol import messages as m
+from protocol.errors import ErrorCode
 from protocol.profile import MiB, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
 from supervisor.pool import Pool, SpawnDeferred
@@ -48,6 +53,7 @@ class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
     slots: int
     cgroup_parent: str
     instance: str
+    grant_roots: list[str] = []
 
 
 def _log(text: str) -> None:
@@ -216,6 +222,7 @@ class Launcher:
             filters=filters,
             last_cap=privileges.cap_last(),
             lifeline=self.lifeline_r,
+            grant_roots=[os.path.realpath(root) for root in cfg.grant_roots],
         )
         targets = {name: cfg.pools.get(name, 2) for name in self.runtimes}
         self.pool = Pool(
@@ -235,7 +242,7 @@ class Launcher:
 
     # --- effects the pool asks for ---------------------------------------------------
 
-    def _spawn(self, runtime: str, slot: int) -> tuple[str, int]:
+    def _spawn(self, runtime: str, slot: int, reservation: m.Reserve | None = None) -> tuple[str, int]:
         cfg = self.config
         worker_id = secrets.token_hex(8)
         uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base + slot
@@ -250,7 +257,15 @@ class Launcher:
                 self.profile.fixed.pids,
                 self.profile.fixed.cpu_quota,
             )
-        spec = sandbox.WorkerSpec(worker_id=worker_id, runtime=runtime, uid=uid, gid=uid, cgroup_dirs=dirs)
+        spec = sandbox.WorkerSpec(
+            worker_id=worker_id,
+            runtime=runtime,
+            uid=uid,
+            gid=uid,
+            cgroup_dirs=dirs,
+            binds=reservation.binds if reservation else [],
+            egress=reservation.egress if reservation else "",
+        )
         # Connected here, in the host's network namespace, and handed over.
         broker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -401,6 +416,32 @@ class Launcher:
                 self.pool.taken(worker_id)
             case m.Kill(worker=worker_id, reason=reason):
                 self.pool.kill(worker_id, reason)
+            case m.Reserve():
+                self._reserve(message)
+
+    def _reserve(self, reservation: m.Reserve) -> None:
+        code, reason = ErrorCode.RUNTIME_UNAVAILABLE, ""
+        if reservation.runtime not in self.runtimes:
+            reason = f"{reservation.runtime} is not available"
+        for bind in reservation.binds:
+            if reason:
+                break
+            try:
+                os.close(mounts.open_granted(bind, self.context.grant_roots))
+            except PermissionError as exc:
+                code, reason = ErrorCode.PERMISSION_REQUIRED, str(exc)
+            except OSError as exc:
+                code, reason = ErrorCode.INVALID_REQUEST, f"{bind.host}: {exc.strerror}"
+        if not reason and reservation.egress:
+            try:
+                if not stat.S_ISSOCK(os.stat(reservation.egress).st_mode):
+                    raise FileNotFoundError
+            except OSError:
+                code, reason = ErrorCode.INTERNAL_ERROR, "the run's egress proxy socket is missing"
+        if not reason:
+            code, reason = self.pool.reserve(reservation, self._spawn) or (code, "")
+        if reason:
+            self._send(m.ReserveFailed(run=reservation.run, code=code, reason=reason))
 
     def _shutdown(self) -> int:
         self.pool.stopping = True

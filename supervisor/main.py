@@ -1,11 +1,12 @@
-"""``cellblock serve``: start the launcher and the broker, keep them running.
+"""``cellblock serve``: start the launcher, the broker and the egress proxy; keep them running.
 
 The supervisor main process holds no socket of its own. It prepares the
 runtime and state directories, starts the launcher (root or, unprivileged,
-the invoking user) and the broker (which drops to its own uid as soon as its
-sockets are bound), restarts either when it dies, within a restart budget,
-and turns SIGTERM and SIGINT into the shutdown path: the broker drains (every
-request still gets its reply), then the launcher stops its workers.
+the invoking user), the egress proxy and the broker (both drop to the
+broker's uid at once), restarts any of them when it dies, within a restart
+budget, and turns SIGTERM and SIGINT into the shutdown path: the broker
+drains (every request still gets its reply), then the egress proxy and the
+launcher stop.
 
 Signal handlers only enqueue; the loop dispatches ``handle_<signame>``.
 """
@@ -28,6 +29,7 @@ import prctl
 
 from protocol.profile import Profile
 from supervisor import broker as broker_mod
+from supervisor import egress as egress_mod
 from supervisor import launcher as launcher_mod
 from supervisor.config import Config, default_pool, runtime_dir, state_dir
 
@@ -76,6 +78,7 @@ class Supervisor:
         self.signals: collections.deque[int] = collections.deque()
         self.launcher = Child("launcher")
         self.broker = Child("broker")
+        self.egress = Child("egress")
         self.stopping = False
         self.exit_code = 0
         self.ready_r = -1
@@ -141,6 +144,17 @@ class Supervisor:
                 slots=service.slots,
                 cgroup_parent=self.config.cgroups.parent,
                 instance=self.instance,
+                grant_roots=self.config.policy.grant_roots,
+            )
+        )
+
+    def _egress_payload(self) -> bytes:
+        return msgspec.msgpack.encode(
+            egress_mod.EgressConfig(
+                rundir=self.rundir,
+                egress=self.config.egress,
+                broker_uid=self.config.service.broker_uid if self.root else os.getuid(),
+                drop_to=self.config.service.broker_uid if self.root else -1,
             )
         )
 
@@ -161,6 +175,10 @@ class Supervisor:
     def start_broker(self) -> None:
         self._spawn(self.broker, "supervisor.broker", self._broker_payload())
 
+    def start_egress(self) -> None:
+        if self.config.egress.enabled:
+            self._spawn(self.egress, "supervisor.egress", self._egress_payload())
+
     # --- the loop -------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -173,6 +191,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.start_launcher()
+        self.start_egress()
         self.start_broker()
         ready_pending = True
         while True:
@@ -223,7 +242,11 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            for child, restart in ((self.launcher, self.start_launcher), (self.broker, self.start_broker)):
+            for child, restart in (
+                (self.launcher, self.start_launcher),
+                (self.broker, self.start_broker),
+                (self.egress, self.start_egress),
+            ):
                 if child.proc is not None and child.proc.pid == pid:
                     child.proc.returncode = os.waitstatus_to_exitcode(status)
                     if not self.stopping:
@@ -266,7 +289,11 @@ class Supervisor:
 
     def _shutdown(self) -> int:
         # The broker drains first: each request in flight still gets its reply.
-        for child, timeout in ((self.broker, self.config.service.drain_s + 5), (self.launcher, 10.0)):
+        for child, timeout in (
+            (self.broker, self.config.service.drain_s + 5),
+            (self.egress, 5.0),
+            (self.launcher, 10.0),
+        ):
             proc = child.proc
             if proc is not None and proc.returncode is None:
                 try:
@@ -280,7 +307,7 @@ class Supervisor:
                     break
             except ChildProcessError:
                 break
-        for name in ("client.sock", "workers.sock", "launcher.sock"):
+        for name in ("client.sock", "workers.sock", "launcher.sock", "egress.ctl"):
             try:
                 os.unlink(os.path.join(self.rundir, name))
             except OSError:

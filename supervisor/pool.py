@@ -20,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from protocol.errors import ErrorCode
 from worker.exits import WorkerExit, describe
 
 SpawnFn = Callable[[str, int], tuple[str, int]]  # (runtime, slot) -> (worker id, pid)
+ReserveFn = Callable[[str, int, m.Reserve], tuple[str, int]]
 
 
 class SpawnDeferred(Exception):
@@ -41,6 +43,7 @@ class Worker:
     started: float
     taken: bool = False
     kill_reason: str = ""
+    reserved_for: str = ""  # made for one run; not part of the warm pool
 
 
 @dataclass
@@ -111,6 +114,25 @@ class Pool:
         self.paused = True  # until a broker is connected: workers would have nobody to talk to
 
     # --- filling ---------------------------------------------------------------
+
+    def reserve(self, reservation: m.Reserve, spawn: ReserveFn) -> tuple[ErrorCode, str] | None:
+        """Make a worker for one run now; None on success, else an error code and why."""
+        if self.stopping or self.paused:
+            return ErrorCode.SHUTTING_DOWN, "the launcher is not serving a broker"
+        if not self._free_slots:
+            return ErrorCode.OVERLOADED, "every sandbox slot is in use"
+        slot = self._free_slots.popleft()
+        try:
+            worker_id, pid = spawn(reservation.runtime, slot, reservation)
+        except (SpawnDeferred, OSError) as exc:
+            self._free_slots.appendleft(slot)
+            return ErrorCode.INTERNAL_ERROR, f"the sandbox could not be made ({exc})"
+        worker = Worker(worker_id, reservation.runtime, pid, slot, self._clock(), taken=True)
+        worker.reserved_for = reservation.run
+        self.workers[pid] = worker
+        self.by_id[worker_id] = worker
+        self._report(m.Spawned(worker=worker_id, runtime=reservation.runtime, pid=pid, reserved_for=reservation.run))
+        return None
 
     def idle(self, runtime: str) -> int:
         return sum(1 for w in self.workers.values() if w.runtime == runtime and not w.taken)
@@ -203,6 +225,8 @@ class Pool:
         return exits
 
     def _account(self, worker: Worker, exited: m.Exited) -> None:
+        if worker.reserved_for:
+            return  # one run's grants (a path gone, say) say nothing of the runtime's health
         state = self.runtimes[worker.runtime]
         now = self._clock()
         if exited.kind in (m.ExitKind.SETUP_FAILED, m.ExitKind.RUNTIME_MISSING):

@@ -15,15 +15,34 @@ five harmless /dev nodes, and empty mount points. Each worker then only:
 Nothing of the host is left: no home directories, no /root, no runtime
 directory, no broker socket. Binds are nosuid and nodev; the /dev nodes are
 binds of the host's null, zero, full, random and urandom.
+
+A run that holds path grants or a network grant gets a worker of its own
+(see ``supervisor.launcher``), whose root also has, before pivot_root, a
+small tmpfs on /mnt holding:
+
+* ``/mnt/host/<host path>``: each granted path, bound from an O_PATH
+  descriptor whose resolved path was checked against the grant and the
+  operator's grant roots (so a symlink swapped in cannot redirect the bind),
+  not recursive (mounts below it stay out), nosuid, nodev, noexec, and
+  read-only unless write was granted. In root mode a writable bind is an
+  idmapped mount: files of the path's owner appear as the sandbox user's,
+  so the run can write without any change to the host's ownership;
+* ``/mnt/egress.sock``: the run's egress proxy socket (see
+  ``worker.forwarder``).
+
+Symlinks inside a granted folder resolve in the sandbox's own root, so a
+link to /etc leads to the sandbox's /etc, never the host's.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 
 import msgspec
 
+from protocol.messages import HostBind
 from worker import syscalls as sc
 
 RO_BIND = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
@@ -37,7 +56,9 @@ DEV_LINKS = {
     "shm": "/tmp",
 }
 TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-MOUNT_POINTS = ("proc", "tmp", "work", "dev", "etc")
+MOUNT_POINTS = ("proc", "tmp", "work", "dev", "etc", "mnt")
+HOST_DIR = "/mnt/host"  # granted host paths appear here under their own path
+EGRESS_SOCKET = "/mnt/egress.sock"
 SYSTEM_BINDS = (
     ("/usr", False),
     ("/etc/ld.so.cache", True),
@@ -143,7 +164,124 @@ def inodes(size_mb: int) -> int:
     return max(1024, size_mb * 256)
 
 
-def enter_root(template: str, tmp_mb: int, work_mb: int, uid: int, gid: int) -> None:
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def open_granted(bind: HostBind, roots: list[str]) -> int:
+    """An O_PATH descriptor of ``bind.host``, after checking where it really leads.
+
+    What the descriptor resolves to (symlinks and ``..`` followed by the
+    kernel) must lie inside the grant's path (itself resolved) and inside one
+    of the operator's grant roots. Raises PermissionError saying why not.
+    """
+    fd = os.open(bind.host, os.O_PATH | os.O_CLOEXEC)
+    try:
+        actual = os.readlink(f"/proc/self/fd/{fd}")
+        within = os.path.realpath(bind.within)
+        if not _inside(actual, within):
+            raise PermissionError(f"{bind.host} leads to {actual}, outside the grant {bind.within}")
+        if not any(_inside(actual, os.path.realpath(root)) for root in roots):
+            raise PermissionError(f"{bind.host} leads to {actual}, outside the operator's grant roots")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _owner_namespace(proc: str, owner_uid: int, owner_gid: int, uid: int, gid: int) -> int:
+    """A user namespace mapping the path's owner to the sandbox user, for an idmapped mount."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(ready_w, b"u")
+            os.read(done_r, 1)  # EOF: the parent has what it needs
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"u":
+            raise OSError("the id-mapping helper did not start")
+        for name, line in (("uid_map", f"{owner_uid} {uid} 1\n"), ("gid_map", f"{owner_gid} {gid} 1\n")):
+            with open(f"{proc}/{pid}/{name}", "w", encoding="ascii") as out:
+                out.write(line)
+        return os.open(f"{proc}/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+
+
+def _bind_granted(proc: str, fd: int, target: str, writable: bool, idmap: tuple[int, int] | None) -> None:
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if writable else sc.MS_RDONLY)
+    if writable and idmap is not None:
+        info = os.fstat(fd)
+        try:
+            userns = _owner_namespace(proc, info.st_uid, info.st_gid, *idmap)
+            tree = sc.clone_tree(fd)
+            try:
+                attrs = sc.MOUNT_ATTR_IDMAP | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC
+                sc.set_mount_attr(tree, attrs, userns)
+                sc.move_mount(tree, target)
+                return
+            finally:
+                os.close(tree)
+                os.close(userns)
+        except OSError as exc:  # a filesystem without idmapped mounts: host permissions apply
+            os.write(2, f"cellblock worker: idmapped mount of {target} failed ({exc}); plain bind\n".encode())
+    sc.mount(f"/proc/self/fd/{fd}", target, None, sc.MS_BIND)
+    sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+
+
+def mount_grants(
+    template: str, binds: list[HostBind], roots: list[str], egress: str, idmap: tuple[int, int] | None
+) -> None:
+    """Fill /mnt of the template copy with this run's granted paths and egress socket.
+
+    ``idmap`` is the sandbox (uid, gid) in root mode, where writable binds are
+    idmapped to it; None in a user namespace, where the sandbox user already
+    is the invoking user. Called before pivot_root, while host paths are in
+    view, and after the sandbox's own /proc is mounted (pids of this pid
+    namespace are looked up there).
+    """
+    mnt = template + "/mnt"
+    sc.mount("tmpfs", mnt, "tmpfs", SCRATCH, "size=1m,nr_inodes=4096,mode=0755")
+    for bind in sorted(binds, key=lambda b: b.host):
+        fd = open_granted(bind, roots)
+        try:
+            host = posixpath.normpath(bind.host)
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                target = _mkdirs(mnt, "host" + host, 0o755)
+            else:
+                parent = _mkdirs(mnt, "host" + posixpath.dirname(host), 0o755)
+                target = os.path.join(parent, posixpath.basename(host))
+                open(target, "w").close()
+            _bind_granted(template + "/proc", fd, target, bind.writable, idmap)
+        finally:
+            os.close(fd)
+    if egress:
+        if not stat.S_ISSOCK(os.stat(egress).st_mode):
+            raise PermissionError(f"{egress} is not the egress proxy's socket")
+        target = template + EGRESS_SOCKET
+        open(target, "w").close()
+        sc.mount(egress, target, None, sc.MS_BIND)
+    sc.mount(None, mnt, None, sc.MS_REMOUNT | sc.MS_RDONLY | SCRATCH)
+
+
+def enter_root(
+    template: str,
+    tmp_mb: int,
+    work_mb: int,
+    uid: int,
+    gid: int,
+    grants: tuple[list[HostBind], list[str], str, tuple[int, int] | None] | None = None,
+) -> None:
     """Give the calling (worker) process its own root built on the template."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.mount(template, template, None, sc.MS_BIND | sc.MS_REC)
@@ -152,6 +290,8 @@ def enter_root(template: str, tmp_mb: int, work_mb: int, uid: int, gid: int) -> 
     work = f"size={work_mb}m,nr_inodes={inodes(work_mb)},mode=0700,uid={uid},gid={gid}"
     sc.mount("tmpfs", template + "/work", "tmpfs", SCRATCH, work)
     sc.mount("proc", template + "/proc", "proc", SCRATCH)
+    if grants is not None:
+        mount_grants(template, *grants)
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching
     # "." then drops it, with no put_old directory left in the sandbox's view.
     os.chdir(template)

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 
 import msgspec
 
+from protocol.messages import HostBind
 from protocol.profile import MiB, Profile
-from worker import cgroups, mounts, namespaces, payload, privileges
+from worker import cgroups, forwarder, mounts, namespaces, payload, privileges
 from worker import syscalls as sc
 from worker.exits import WorkerExit
 from worker.monitor import Monitor
@@ -40,6 +41,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     filters: dict[str, list[sc.CompiledFilter]] | None
     last_cap: int
     lifeline: int  # read end; EOF means the launcher is gone
+    grant_roots: list[str] = []  # host paths under which granted paths must lie
 
     @property
     def memory_fallback(self) -> bool:
@@ -52,6 +54,10 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     uid: int  # inside the worker's user namespace, if any
     gid: int
     cgroup_dirs: dict[str, str]
+    # A worker made for one run (see supervisor.launcher): its granted host
+    # paths, and the host path of its egress proxy socket.
+    binds: list[HostBind] = []
+    egress: str = ""
 
 
 class StepFailed(Exception):
@@ -84,12 +90,17 @@ def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int:
      4. connect     ZMTP connection to the broker's worker socket, made while
                     the socket is still in view (it never is in the sandbox)
      5. mounts      template root with tmpfs /tmp and /work and a new /proc;
+                    a run's own worker also gets /mnt: its granted host paths,
+                    each checked again where it leads, and its egress socket;
                     pivot_root; the old root detached
-     6. network     loopback up (profile network "loopback"), else left down;
-                    hostname set
+     6. network     loopback up (profile network "loopback", or the run has
+                    egress), else left down; hostname set
      7. privileges  securebits locked, bounding and ambient sets dropped,
                     supplementary groups cleared, uid/gid changed, capability
                     sets emptied, no_new_privs; checked against /proc
+    7b. forwarder   (runs with egress) fork the forwarder: 127.0.0.1:3128 to
+                    /mnt/egress.sock, every monitor descriptor closed, the
+                    runtime's seccomp filters; HTTP(S)_PROXY set for the payload
      8. payload     fork the payload, which closes every other descriptor,
                     starts a session, takes its rlimits, builds its environment,
                     warms its runtime, and loads its seccomp filters last
@@ -152,22 +163,30 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         dealer = Dealer.over(socket.socket(fileno=BROKER), spec.worker_id.encode())
     with step(WorkerExit.SETUP_MOUNTS):
         fixed = profile.fixed
-        mounts.enter_root(ctx.template, fixed.tmp_mb, fixed.work_mb, spec.uid, spec.gid)
+        grants = None
+        if spec.binds or spec.egress:
+            idmap = None if ctx.user_namespace else (spec.uid, spec.gid)
+            grants = (spec.binds, ctx.grant_roots, spec.egress, idmap)
+        mounts.enter_root(ctx.template, fixed.tmp_mb, fixed.work_mb, spec.uid, spec.gid, grants)
     with step(WorkerExit.SETUP_NETWORK):
-        if profile.sandbox.network == "loopback":
+        if profile.sandbox.network == "loopback" or spec.egress:
             namespaces.loopback_up()
         namespaces.set_hostname(profile.sandbox.hostname)
     with step(WorkerExit.SETUP_PRIVILEGES):
         privileges.protect_from_oom(ctx.user_namespace)
         privileges.drop(spec.uid, spec.gid, ctx.user_namespace, ctx.last_cap)
         privileges.verify(spec.uid, spec.gid)
+    program = ctx.filters.get(spec.runtime) if ctx.filters is not None else None
+    if spec.egress:
+        with step(WorkerExit.SETUP_NETWORK):
+            forwarder.start(mounts.EGRESS_SOCKET, program)
+            os.environ.update(forwarder.ENVIRONMENT)
     with step(WorkerExit.INTERNAL):
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         job_r, job_w = os.pipe()
         report_r, report_w = os.pipe()
-        program = ctx.filters.get(spec.runtime) if ctx.filters is not None else None
         payload_pid = os.fork()
         if payload_pid == 0:
             fds = payload.PayloadFds(stdin_r, stdout_w, stderr_w, job_r, report_w)

@@ -42,6 +42,18 @@ SECCOMP_MODE_FILTER = 2
 _SYS_CLONE = 56
 _SYS_PIVOT_ROOT = 155
 _SYS_CLOSE_RANGE = 436
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x100000
 
 
 def _check(result: int, what: str) -> int:
@@ -83,6 +95,34 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def clone_tree(fd: int) -> int:
+    """open_tree(OPEN_TREE_CLONE): a detached copy of the mount at ``fd`` (Linux 5.2+)."""
+    flags = ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH)
+    result: int = _libc.syscall(_SYS_OPEN_TREE, fd, b"", flags)
+    return _check(result, "open_tree")
+
+
+def set_mount_attr(fd: int, attr_set: int, userns_fd: int = 0) -> None:
+    """mount_setattr() on a detached tree (Linux 5.12+); MOUNT_ATTR_IDMAP needs ``userns_fd``."""
+    attr = _MountAttr(attr_set, 0, 0, userns_fd)
+    flags = ctypes.c_uint(AT_EMPTY_PATH)
+    _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", flags, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
+
+
+def move_mount(fd: int, target: str) -> None:
+    flags = ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)
+    _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", -100, target.encode(), flags), f"move_mount {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

@@ -28,11 +28,6 @@ from supervisor.policy.store import Store
 from supervisor.policy.validation import Resolved
 
 K = m.CapabilityKind
-NOT_YET = {
-    K.NET: "network egress is not available in this version; a net capability cannot be used yet",
-    K.FS_READ: "binding host paths into the sandbox is not available in this version",
-    K.FS_WRITE: "binding host paths into the sandbox is not available in this version",
-}
 
 
 @dataclass
@@ -43,6 +38,13 @@ class Admitted:
     wait: bool = False  # the client is at its concurrency limit and waits its turn
     findings: list[m.Finding] = field(default_factory=list)
     capabilities: list[m.Capability] = field(default_factory=list)
+    binds: list[m.HostBind] = field(default_factory=list)  # granted host paths to bind
+    net: list[str] = field(default_factory=list)  # granted domain patterns for the egress proxy
+
+    @property
+    def reserve(self) -> bool:
+        """Does the run need a worker of its own (binds, egress)?"""
+        return bool(self.binds or self.net)
 
 
 @dataclass
@@ -80,13 +82,16 @@ class Policy:
         """Decide; raises CellblockError for a request that is simply wrong."""
         key = self.client_key(connection, request)
         validation.check_sizes(self.profile, request)
+        asked = []
         for i, cap in enumerate(request.capabilities):
             validation.check_capability(cap, i)
-            if cap.kind in NOT_YET:
-                raise CellblockError(ErrorCode.INVALID_REQUEST, NOT_YET[cap.kind], f"capabilities[{i}]")
+            self._check_usable(cap, runtime, i)
+            asked.append(validation.normalized(cap))
         limits, above_default = validation.resolve_limits(self.profile, request.limits)
-        needs = list(dict.fromkeys([*request.capabilities, *above_default]))
+        needs = list(dict.fromkeys([*asked, *above_default]))
+        held: list[m.Capability] = []
         if needs:
+            held = grants.usable(self.store.grants(key), request.conversation_id)
             lacking = grants.missing(self.store.grants(key), request.conversation_id, needs)
             if lacking:
                 names = ", ".join(grants.describe(c) for c in lacking)
@@ -133,9 +138,39 @@ class Policy:
                     retry_after_s=1.0,
                 ),
             )
+        try:
+            binds = grants.plan_binds(held, needs)
+        except ValueError as exc:
+            raise CellblockError(ErrorCode.INVALID_REQUEST, str(exc), "capabilities") from None
+        net = [c.target for c in needs if c.kind is K.NET]
         self.limiter.start(key)
         found = findings_mod.analyse(runtime, request.code)
-        return Admitted(key, limits=limits, findings=found, capabilities=needs)
+        return Admitted(key, limits=limits, findings=found, capabilities=needs, binds=binds, net=net)
+
+    def _check_usable(self, cap: m.Capability, runtime: str, index: int) -> None:
+        """Refuse a capability this service or profile can never honour, whatever is granted."""
+        field = f"capabilities[{index}]"
+        if cap.kind is K.NET:
+            if not self.config.egress.enabled:
+                raise CellblockError(
+                    ErrorCode.INVALID_REQUEST,
+                    "network egress is off in this service (egress.enabled = false); no run can reach the network",
+                    field,
+                )
+            policy = self.profile.runtimes.get(runtime)
+            if policy is not None and "inet" not in policy.socket_families:
+                raise CellblockError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"profile {self.profile.name!r} lets {runtime} open no network sockets; a net capability "
+                    "needs a profile whose runtime allows inet",
+                    field,
+                )
+        if cap.kind in (K.FS_READ, K.FS_WRITE) and not self.config.policy.grant_roots:
+            raise CellblockError(
+                ErrorCode.INVALID_REQUEST,
+                "host paths cannot be bound: the service config sets no policy.grant_roots",
+                field,
+            )
 
     def released(self, client_key: str) -> None:
         """An admitted run is over (with or without a result)."""
@@ -195,10 +230,12 @@ class Policy:
     def admin(self, request: m.Request) -> m.Reply:
         match request:
             case m.GrantRequest():
-                validation.check_capability(request.capability, 0)
-                self.store.add_grant(
-                    request.client_id, request.conversation_id, request.capability, request.expires_in_s
-                )
+                cap = request.capability
+                validation.check_capability(cap, 0)
+                cap = validation.normalized(cap)
+                if cap.kind in (K.FS_READ, K.FS_WRITE):
+                    cap = validation.check_grant_path(cap, self.config.policy.grant_roots, "capability.target")
+                self.store.add_grant(request.client_id, request.conversation_id, cap, request.expires_in_s)
                 return m.GrantsReply(id=request.id, grants=self.store.grants(request.client_id))
             case m.RevokeRequest():
                 if not self.store.revoke(request.grant_id):

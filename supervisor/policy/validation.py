@@ -6,6 +6,8 @@ into a ``rejected`` result.
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 
 import msgspec
@@ -81,6 +83,42 @@ def resolve_limits(profile: Profile, asked: m.Limits) -> tuple[Resolved, list[m.
         values[name] = value
     values["cpu_ms"] = min(values["cpu_ms"], maxima["cpu_ms"])
     return Resolved(**values), needed
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def check_grant_path(cap: m.Capability, roots: list[str], field: str) -> m.Capability:
+    """A path grant, resolved, if it lies under one of the operator's grant roots.
+
+    The path is resolved as far as this process can see (symlinks, ``..``);
+    the launcher, which binds it, checks again where it really leads.
+    """
+    if not roots:
+        raise CellblockError(
+            ErrorCode.INVALID_REQUEST,
+            "host paths cannot be granted: the service config sets no policy.grant_roots",
+            field,
+        )
+    resolved = os.path.realpath(cap.target)
+    lexical = posixpath.normpath(cap.target)
+    if not any(_inside(lexical, posixpath.normpath(r)) and _inside(resolved, os.path.realpath(r)) for r in roots):
+        raise CellblockError(
+            ErrorCode.INVALID_REQUEST,
+            f"{cap.target} is outside the paths that may be granted ({', '.join(roots)})",
+            field,
+        )
+    return m.Capability(cap.kind, resolved)
+
+
+def normalized(cap: m.Capability) -> m.Capability:
+    """The form grants are matched in: a path without ``.``, ``..`` or doubled slashes."""
+    if cap.kind in (m.CapabilityKind.FS_READ, m.CapabilityKind.FS_WRITE):
+        return m.Capability(cap.kind, posixpath.normpath(cap.target).replace("//", "/"))
+    if cap.kind is m.CapabilityKind.NET:
+        return m.Capability(cap.kind, cap.target.lower().rstrip("."))
+    return cap
 
 
 def check_capability(cap: m.Capability, index: int) -> None:

@@ -127,11 +127,18 @@ def test_limits_above_default_need_a_grant_then_work(service: Service, client: C
     assert exc.value.error.code == "not_found"
 
 
-def test_network_capability_is_refused_clearly(client: Client) -> None:
-    result = client.execute("print(1)", capabilities=[m.Capability(K.NET, "api.example.com")])
+def test_network_capability_without_a_grant_names_what_to_grant(client: Client) -> None:
+    result = client.execute("print(1)", capabilities=[m.Capability(K.NET, "api.example.com")], client_id="nonet")
+    assert result.status is m.Status.PERMISSION_REQUIRED
+    assert result.required == [m.Capability(K.NET, "api.example.com")]
+    assert result.error is not None and "cellblock grant nonet net:api.example.com" in result.error.message
+
+
+def test_path_capability_without_grant_roots_is_refused_clearly(client: Client) -> None:
+    result = client.execute("print(1)", capabilities=[m.Capability(K.FS_READ, "/srv/data")])
     assert result.status is m.Status.REJECTED
     assert result.error is not None and result.error.field == "capabilities[0]"
-    assert "network" in result.error.message
+    assert "grant_roots" in result.error.message
 
 
 def test_grants_survive_a_restart(service_factory: Callable[..., Service], tmp_path: pathlib.Path) -> None:

@@ -21,7 +21,7 @@ from protocol import messages as m
 pytestmark = pytest.mark.sandbox
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXPECTED_ROOT = {"bin", "dev", "etc", "lib", "lib64", "proc", "sbin", "tmp", "usr", "work"}
+EXPECTED_ROOT = {"bin", "dev", "etc", "lib", "lib64", "mnt", "proc", "sbin", "tmp", "usr", "work"}
 
 
 def _show(result: m.ExecuteResult) -> str:
@@ -66,7 +66,7 @@ def test_host_secrets_and_homes_are_absent(run):
         "/var",
         "/opt",
         "/srv",
-        "/mnt",
+        "/mnt/host",
         "/media",
         "/boot",
         "/run",
@@ -75,6 +75,9 @@ def test_host_secrets_and_homes_are_absent(run):
     ]
     outcome = _probe(run, paths)
     assert outcome == {path: "ENOENT" for path in paths}
+    # /mnt is the sandbox's own empty mount point (granted paths appear under
+    # /mnt/host only in a run that holds them), never the host's /mnt.
+    assert run("import os; print(os.listdir('/mnt'))").stdout.strip() == "[]"
 
 
 def test_service_runtime_dir_and_repository_are_absent(run, service):

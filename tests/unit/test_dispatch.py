@@ -20,6 +20,7 @@ class Recorder:
     killed: list[tuple[str, str]] = field(default_factory=list)
     finished: list[tuple[str, m.WorkerResult | None, ErrorInfo | None]] = field(default_factory=list)
     unreachable: set[str] = field(default_factory=set)
+    reserved: list[m.Reserve] = field(default_factory=list)
 
     def send_job(self, worker: str, job: m.Job) -> bool:
         if worker in self.unreachable:
@@ -43,6 +44,7 @@ def disp(rec: Recorder) -> Dispatcher:
         taken=rec.taken.append,
         kill=lambda w, r: rec.killed.append((w, r)),
         finish=rec.finish,
+        reserve=rec.reserved.append,
     )
     return Dispatcher(effects=effects, clock=lambda: rec.now, queue_limit=2, queue_wait_s=30)
 
@@ -170,3 +172,60 @@ def test_fail_all_answers_everyone(disp: Dispatcher, rec: Recorder) -> None:
     disp.fail_all(ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="stop"))
     assert sorted(f[0] for f in rec.finished) == ["a", "b"]
     assert disp.idle
+
+
+# --- runs with a worker of their own (grants) ---------------------------------
+
+
+def reserved_ticket(run_id: str) -> Ticket:
+    t = ticket(run_id)
+    t.reserve = m.Reserve(run=run_id, runtime="python", egress="/run/x.sock")
+    return t
+
+
+def test_reserved_run_goes_only_to_its_own_worker(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w-pool")
+    assert disp.submit(reserved_ticket("r1"))
+    assert [r.run for r in rec.reserved] == ["r1"]
+    assert rec.sent == []  # the warm pool worker is not used
+    disp.spawned("w-own", "python", 7, reserved_for="r1")
+    disp.ready("w-own", "python", 7)
+    assert rec.sent == [("w-own", "r1")]
+    # The worker made for r1 is never handed to another job.
+    assert disp.submit(ticket("j2"))
+    assert rec.sent[-1] == ("w-pool", "j2")
+
+
+def test_reserve_failure_ends_the_run_with_the_launchers_reason(disp: Dispatcher, rec: Recorder) -> None:
+    disp.submit(reserved_ticket("r1"))
+    disp.reserve_failed("r1", ErrorCode.PERMISSION_REQUIRED, "/data leads to /etc, outside the grant /data")
+    (run_id, res, error), *_ = rec.finished
+    assert run_id == "r1" and res is None and error is not None
+    assert error.code is ErrorCode.PERMISSION_REQUIRED and "/etc" in error.message
+    assert disp.idle
+
+
+def test_reserved_worker_dying_before_ready_ends_the_run(disp: Dispatcher, rec: Recorder) -> None:
+    disp.submit(reserved_ticket("r1"))
+    disp.spawned("w-own", "python", 7, reserved_for="r1")
+    disp.exited("w-own", "sandbox step 'mounts' failed")
+    (_, _, error), *_ = rec.finished
+    assert error is not None and error.code is ErrorCode.WORKER_LOST and "mounts" in error.message
+    assert disp.idle
+
+
+def test_reserved_worker_for_a_finished_run_is_killed(disp: Dispatcher, rec: Recorder) -> None:
+    disp.submit(reserved_ticket("r1"))
+    rec.now += 31  # past the wait deadline: the run ends as overloaded
+    disp.tick()
+    assert rec.finished[0][2] is not None and rec.finished[0][2].code is ErrorCode.OVERLOADED
+    disp.spawned("w-late", "python", 7, reserved_for="r1")
+    disp.ready("w-late", "python", 7)
+    assert ("w-late", "its run is over") in rec.killed
+    assert rec.sent == []
+
+
+def test_launcher_loss_fails_runs_waiting_for_their_worker(disp: Dispatcher, rec: Recorder) -> None:
+    disp.submit(reserved_ticket("r1"))
+    disp.launcher_lost()
+    assert rec.finished[0][2] is not None and rec.finished[0][2].code is ErrorCode.WORKER_LOST

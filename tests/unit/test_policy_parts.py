@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
+
+import pytest
+
 from protocol import messages as m
+from protocol.errors import CellblockError
 from supervisor.config import ClientPolicy, PolicySection
-from supervisor.policy import findings, grants
+from supervisor.policy import findings, grants, validation
 from supervisor.policy.ratelimit import WINDOW_S, Limiter
 
 K = m.CapabilityKind
@@ -97,3 +102,42 @@ def test_other_languages_and_bad_code() -> None:
     assert "fork_bomb" in rules(":(){ :|:& };:", "bash")
     assert rules("def broken(:", "python") == set()
     assert rules("x" * (findings.MAX_ANALYSED + 1)) == {"not_analysed"}
+
+
+# --- path grants: what is bound, and what may be granted ------------------------------
+
+
+def test_plan_binds_binds_each_asked_path_once_under_its_widest_grant() -> None:
+    held = [cap(K.FS_READ, "/srv"), cap(K.FS_WRITE, "/srv/out")]
+    needs = [cap(K.FS_READ, "/srv/data"), cap(K.FS_READ, "/srv/data/sub"), cap(K.FS_WRITE, "/srv/out/x")]
+    binds = grants.plan_binds(held, needs)
+    assert binds == [
+        m.HostBind(host="/srv/data", within="/srv", writable=False),
+        m.HostBind(host="/srv/out/x", within="/srv/out", writable=True),
+    ]
+
+
+def test_plan_binds_refuses_a_writable_path_inside_a_read_only_one() -> None:
+    held = [cap(K.FS_WRITE, "/srv")]
+    with pytest.raises(ValueError, match="asked writable inside /srv/data"):
+        grants.plan_binds(held, [cap(K.FS_READ, "/srv/data"), cap(K.FS_WRITE, "/srv/data/out")])
+
+
+def test_grant_paths_must_lie_under_a_root(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "shared"
+    (root / "project").mkdir(parents=True)
+    (root / "out_link").symlink_to("/etc")
+    roots = [str(root)]
+    ok = validation.check_grant_path(cap(K.FS_READ, f"{root}/project/../project"), roots, "f")
+    assert ok == cap(K.FS_READ, f"{root}/project")
+    for outside in ("/etc", f"{root}/../x", f"{root}/out_link", f"{root}x"):
+        with pytest.raises(CellblockError, match="outside the paths that may be granted"):
+            validation.check_grant_path(cap(K.FS_READ, outside), roots, "f")
+    with pytest.raises(CellblockError, match=r"no policy\.grant_roots"):
+        validation.check_grant_path(cap(K.FS_READ, f"{root}/project"), [], "f")
+
+
+def test_requested_paths_and_domains_are_normalised_before_matching() -> None:
+    assert validation.normalized(cap(K.FS_READ, "/srv//data/./x/..")) == cap(K.FS_READ, "/srv/data")
+    assert validation.normalized(cap(K.NET, "API.Example.com.")) == cap(K.NET, "api.example.com")
+    assert not grants.covers(cap(K.FS_READ, "/srv/data"), validation.normalized(cap(K.FS_READ, "/srv/data/../etc")))

@@ -133,3 +133,29 @@ def test_paused_pool_spawns_nothing() -> None:
     pool.paused = True
     pool.fill()
     assert fake.spawned == []
+
+
+def test_a_reserved_worker_is_outside_the_pool_and_its_failures_do_not_count() -> None:
+    fake = Fake()
+    pool = make(fake, target=1, slots=3)
+    pool.fill()
+    reservation = m.Reserve(run="r1", runtime="python")
+    assert pool.reserve(reservation, lambda rt, slot, res: fake.spawn(rt, slot)) is None
+    spawned = [r for r in fake.reports if isinstance(r, m.Spawned)]
+    assert spawned[-1].reserved_for == "r1"
+    assert pool.idle("python") == 1  # the reserved worker is not an idle pool worker
+    # Its setup failing (a bad path, say) leaves the runtime healthy, however often.
+    for _ in range(5):
+        pid = fake.next_pid
+        fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
+        pool.reap()
+        assert pool.reserve(reservation, lambda rt, slot, res: fake.spawn(rt, slot)) is None
+    assert all(r.healthy for r in fake.reports if isinstance(r, m.Health))
+
+
+def test_reserve_without_a_free_slot_says_so() -> None:
+    fake = Fake()
+    pool = make(fake, target=2, slots=2)
+    pool.fill()
+    refused = pool.reserve(m.Reserve(run="r1", runtime="python"), lambda rt, slot, res: fake.spawn(rt, slot))
+    assert refused is not None and refused[0] == "overloaded"

@@ -8,9 +8,7 @@ from worker.runtimes.node import NodeRuntime
 from worker.runtimes.python import PythonRuntime
 from worker.runtimes.swift import SwiftRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {
-    cls.name: cls for cls in (PythonRuntime, NodeRuntime, BashRuntime, SwiftRuntime)
-}
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (PythonRuntime, NodeRuntime, BashRuntime, SwiftRuntime)}
 
 
 def by_language() -> dict[str, str]:

@@ -18,7 +18,7 @@ from protocol.profile import Profile
 from worker.runtimes.base import Runtime
 
 BASH = shutil.which("bash") or "/bin/bash"
-BOOT = "trap 'printf \"X%d\" \"$?\" >&4' EXIT; . /dev/fd/3"
+BOOT = 'trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
 
 
 class BashRuntime(Runtime):

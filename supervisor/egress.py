@@ -1,0 +1,338 @@
+"""The egress proxy: the only way out of a sandbox, for runs that hold a net grant.
+
+A sandbox has no network of its own. For a run with a net grant the broker
+asks this process to open a unix socket for that run alone; the worker binds
+it into the sandbox at /mnt/egress.sock, a forwarder inside listens on the
+sandbox's 127.0.0.1:3128, and HTTP_PROXY/HTTPS_PROXY point there. Every
+request names its host (HTTP CONNECT, or an absolute URL for plain HTTP),
+and this process decides:
+
+1. deny patterns of the operator win over any grant;
+2. the host must match one of the run's grants (``example.com`` exactly,
+   ``*.example.com`` any subdomain);
+3. an IP literal is refused unless granted by that address;
+4. names are resolved here, never in the sandbox, and a name that resolves
+   to a private, loopback, link-local or otherwise non-public address is
+   refused (no DNS rebinding), unless the operator lists that address and
+   port in ``egress.allow_targets``.
+
+Plain HTTP is one request per connection (``Connection: close``), so a
+second request on a kept-alive connection cannot pick another host; inside
+a CONNECT tunnel the bytes go to the granted host only. Each decision, with
+the bytes sent each way, is reported to the broker when the run closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import urllib.parse
+
+import msgspec
+
+from protocol import messages as m
+from protocol.wire import MAX_LAUNCHER_DATAGRAM, egress_codec
+from supervisor.config import EgressSection
+
+HEAD_LIMIT = 16 * 1024
+HEAD_TIMEOUT_S = 10.0
+MAX_DECISIONS = 200  # recorded per run; connections past it are still decided
+MAX_CONNECTIONS = 64  # open at once per run
+
+
+class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
+    rundir: str
+    egress: EgressSection
+    broker_uid: int  # the only peer allowed on the control socket
+    drop_to: int = -1
+
+
+def _log(text: str) -> None:
+    sys.stderr.write(f"cellblock egress: {text}\n")
+    sys.stderr.flush()
+
+
+def matches(pattern: str, host: str) -> bool:
+    pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and host != pattern[2:]
+    return host == pattern
+
+
+def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+class Flow:
+    """One decision, and the bytes that flowed while the connection lasted."""
+
+    def __init__(self, host: str, port: int, allowed: bool, reason: str) -> None:
+        self.host, self.port, self.allowed, self.reason = host, port, allowed, reason
+        self.bytes_out = self.bytes_in = 0
+
+    def decision(self) -> m.NetDecision:
+        return m.NetDecision(
+            host=self.host,
+            port=self.port,
+            allowed=self.allowed,
+            reason=self.reason,
+            bytes_out=self.bytes_out,
+            bytes_in=self.bytes_in,
+        )
+
+
+class Run:
+    def __init__(self, run_id: str, allow: list[str], path: str) -> None:
+        self.run_id = run_id
+        self.allow = allow
+        self.path = path
+        self.flows: list[Flow] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def decided(self, host: str, port: int, allowed: bool, reason: str) -> Flow:
+        flow = Flow(host, port, allowed, reason)
+        if len(self.flows) < MAX_DECISIONS:
+            self.flows.append(flow)
+        return flow
+
+
+class Proxy:
+    def __init__(self, cfg: EgressConfig) -> None:
+        self.cfg = cfg
+        self.policy = cfg.egress
+        self.runs: dict[str, Run] = {}
+        self.codec = egress_codec()
+        self.dir = os.path.join(cfg.rundir, "egress")
+        self.links: set[asyncio.Task[None]] = set()
+
+    # --- decisions -----------------------------------------------------------------------
+
+    async def decide(self, run: Run, host: str, port: int) -> tuple[str | None, str]:
+        """(address to connect to, or None; the reason)."""
+        host = host.lower().rstrip(".")
+        literal = _literal(host)
+        if literal is not None:
+            if host in run.allow:
+                return str(literal), "granted by address"
+            return None, "an IP address; grants are by name (or by that exact address)"
+        if any(matches(p, host) for p in self.policy.deny):
+            return None, "denied by the operator"
+        if not any(matches(p, host) for p in run.allow):
+            return None, "not granted to this run"
+        if host in self.policy.resolve:
+            addresses = [self.policy.resolve[host]]
+        else:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                return None, f"does not resolve ({exc.strerror or exc})"
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            ip = ipaddress.ip_address(address)
+            if ip.is_global or f"{address}:{port}" in self.policy.allow_targets:
+                return address, "granted"
+        return None, f"resolves to a non-public address ({addresses[0]}); refused to prevent DNS rebinding"
+
+    # --- one proxied connection --------------------------------------------------------------
+
+    async def handle(self, run: Run, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, version = lines[0].split(" ")
+        except ValueError:
+            await self._refuse(writer, 400, "a proxy request line is METHOD TARGET VERSION")
+            return
+        if method.upper() == "CONNECT":
+            host, _, port_text = target.rpartition(":")
+            forward = b""
+        else:
+            url = urllib.parse.urlsplit(target)
+            if url.scheme != "http" or not url.hostname:
+                await self._refuse(writer, 400, "plain HTTP needs an absolute http:// URL (use CONNECT for https)")
+                return
+            host, port_text = url.hostname, str(url.port or 80)
+            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            headers = [h for h in lines[1:] if h and not h.lower().startswith(("proxy-", "connection:"))]
+            forward = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close", "", ""]).encode(
+                "latin-1"
+            )
+        try:
+            port = int(port_text)
+        except ValueError:
+            await self._refuse(writer, 400, f"bad port in {target!r}")
+            return
+        host = host.strip("[]").lower()
+        address, reason = await self.decide(run, host, port)
+        if address is None:
+            run.decided(host, port, False, reason)
+            await self._refuse(writer, 403, f"{host}:{port}: {reason}")
+            return
+        flow = run.decided(host, port, True, reason)
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(address, port), self.policy.connect_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            flow.reason = f"{reason}; the connection failed"
+            await self._refuse(writer, 502, f"{host}:{port} did not answer ({exc.__class__.__name__})")
+            return
+        if forward:
+            up_writer.write(forward)
+            flow.bytes_out += len(forward)
+        else:
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(
+            self._pipe(reader, up_writer, flow, "bytes_out"), self._pipe(up_reader, writer, flow, "bytes_in")
+        )
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flow: Flow, counter: str) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                setattr(flow, counter, getattr(flow, counter) + len(data))
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+        except (ConnectionError, OSError):
+            with contextlib.suppress(OSError, RuntimeError):
+                dst.close()
+
+    @staticmethod
+    async def _refuse(writer: asyncio.StreamWriter, status: int, why: str) -> None:
+        reason = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests", 502: "Bad Gateway"}[status]
+        body = f"cellblock egress: {why}\n".encode()
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n".encode()
+            + body
+        )
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.drain()
+        writer.close()
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    async def open(self, run_id: str, allow: list[str]) -> str:
+        path = os.path.join(self.dir, f"{run_id}.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        run = Run(run_id, allow, path)
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            if len(run.tasks) >= MAX_CONNECTIONS:
+                await self._refuse(writer, 429, f"more than {MAX_CONNECTIONS} connections at once")
+                return
+            run.tasks.add(task)
+            try:
+                await self.handle(run, reader, writer)
+            finally:
+                run.tasks.discard(task)
+                with contextlib.suppress(OSError, RuntimeError):
+                    writer.close()
+
+        run.server = await asyncio.start_unix_server(on_connect, path=path, limit=HEAD_LIMIT)
+        # Reached only through the bind into this run's sandbox (the directory is 0700).
+        os.chmod(path, 0o666)  # noqa: S103 - the sandbox user differs per slot and mode
+        self.runs[run_id] = run
+        return path
+
+    async def close(self, run_id: str) -> list[m.NetDecision]:
+        run = self.runs.pop(run_id, None)
+        if run is None:
+            return []
+        if run.server is not None:
+            run.server.close()
+        for task in list(run.tasks):
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(run.path)
+        return [flow.decision() for flow in run.flows]
+
+    # --- the control socket -----------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        ctl_path = os.path.join(self.cfg.rundir, "egress.ctl")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ctl_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        listener.bind(ctl_path)
+        os.chmod(ctl_path, 0o600)
+        listener.listen(2)
+        listener.setblocking(False)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        accept = loop.create_task(self._accept(listener))
+        await stop.wait()
+        accept.cancel()
+        for run_id in list(self.runs):
+            await self.close(run_id)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            uid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            if int.from_bytes(uid[4:8], "little") != self.cfg.broker_uid:
+                conn.close()
+                continue
+            task = loop.create_task(self._serve_broker(conn))
+            self.links.add(task)
+            task.add_done_callback(self.links.discard)
+
+    async def _serve_broker(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        try:
+            while data := await loop.sock_recv(conn, MAX_LAUNCHER_DATAGRAM):
+                try:
+                    message = self.codec.decode_datagram(data)
+                except Exception as exc:  # noqa: BLE001 - a bad datagram is dropped, not fatal
+                    _log(f"dropped a bad datagram: {exc}")
+                    continue
+                match message:
+                    case m.EgressOpen(run=run_id, allow=allow):
+                        reply: m.Internal = m.EgressOpened(run=run_id, path=await self.open(run_id, allow))
+                    case m.EgressClose(run=run_id):
+                        reply = m.EgressReport(run=run_id, decisions=await self.close(run_id))
+                await loop.sock_sendall(conn, self.codec.encode_datagram(reply))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def main() -> int:
+    with os.fdopen(int(sys.argv[1]), "rb") as src:
+        cfg = msgspec.msgpack.decode(src.read(), type=EgressConfig)
+    if cfg.drop_to >= 0:
+        from supervisor.broker import drop_privileges
+
+        os.makedirs(os.path.join(cfg.rundir, "egress"), mode=0o700, exist_ok=True)
+        os.chown(os.path.join(cfg.rundir, "egress"), cfg.drop_to, cfg.drop_to)
+        drop_privileges(cfg.drop_to)
+    asyncio.run(Proxy(cfg).serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The egress proxy's decisions, and its HTTP handling over real unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+import pytest
+
+from supervisor.config import EgressSection
+from supervisor.egress import EgressConfig, Proxy, Run, matches
+
+
+def proxy(tmp_path: pathlib.Path, **egress: object) -> Proxy:
+    return Proxy(EgressConfig(rundir=str(tmp_path), egress=EgressSection(**egress), broker_uid=0))  # type: ignore[arg-type]
+
+
+def decide(p: Proxy, allow: list[str], host: str, port: int = 443) -> tuple[str | None, str]:
+    return asyncio.run(p.decide(Run("r", allow, ""), host, port))
+
+
+def test_patterns() -> None:
+    assert matches("example.com", "EXAMPLE.com.")
+    assert matches("*.example.com", "api.example.com")
+    assert not matches("*.example.com", "example.com")
+    assert not matches("*.example.com", "evilexample.com")
+    assert not matches("example.com", "api.example.com")
+
+
+def test_deny_beats_allow_and_names_must_be_granted(tmp_path: pathlib.Path) -> None:
+    public = "93.184.216.34"
+    p = proxy(tmp_path, deny=["*.corp.example"], resolve={"a.corp.example": public, "ok.test": public})
+    assert decide(p, ["*.corp.example"], "a.corp.example") == (None, "denied by the operator")
+    assert decide(p, ["ok.test"], "ok.test") == ("93.184.216.34", "granted")
+    assert decide(p, ["ok.test"], "other.test")[1] == "not granted to this run"
+
+
+def test_ip_literals_only_when_granted_by_that_address(tmp_path: pathlib.Path) -> None:
+    p = proxy(tmp_path, allow_targets=["127.0.0.1:80"])
+    address, reason = decide(p, ["example.com"], "93.184.216.34")
+    assert address is None and "IP address" in reason
+    # A permitted target does not make an ungranted literal reachable.
+    assert decide(p, ["example.com"], "127.0.0.1", 80)[0] is None
+    assert decide(p, ["93.184.216.34"], "93.184.216.34") == ("93.184.216.34", "granted by address")
+    assert decide(p, ["example.com"], "[::1]")[0] is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.1.1", "169.254.169.254", "::1", "fc00::1"])
+def test_names_resolving_to_non_public_addresses_are_refused(tmp_path: pathlib.Path, address: str) -> None:
+    p = proxy(tmp_path, resolve={"rebind.test": address})
+    target, reason = decide(p, ["rebind.test"], "rebind.test", 80)
+    assert target is None and "DNS rebinding" in reason
+
+
+def test_real_resolution_of_localhost_is_refused(tmp_path: pathlib.Path) -> None:
+    target, reason = decide(proxy(tmp_path), ["localhost"], "localhost", 80)
+    assert target is None and "non-public" in reason
+
+
+def test_permitted_targets_open_exactly_that_address_and_port(tmp_path: pathlib.Path) -> None:
+    p = proxy(tmp_path, resolve={"svc.test": "127.0.0.1"}, allow_targets=["127.0.0.1:8080"])
+    assert decide(p, ["svc.test"], "svc.test", 8080) == ("127.0.0.1", "granted")
+    assert decide(p, ["svc.test"], "svc.test", 8081)[0] is None
+
+
+def test_malformed_and_oversized_requests_get_an_answer(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> list[bytes]:
+        p = proxy(tmp_path)
+        (tmp_path / "egress").mkdir()
+        path = await p.open("r1", ["example.com"])
+        answers = []
+        for request in (
+            b"garbage\r\n\r\n",
+            b"GET /relative HTTP/1.1\r\n\r\n",
+            b"CONNECT example.com:notaport HTTP/1.1\r\n\r\n",
+            b"CONNECT 10.0.0.1:22 HTTP/1.1\r\n\r\n",
+            b"GET http://x.test/ HTTP/1.1\r\n" + b"A: " + b"x" * 20000 + b"\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(request)
+            answers.append(await reader.read())
+            writer.close()
+        decisions = await p.close("r1")
+        assert [(d.host, d.allowed) for d in decisions] == [("10.0.0.1", False)]
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [a.split(b" ", 2)[1] for a in answers[:4]] == [b"400", b"400", b"400", b"403"]
+    assert answers[4] == b""  # a head over the limit: the connection is closed
