@@ -43,6 +43,7 @@ from supervisor.embedded import Embedded  # noqa: E402
 
 PRINT1 = "print(1)"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+JS_POOL, BASH_POOL = 4, 8  # a warm node costs ~40 MiB: fewer of them
 RUNTIME_CODE = {
     "python": "print(1)",
     "javascript": "console.log(1)",
@@ -145,7 +146,8 @@ def wait_warm(client: Client, runtime: str, target: int, timeout: float = 60.0) 
         for rt in status.runtimes:
             if rt.name == runtime and rt.warm >= target:
                 return
-        time.sleep(0.05)
+        time.sleep(0.02)
+    raise RuntimeError(f"{runtime}: fewer than {target} warm workers after {timeout:.0f} s")
 
 
 def latency(client: Client, code: str, language: str, runs: int, burst: int, pool: int) -> list[float]:
@@ -274,7 +276,8 @@ def main() -> int:
         os.chmod(tmp, 0o711)
         config = tmp / "bench.toml"
         config.write_text(
-            f'[service]\nstate_dir = "{tmp / "state"}"\nqueue_limit = 10000\n\n'
+            f'[service]\nstate_dir = "{tmp / "state"}"\nqueue_limit = 10000\n'
+            f"pool = {{javascript = {JS_POOL}, bash = {BASH_POOL}}}\n\n"
             "[policy]\nrate_per_minute = 10000000\nconcurrency = 1000\n"
         )
         embedded = Embedded(config=str(config), pool=args.pool)
@@ -283,32 +286,36 @@ def main() -> int:
         with Client(socket) as client:
             status = client.status()
             runtimes = [rt.name for rt in status.runtimes if rt.offered]
+            targets = {rt.name: rt.target for rt in status.runtimes}
             report["layers"] = {layer.name: layer.active for layer in status.layers}
             client.grant("bench", m.Capability(m.CapabilityKind.LIMITS, "output_bytes"))
-            pool = min(rt.target or args.pool for rt in status.runtimes if rt.name == "python") or args.pool
-            burst = max(4, pool // 2)
+            pool = targets.get("python") or args.pool
             print(
-                f"cellblock bench: {os.cpu_count()} cpus, {report['machine']['mode']} mode, pool {pool}",  # type: ignore[index]
+                f"cellblock bench: {os.cpu_count()} cpus, {report['machine']['mode']} mode, "  # type: ignore[index]
+                f"warm pools {targets}",
                 file=sys.stderr,
+                flush=True,
             )
             service: dict[str, object] = {}
-            for runtime in runtimes:
+            for runtime in sorted(runtimes, key=lambda r: r != "python"):
                 code = RUNTIME_CODE.get(runtime)
                 if code is None:
                     continue
-                lat = latency(client, code, runtime, int(200 * scale), burst, pool)
+                target = targets.get(runtime) or 1
+                lat = latency(client, code, runtime, int(200 * scale), max(1, target // 2), target)
                 service[f"latency_ms_{runtime}"] = summary(lat)
-                print(f"  {runtime}: p50 {statistics.median(lat):.3f} ms", file=sys.stderr)
+                print(f"  {runtime}: p50 {statistics.median(lat):.3f} ms", file=sys.stderr, flush=True)
             for clients in (1, 2, 8, 32):
                 wait_warm(client, "python", pool)
                 service[f"throughput_{clients}"] = throughput(socket, PRINT1, "python", clients, seconds)
                 print(
                     f"  {clients} clients: {service[f'throughput_{clients}']['runs_per_s']:.0f} runs/s",  # type: ignore[index]
                     file=sys.stderr,
+                    flush=True,
                 )
             for runtime in runtimes:
                 if runtime != "python" and runtime in RUNTIME_CODE:
-                    wait_warm(client, runtime, pool)
+                    wait_warm(client, runtime, targets.get(runtime) or 1)
                     service[f"throughput_8_{runtime}"] = throughput(socket, RUNTIME_CODE[runtime], runtime, 8, seconds)
             wait_warm(client, "python", pool)
             time.sleep(0.5)
@@ -335,6 +342,9 @@ def main() -> int:
         baselines["bwrap_python_latency_ms"] = summary(time_command(bwrap, int(40 * scale) or 10))
         baselines["bwrap_python_runs_per_s"] = command_throughput(bwrap, seconds / 2, os.cpu_count() or 1)
     baselines["bare_sandboxes_per_s"] = bare_sandbox_rate(seconds / 2, os.cpu_count() or 1)
+    node = shutil.which("node")
+    if node and "latency_ms_javascript" in service:
+        baselines["node_e_latency_ms"] = summary(time_command([node, "-e", "console.log(1)"], int(40 * scale) or 10))
     report["baselines"] = baselines
     # Ratios.
     p50 = service["latency_ms_python"]["p50"]  # type: ignore[index]
@@ -351,6 +361,9 @@ def main() -> int:
         key = f"latency_ms_{runtime}"
         if key in service:
             ratios[f"{runtime}_p50_over_python_p50"] = service[key]["p50"] / p50  # type: ignore[index]
+    if "node_e_latency_ms" in baselines:
+        node_p50 = baselines["node_e_latency_ms"]["p50"]  # type: ignore[index]
+        ratios["node_e_latency_over_service_javascript"] = node_p50 / service["latency_ms_javascript"]["p50"]  # type: ignore[index]
     report["ratios"] = ratios
     print_table(report)
     out = pathlib.Path(args.json)
@@ -408,6 +421,8 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
             )
         )
     rows.append(("baseline: bare fork+unshare loop", f"{b['bare_sandboxes_per_s']:.0f} sandboxes/s"))
+    if "node_e_latency_ms" in b:
+        rows.append(("baseline: node -e per run", f"p50 {b['node_e_latency_ms']['p50']:.1f} ms"))
     for key, value in r.items():
         rows.append((f"ratio {key}", f"{value:.1f}x"))
     width = max(len(k) for k, _ in rows)

@@ -41,9 +41,10 @@ from protocol.wire import (
     broker_launcher_codec,
     broker_worker_codec,
 )
-from supervisor.config import Config
+from supervisor.config import Config, pool_targets
 from supervisor.dispatch import Dispatcher, Effects, Ticket
 from supervisor.intake import Intake
+from supervisor.link import Outbox
 from supervisor.policy import Policy
 
 VERSION = "0.1.0"
@@ -189,6 +190,7 @@ class Broker:
         )
         self.policy = Policy(cfg.config, cfg.profile, cfg.statedir, time.time)
         self.egress = EgressLink(cfg.rundir)
+        self.pools = pool_targets(cfg.config, cfg.profile)
         self.intake = Intake(
             self.policy,
             self.dispatcher,
@@ -234,22 +236,28 @@ class Broker:
         except OSError:
             sock.close()
             return
-        sock.settimeout(5.0)
         self.launcher = sock
+        self.launcher_out = Outbox(sock)
 
     def _launcher_send(self, message: m.Internal) -> None:
         if self.launcher is None:
             return
         try:
-            self.launcher.send(self.launcher_codec.encode_datagram(message))
-        except OSError:
-            self._launcher_lost()
+            self.launcher_out.send(self.launcher_codec.encode_datagram(message))
+        except OSError as exc:
+            self._launcher_lost(f"send failed: {exc!r}")
 
-    def _launcher_lost(self) -> None:
+    def _launcher_flush(self) -> None:
+        try:
+            self.launcher_out.flush()
+        except OSError as exc:
+            self._launcher_lost(f"send failed: {exc!r}")
+
+    def _launcher_lost(self, why: str) -> None:
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
-            _log("launcher link lost; reconnecting")
+            _log(f"launcher link lost ({why}); reconnecting")
             self.dispatcher.launcher_lost()
 
     # --- effects for the dispatcher ----------------------------------------------------
@@ -474,10 +482,13 @@ class Broker:
         assert self.launcher is not None
         try:
             data = self.launcher.recv(MAX_LAUNCHER_DATAGRAM)
-        except OSError:
-            data = b""
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._launcher_lost(f"receive failed: {exc!r}")
+            return
         if not data:
-            self._launcher_lost()
+            self._launcher_lost("the launcher closed it")
             return
         try:
             message = self.launcher_codec.decode_datagram(data)
@@ -530,7 +541,7 @@ class Broker:
                     warm=stats.warm.get(name, 0),
                     busy=stats.busy.get(name, 0),
                     starting=stats.starting.get(name, 0),
-                    target=self.cfg.config.service.pool.get(name, 0),
+                    target=self.pools.get(name, 0),
                     restarts=view.restarts,
                     setup_failures=view.setup_failures,
                 )
@@ -601,7 +612,7 @@ class Broker:
             poller.register(self.monitor, zmq.POLLIN)
             poller.register(wake_r, zmq.POLLIN)
             if self.launcher is not None:
-                poller.register(self.launcher, zmq.POLLIN)
+                poller.register(self.launcher, zmq.POLLIN | (zmq.POLLOUT if self.launcher_out.pending else 0))
             dues = [t for t in (self.dispatcher.tick(), self.intake.tick()) if t is not None]
             now = time.monotonic()
             timeout = 1.0 if not dues else max(0.0, min(dues) - now)
@@ -615,8 +626,10 @@ class Broker:
                     os.read(wake_r, 512)
                 except BlockingIOError:
                     pass
+            link = events.get(self.launcher.fileno(), 0) if self.launcher is not None else 0
             for ready, handle in (
-                (self.launcher is not None and self.launcher.fileno() in events, self._on_launcher),
+                (link & zmq.POLLOUT, self._launcher_flush),
+                (link & zmq.POLLIN, self._on_launcher),
                 (self.workers in events, self._on_workers),
                 (self.client in events, self._on_client),
                 (self.monitor in events, self._on_monitor),

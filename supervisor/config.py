@@ -152,5 +152,13 @@ def state_dir(config: Config) -> str:
     return os.path.join(base, "cellblock")
 
 
+def pool_targets(config: Config, profile: Profile) -> dict[str, int]:
+    """Warm workers per runtime: the config's, else the profile's, else fitted to the cores."""
+    return {
+        name: config.service.pool.get(name, policy.pool if policy.pool is not None else default_pool())
+        for name, policy in profile.runtimes.items()
+    }
+
+
 def default_pool() -> int:
     return max(2, 2 * (os.cpu_count() or 1))

@@ -35,6 +35,7 @@ from protocol import messages as m
 from protocol.errors import ErrorCode
 from protocol.profile import MiB, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
+from supervisor.link import Outbox
 from supervisor.pool import Pool, SpawnDeferred
 from worker import cgroups, mounts, namespaces, payload, privileges, sandbox, seccomp, syscalls
 from worker.runtimes import RUNTIMES
@@ -290,10 +291,27 @@ class Launcher:
         if self.broker is None:
             return
         try:
-            self.broker.send(self.codec.encode_datagram(message))
+            self.outbox.send(self.codec.encode_datagram(message))
         except OSError as exc:
-            _log(f"broker link lost while sending ({exc.strerror}); waiting for a new broker")
+            _log(f"broker link lost while sending ({exc}); waiting for a new broker")
             self._drop_broker()
+            return
+        self._watch_broker()
+
+    def _flush(self) -> None:
+        try:
+            self.outbox.flush()
+        except OSError as exc:
+            _log(f"broker link lost while sending ({exc}); waiting for a new broker")
+            self._drop_broker()
+            return
+        self._watch_broker()
+
+    def _watch_broker(self) -> None:
+        if self.broker is not None:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox.pending else 0)
+            if self.selector.get_key(self.broker).events != events:
+                self.selector.modify(self.broker, events, "broker")
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -325,7 +343,7 @@ class Launcher:
         while not self.stopping:
             wake = self.pool.next_wakeup()
             timeout = None if wake is None else max(0.0, wake - time.monotonic())
-            for key, _ in self.selector.select(timeout):
+            for key, mask in self.selector.select(timeout):
                 if key.data == "signal":
                     try:
                         os.read(wake_r, 512)
@@ -334,7 +352,10 @@ class Launcher:
                 elif key.data == "listen":
                     self._accept()
                 elif key.data == "broker":
-                    self._from_broker()
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush()
+                    if mask & selectors.EVENT_READ and self.broker is not None:
+                        self._from_broker()
             while self.signals:
                 self._dispatch_signal(self.signals.popleft())
             self.pool.fill()
@@ -366,8 +387,8 @@ class Launcher:
         if self.broker is not None:
             self._drop_broker()
         self.generation += 1
-        conn.settimeout(5.0)
         self.broker = conn
+        self.outbox = Outbox(conn)
         self.pool.paused = False
         self.selector.register(conn, selectors.EVENT_READ, "broker")
         self._send(
@@ -400,6 +421,8 @@ class Launcher:
         assert self.broker is not None
         try:
             data = self.broker.recv(MAX_LAUNCHER_DATAGRAM)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:

@@ -31,7 +31,7 @@ from protocol.profile import Profile
 from supervisor import broker as broker_mod
 from supervisor import egress as egress_mod
 from supervisor import launcher as launcher_mod
-from supervisor.config import Config, default_pool, runtime_dir, state_dir
+from supervisor.config import Config, pool_targets, runtime_dir, state_dir
 
 PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": PROJECT_ROOT}
@@ -129,10 +129,7 @@ class Supervisor:
 
     def _launcher_payload(self) -> bytes:
         service = self.config.service
-        pools = {
-            name: service.pool.get(name, policy.pool if policy.pool is not None else default_pool())
-            for name, policy in self.profile.runtimes.items()
-        }
+        pools = pool_targets(self.config, self.profile)
         return msgspec.msgpack.encode(
             launcher_mod.LauncherConfig(
                 rundir=self.rundir,
