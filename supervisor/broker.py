@@ -48,6 +48,7 @@ from supervisor.link import Outbox
 from supervisor.policy import Policy
 
 VERSION = "0.1.0"
+CLOSE_LINGER_MS = 2000
 _ALL_TAGS = {
     str(info.tag)
     for cls in (m.Request, m.Reply, m.Internal)
@@ -178,6 +179,8 @@ class Broker:
         self.draining = False
         self.drain_deadline = 0.0
         self.launcher: socket.socket | None = None
+        self.launcher_gone = False  # lost, and the dispatcher not yet told
+        self.dues: tuple[float | None, ...] = ()  # when the dispatcher and intake next need a tick
         self.launcher_retry = 0.0
         self.ready_sent = False
         self.dispatcher = Dispatcher(
@@ -254,10 +257,21 @@ class Broker:
             self._launcher_lost(f"send failed: {exc!r}")
 
     def _launcher_lost(self, why: str) -> None:
+        """Close the link now; the dispatcher hears of it from the loop (``_after_launcher_loss``),
+        never from inside one of its own effects, whose caller is mid-update."""
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
+            self.launcher_gone = True
             _log(f"launcher link lost ({why}); reconnecting")
+
+    def _tick(self) -> None:
+        self.dues = ()  # if a tick fails, the loop still wakes within a second
+        self.dues = (self.dispatcher.tick(), self.intake.tick())
+
+    def _after_launcher_loss(self) -> None:
+        if self.launcher_gone:
+            self.launcher_gone = False
             self.dispatcher.launcher_lost()
 
     # --- effects for the dispatcher ----------------------------------------------------
@@ -613,7 +627,9 @@ class Broker:
             poller.register(wake_r, zmq.POLLIN)
             if self.launcher is not None:
                 poller.register(self.launcher, zmq.POLLIN | (zmq.POLLOUT if self.launcher_out.pending else 0))
-            dues = [t for t in (self.dispatcher.tick(), self.intake.tick()) if t is not None]
+            self._guarded(self._after_launcher_loss)
+            self._guarded(self._tick)
+            dues = [t for t in self.dues if t is not None]
             now = time.monotonic()
             timeout = 1.0 if not dues else max(0.0, min(dues) - now)
             if self.launcher is None:
@@ -639,6 +655,7 @@ class Broker:
             while self.signals:
                 name = signal.Signals(self.signals.popleft()).name.lower()
                 getattr(self, f"handle_{name}", self.handle_sigterm)()
+            self._guarded(self._after_launcher_loss)
             self._maybe_ready()
             if self.draining:
                 if self.dispatcher.idle and self.intake.idle:
@@ -669,7 +686,9 @@ class Broker:
             self.egress.sock.close()
         self.policy.close()
         self.monitor.close(linger=0)
-        self.client.close(linger=0)
+        # Replies just queued (the last runs of a drain) still go out: with
+        # linger 0 the I/O thread could drop them before writing them.
+        self.client.close(linger=CLOSE_LINGER_MS)
         self.workers.close(linger=0)
         self.ctx.term()
 

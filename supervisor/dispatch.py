@@ -312,9 +312,8 @@ class Dispatcher:
             if now >= ticket.wait_deadline:
                 del self.reserved[ticket.run_id]
                 self.counters["reserve_timeout"] += 1
-                for entry in self.workers.values():
-                    if entry.reserved_for == ticket.run_id:
-                        self.effects.kill(entry.worker_id, "its sandbox took too long to start")
+                for worker_id in [e.worker_id for e in self.workers.values() if e.reserved_for == ticket.run_id]:
+                    self.effects.kill(worker_id, "its sandbox took too long to start")
                 self._end(
                     ticket,
                     None,

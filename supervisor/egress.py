@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import re
 import signal
 import socket
 import sys
@@ -41,7 +42,8 @@ from supervisor.config import EgressSection
 
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT_S = 10.0
-MAX_DECISIONS = 200  # recorded per run; connections past it are still decided
+MAX_DECISIONS = 100  # recorded per run (the report fits one datagram); later ones are still decided
+_NAME = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_CONNECTIONS = 64  # open at once per run
 
 
@@ -66,9 +68,28 @@ def matches(pattern: str, host: str) -> bool:
 
 def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(host)
     except ValueError:
         return None
+
+
+def _host(raw: str) -> str | None:
+    """The host as the proxy matches and resolves it, or None when it is not a plain name.
+
+    Only ASCII letters, digits, hyphens and dots (or an IP literal): nothing
+    that IDNA or a resolver could rewrite into another name after the checks.
+    """
+    host = raw.strip("[]").lower().rstrip(".")
+    if _literal(host) is not None:
+        return host
+    if len(host) > 253 or not _NAME.match(host):
+        return None
+    return host
+
+
+def _target(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, _, port = text.rpartition(":")
+    return ipaddress.ip_address(host.strip("[]")), int(port)
 
 
 class Flow:
@@ -110,6 +131,7 @@ class Proxy:
         self.cfg = cfg
         self.policy = cfg.egress
         self.runs: dict[str, Run] = {}
+        self.targets = {_target(t) for t in cfg.egress.allow_targets}
         self.codec = egress_codec()
         self.dir = os.path.join(cfg.rundir, "egress")
         self.links: set[asyncio.Task[None]] = set()
@@ -117,29 +139,31 @@ class Proxy:
     # --- decisions -----------------------------------------------------------------------
 
     async def decide(self, run: Run, host: str, port: int) -> tuple[str | None, str]:
-        """(address to connect to, or None; the reason)."""
-        host = host.lower().rstrip(".")
-        literal = _literal(host)
-        if literal is not None:
-            if host in run.allow:
-                return str(literal), "granted by address"
-            return None, "an IP address; grants are by name (or by that exact address)"
+        """(address to connect to, or None; the reason). ``host`` is already checked by ``_host``."""
         if any(matches(p, host) for p in self.policy.deny):
             return None, "denied by the operator"
+        literal = _literal(host)
+        if literal is not None:
+            if host in run.allow:  # exactly that address; a pattern never covers one
+                return str(literal), "granted by address"
+            return None, "an IP address; grants are by name (or by that exact address)"
         if not any(matches(p, host) for p in run.allow):
             return None, "not granted to this run"
         if host in self.policy.resolve:
             addresses = [self.policy.resolve[host]]
         else:
+            # A dotted name is looked up as absolute, so the host's DNS search list
+            # never extends it (a single label, "localhost", is one only /etc/hosts knows).
+            name = host + "." if "." in host else host
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                return None, f"does not resolve ({exc.strerror or exc})"
+                infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError, ValueError) as exc:
+                return None, f"does not resolve ({getattr(exc, 'strerror', None) or exc})"
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         for address in addresses:
             ip = ipaddress.ip_address(address)
-            if ip.is_global or f"{address}:{port}" in self.policy.allow_targets:
-                return address, "granted"
+            if ip.is_global or (ip, port) in self.targets:
+                return str(ip), "granted"
         return None, f"resolves to a non-public address ({addresses[0]}); refused to prevent DNS rebinding"
 
     # --- one proxied connection --------------------------------------------------------------
@@ -156,26 +180,29 @@ class Proxy:
         except ValueError:
             await self._refuse(writer, 400, "a proxy request line is METHOD TARGET VERSION")
             return
-        if method.upper() == "CONNECT":
-            host, _, port_text = target.rpartition(":")
-            forward = b""
-        else:
-            url = urllib.parse.urlsplit(target)
-            if url.scheme != "http" or not url.hostname:
-                await self._refuse(writer, 400, "plain HTTP needs an absolute http:// URL (use CONNECT for https)")
-                return
-            host, port_text = url.hostname, str(url.port or 80)
-            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            headers = [h for h in lines[1:] if h and not h.lower().startswith(("proxy-", "connection:"))]
-            forward = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close", "", ""]).encode(
-                "latin-1"
-            )
         try:
-            port = int(port_text)
+            if method.upper() == "CONNECT":
+                raw_host, _, port_text = target.rpartition(":")
+                port = int(port_text)
+                forward = b""
+            else:
+                url = urllib.parse.urlsplit(target)
+                if url.scheme != "http" or not url.hostname:
+                    await self._refuse(writer, 400, "plain HTTP needs an absolute http:// URL (use CONNECT for https)")
+                    return
+                raw_host, port = url.hostname, url.port or 80
+                path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+                headers = [h for h in lines[1:] if h and not h.lower().startswith(("proxy-", "connection:"))]
+                forward = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close", "", ""]).encode(
+                    "latin-1"
+                )
         except ValueError:
-            await self._refuse(writer, 400, f"bad port in {target!r}")
+            await self._refuse(writer, 400, "bad port in the request target")
             return
-        host = host.strip("[]").lower()
+        host = _host(raw_host)
+        if host is None or not 0 < port < 65536:
+            await self._refuse(writer, 400, "the host must be a plain DNS name or an IP address, with a valid port")
+            return
         address, reason = await self.decide(run, host, port)
         if address is None:
             run.decided(host, port, False, reason)
@@ -190,14 +217,18 @@ class Proxy:
             flow.reason = f"{reason}; the connection failed"
             await self._refuse(writer, 502, f"{host}:{port} did not answer ({exc.__class__.__name__})")
             return
-        if forward:
-            up_writer.write(forward)
-            flow.bytes_out += len(forward)
-        else:
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await asyncio.gather(
-            self._pipe(reader, up_writer, flow, "bytes_out"), self._pipe(up_reader, writer, flow, "bytes_in")
-        )
+        try:
+            if forward:
+                up_writer.write(forward)
+                flow.bytes_out += len(forward)
+            else:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await asyncio.gather(
+                self._pipe(reader, up_writer, flow, "bytes_out"), self._pipe(up_reader, writer, flow, "bytes_in")
+            )
+        finally:
+            with contextlib.suppress(OSError, RuntimeError):
+                up_writer.close()
 
     @staticmethod
     async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flow: Flow, counter: str) -> None:
@@ -261,6 +292,7 @@ class Proxy:
             run.server.close()
         for task in list(run.tasks):
             task.cancel()
+        await asyncio.gather(*run.tasks, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(run.path)
         return [flow.decision() for flow in run.flows]
@@ -290,7 +322,12 @@ class Proxy:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(listener)
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors, say: keep serving the links there are
+                _log(f"accept failed: {exc}")
+                await asyncio.sleep(0.1)
+                continue
             uid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             if int.from_bytes(uid[4:8], "little") != self.cfg.broker_uid:
                 conn.close()
@@ -302,6 +339,7 @@ class Proxy:
     async def _serve_broker(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
+        opened: set[str] = set()  # runs opened over this link, closed with it
         try:
             while data := await loop.sock_recv(conn, MAX_LAUNCHER_DATAGRAM):
                 try:
@@ -311,14 +349,18 @@ class Proxy:
                     continue
                 match message:
                     case m.EgressOpen(run=run_id, allow=allow):
+                        opened.add(run_id)
                         reply: m.Internal = m.EgressOpened(run=run_id, path=await self.open(run_id, allow))
                     case m.EgressClose(run=run_id):
+                        opened.discard(run_id)
                         reply = m.EgressReport(run=run_id, decisions=await self.close(run_id))
                 await loop.sock_sendall(conn, self.codec.encode_datagram(reply))
         except OSError:
             pass
         finally:
             conn.close()
+            for run_id in opened:  # the broker is gone (or gave up on an answer): nobody will close them
+                await self.close(run_id)
 
 
 def main() -> int:

@@ -209,6 +209,7 @@ class Intake:
             except CellblockError as exc:
                 self.policy.released(admitted.client_key)
                 self._refuse(client, request, run_id, self._error(exc.info()), admitted.client_key)
+                self._resume(admitted.client_key)
                 return
             state.egress = bool(path)
             reserve = m.Reserve(run=run_id, runtime=runtime, binds=admitted.binds, egress=path)

@@ -224,14 +224,16 @@ def _bind_granted(proc: str, fd: int, target: str, writable: bool, idmap: tuple[
         info = os.fstat(fd)
         try:
             userns = _owner_namespace(proc, info.st_uid, info.st_gid, *idmap)
-            tree = sc.clone_tree(fd)
             try:
-                attrs = sc.MOUNT_ATTR_IDMAP | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC
-                sc.set_mount_attr(tree, attrs, userns)
-                sc.move_mount(tree, target)
-                return
+                tree = sc.clone_tree(fd)
+                try:
+                    attrs = sc.MOUNT_ATTR_IDMAP | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC
+                    sc.set_mount_attr(tree, attrs, userns)
+                    sc.move_mount(tree, target)
+                    return
+                finally:
+                    os.close(tree)
             finally:
-                os.close(tree)
                 os.close(userns)
         except OSError as exc:  # a filesystem without idmapped mounts: host permissions apply
             os.write(2, f"cellblock worker: idmapped mount of {target} failed ({exc}); plain bind\n".encode())

@@ -10,7 +10,8 @@ answer of all installed filters):
    the families the profile allows, ``personality`` only to query.
 2. the *deny* filter: calls that are never allowed, whatever an allowlist
    says, return EPERM; ``ioctl(TIOCSTI)`` too (this needs its own filter:
-   libseccomp cannot say "allow ioctl except one command" in one filter).
+   libseccomp cannot say "allow ioctl except one command" in one filter), and
+   any mode with the setuid or setgid bit (chmod, open, mkdir and kin).
 
 Both filters kill the process for a foreign architecture, and libseccomp
 adds the x32 check (syscall numbers with bit 30 set) to the native filter,
@@ -93,7 +94,25 @@ NEVER = frozenset(
 )
 
 # Calls where libc needs ENOSYS (not EPERM) to fall back.
-ENOSYS_CALLS = frozenset({"clone3"})
+# openat2's mode sits in a struct a filter cannot read (see SETID_MODE_ARGS);
+# ENOSYS makes callers fall back to openat, as on an older kernel.
+ENOSYS_CALLS = frozenset({"clone3", "openat2"})
+# Calls that set a file's mode, and which argument holds it: setuid and
+# setgid bits are refused (EPERM), so no run can leave a setuid program in a
+# host folder it was granted write to (nosuid holds only inside the sandbox).
+SETID_MODE_ARGS = {
+    "chmod": 1,
+    "fchmod": 1,
+    "fchmodat": 2,
+    "creat": 1,
+    "open": 2,
+    "openat": 3,
+    "mkdir": 1,
+    "mkdirat": 2,
+    "mknod": 1,
+    "mknodat": 2,
+}
+S_ISUID, S_ISGID = 0o4000, 0o2000
 
 # Monitor: after setup it only pumps pipes and its broker socket.
 MONITOR_REMOVE = frozenset(
@@ -191,6 +210,9 @@ def _deny_filter() -> bytes:
         except (OSError, RuntimeError, ValueError):
             continue
     flt.add_rule(sc.ERRNO(errno.EPERM), "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, TIOCSTI))
+    for name, arg in SETID_MODE_ARGS.items():
+        for bit in (S_ISUID, S_ISGID):
+            flt.add_rule(sc.ERRNO(errno.EPERM), name, sc.Arg(arg, sc.MASKED_EQ, bit, bit))
     for bit in range(32):
         flag = 1 << bit
         if NAMESPACE_FLAGS & flag:

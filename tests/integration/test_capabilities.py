@@ -322,9 +322,41 @@ for path in ("{host_path(roots)}/beside.txt", "{host_path(roots)}/data/x", "/mnt
     assert (out / "result.txt").read_text() == "written in the sandbox\n"
     assert (out / "sub").is_dir()
     assert sorted(p.name for p in roots.iterdir()) == ["data", "out"]
+    assert not (roots / "data" / "x").exists()
     # Root mode maps the folder's owner to the sandbox user (idmapped mount):
     # what the run wrote belongs to whoever owns the folder, as they would expect.
     assert (out / "result.txt").stat().st_uid == out.stat().st_uid
+
+
+def test_cant_leave_a_setuid_program_in_a_granted_folder(cl: Client, roots: pathlib.Path) -> None:
+    # nosuid holds inside the sandbox only: on the host, a setuid file of the
+    # folder's owner would run as that owner for anyone. No mode may carry the bits.
+    out = roots / "out"
+    code = f"""
+import os
+base = "{host_path(out)}"
+open(base + "/prog", "w").close()
+attempts = {{
+    "chmod": lambda: os.chmod(base + "/prog", 0o4755),
+    "chmod_setgid": lambda: os.chmod(base + "/prog", 0o2755),
+    "fchmod": lambda: os.fchmod(os.open(base + "/prog", os.O_RDONLY), 0o6755),
+    "create": lambda: os.open(base + "/prog2", os.O_CREAT | os.O_WRONLY, 0o4755),
+    "mkdir": lambda: os.mkdir(base + "/dir", 0o2755),
+}}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        print(name, "ALLOWED")
+    except OSError as exc:
+        print(name, exc.strerror)
+"""
+    result = cl.execute(code, capabilities=[m.Capability(K.FS_WRITE, str(out))], client_id="writer")
+    assert result.status is m.Status.OK, result
+    assert "ALLOWED" not in result.stdout, result.stdout
+    assert result.stdout.count("Operation not permitted") == 5
+    for path in out.rglob("*"):
+        assert not path.stat().st_mode & 0o6000, path
+    assert not (out / "prog2").exists() and not (out / "dir").exists()
 
 
 def test_cant_follow_a_planted_symlink_out_of_the_granted_folder(cl: Client, roots: pathlib.Path) -> None:

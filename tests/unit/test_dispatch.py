@@ -229,3 +229,24 @@ def test_launcher_loss_fails_runs_waiting_for_their_worker(disp: Dispatcher, rec
     disp.submit(reserved_ticket("r1"))
     disp.launcher_lost()
     assert rec.finished[0][2] is not None and rec.finished[0][2].code is ErrorCode.WORKER_LOST
+
+
+def test_a_kill_that_loses_the_launcher_mid_tick_still_ends_the_run_once(rec: Recorder) -> None:
+    holder: list[Dispatcher] = []
+
+    def kill(worker: str, reason: str) -> None:
+        rec.killed.append((worker, reason))
+        holder[0].launcher_lost()  # the link broke while sending the kill
+
+    effects = Effects(
+        send_job=rec.send_job, taken=rec.taken.append, kill=kill, finish=rec.finish, reserve=rec.reserved.append
+    )
+    d = Dispatcher(effects=effects, clock=lambda: rec.now, queue_limit=4, queue_wait_s=30)
+    holder.append(d)
+    d.submit(reserved_ticket("r1"))
+    d.spawned("w-own", "python", 7, reserved_for="r1")
+    d.spawned("w-other", "python", 8, reserved_for="r1")
+    rec.now += 31
+    d.tick()
+    assert [run for run, _, _ in rec.finished] == ["r1"]
+    assert d.idle

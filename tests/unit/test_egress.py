@@ -42,7 +42,7 @@ def test_ip_literals_only_when_granted_by_that_address(tmp_path: pathlib.Path) -
     # A permitted target does not make an ungranted literal reachable.
     assert decide(p, ["example.com"], "127.0.0.1", 80)[0] is None
     assert decide(p, ["93.184.216.34"], "93.184.216.34") == ("93.184.216.34", "granted by address")
-    assert decide(p, ["example.com"], "[::1]")[0] is None
+    assert decide(p, ["example.com"], "::1")[0] is None
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.1.1", "169.254.169.254", "::1", "fc00::1"])
@@ -87,3 +87,50 @@ def test_malformed_and_oversized_requests_get_an_answer(tmp_path: pathlib.Path) 
     answers = asyncio.run(scenario())
     assert [a.split(b" ", 2)[1] for a in answers[:4]] == [b"400", b"400", b"400", b"403"]
     assert answers[4] == b""  # a head over the limit: the connection is closed
+
+
+def ask(tmp_path: pathlib.Path, requests: list[bytes], **egress: object) -> tuple[list[bytes], list[object]]:
+    """Send each request to a fresh run's socket; the answers and the decisions."""
+
+    async def scenario() -> tuple[list[bytes], list[object]]:
+        p = proxy(tmp_path, **egress)
+        (tmp_path / "egress").mkdir(exist_ok=True)
+        path = await p.open("r1", ["*.example.com", "10.0.0.1"])
+        answers = []
+        for request in requests:
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(request)
+            answers.append(await reader.read())
+            writer.close()
+        return answers, list(await p.close("r1"))
+
+    return asyncio.run(scenario())
+
+
+def test_names_a_resolver_could_rewrite_are_refused_before_any_check(tmp_path: pathlib.Path) -> None:
+    # A soft hyphen or a sharp s survives matching but IDNA would fold it into
+    # the denied name: only plain ASCII names are taken at all.
+    answers, decisions = ask(
+        tmp_path,
+        [
+            "CONNECT sec\xadret.example.com:443 HTTP/1.1\r\n\r\n".encode("latin-1"),
+            "CONNECT gro\xdfe.example.com:443 HTTP/1.1\r\n\r\n".encode("latin-1"),
+            b"CONNECT " + b"a." * 200 + b"example.com:443 HTTP/1.1\r\n\r\n",
+            b"GET http://x.example.com:99999/ HTTP/1.1\r\n\r\n",
+            b"CONNECT x.example.com:0 HTTP/1.1\r\n\r\n",
+        ],
+        deny=["secret.example.com"],
+    )
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"400"] * 5
+    assert decisions == []  # nothing the code chose got into the record
+
+
+def test_deny_list_covers_addresses_too(tmp_path: pathlib.Path) -> None:
+    answers, decisions = ask(tmp_path, [b"CONNECT 10.0.0.1:22 HTTP/1.1\r\n\r\n"], deny=["10.0.0.1"])
+    assert answers[0].startswith(b"HTTP/1.1 403") and b"denied by the operator" in answers[0]
+    assert [(d.host, d.allowed) for d in decisions] == [("10.0.0.1", False)]  # type: ignore[attr-defined]
+
+
+def test_permitted_ipv6_targets_match_in_any_spelling(tmp_path: pathlib.Path) -> None:
+    p = proxy(tmp_path, resolve={"v6.test": "0:0:0:0:0:0:0:1"}, allow_targets=["[::1]:8080"])
+    assert decide(p, ["v6.test"], "v6.test", 8080) == ("::1", "granted")
