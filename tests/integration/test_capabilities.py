@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import os
 import pathlib
+import socket
 import threading
 from collections.abc import Callable, Iterator
 
@@ -263,6 +264,10 @@ print(s.recv(4096).split(b"\\r\\n")[0].decode())
 def test_default_config_refuses_a_granted_name_that_resolves_to_loopback(
     service_factory: Callable[..., Service], web: Server
 ) -> None:
+    try:
+        socket.getaddrinfo("localhost", web.port)
+    except OSError:
+        pytest.skip("this host cannot resolve localhost, so no name here resolves to loopback")
     service = service_factory(pool=1)
     before = web.connections
     with service.client() as client:
