@@ -162,7 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cellblock: bad configuration: {exc}", file=sys.stderr)
         return 2
     try:
-        return serve(config, profile, ready_fd=args.ready_fd)
+        return serve(config, profile, ready_fd=args.ready_fd, lifeline_fd=args.lifeline_fd)
     except ServiceRunning as exc:
         print(f"cellblock: {exc}", file=sys.stderr)
         return 1
@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--runtime-dir", help=argparse.SUPPRESS)
     serve.add_argument("--pool", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    serve.add_argument("--lifeline-fd", type=int, default=-1, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser("status", help="pool, queue, counters and sandbox layers")

@@ -2,7 +2,10 @@
 
 ``cellblock run`` uses a running service when one answers on the default
 socket; otherwise it starts ``cellblock serve`` in a private runtime
-directory just for the call, so a new user needs no daemon.
+directory just for the call, so a new user needs no daemon. The service
+holds the read end of a lifeline pipe whose write end only this process
+has: if this process dies without stopping it (SIGKILL, a crash), the
+service sees EOF, drains and stops. Nothing is left running.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ class Embedded:
         self.tmp = ""
         self.rundir = ""
         self.log: IO[bytes] | None = None
+        self.lifeline = -1  # write end; closing it stops the service
 
     def start(self) -> str:
         self.tmp = tempfile.mkdtemp(prefix="cellblock-")
         os.chmod(self.tmp, 0o711)  # noqa: S103 - traverse only; the broker (its own uid when root) must reach its directory
         rundir = self.rundir = os.path.join(self.tmp, "run")
         ready_r, ready_w = os.pipe()
+        lifeline_r, self.lifeline = os.pipe()  # both ends close-on-exec here: no other child inherits it
         cmd = [
             sys.executable,
             "-m",
@@ -58,6 +63,8 @@ class Embedded:
             str(self.pool),
             "--ready-fd",
             str(ready_w),
+            "--lifeline-fd",
+            str(lifeline_r),
         ]
         if self.config:
             cmd += ["--config", self.config]
@@ -68,9 +75,10 @@ class Embedded:
         env.update(self.extra_env)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the service's life
         self.proc = subprocess.Popen(
-            cmd, pass_fds=[ready_w], env=env, start_new_session=True, stdout=self.log, stderr=self.log
+            cmd, pass_fds=[ready_w, lifeline_r], env=env, start_new_session=True, stdout=self.log, stderr=self.log
         )
         os.close(ready_w)
+        os.close(lifeline_r)
         try:
             readable, _, _ = select.select([ready_r], [], [], START_TIMEOUT_S)
             ok = bool(readable) and os.read(ready_r, 1) == b"R"
@@ -92,6 +100,9 @@ class Embedded:
         return self.log.read().decode("utf-8", "replace")
 
     def stop(self) -> None:
+        if self.lifeline >= 0:
+            os.close(self.lifeline)
+            self.lifeline = -1
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -67,13 +67,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, profile: Profile, ready_fd: int = -1) -> None:
+    def __init__(self, config: Config, profile: Profile, ready_fd: int = -1, lifeline_fd: int = -1) -> None:
         self.config = config
         self.profile = profile
         self.root = os.geteuid() == 0
         self.rundir = runtime_dir(config)
         self.statedir = state_dir(config)
         self.ready_fd = ready_fd
+        self.lifeline_fd = lifeline_fd  # embedded: EOF when the process that started us is gone
         self.instance = uuid.uuid4().hex[:12]
         self.signals: collections.deque[int] = collections.deque()
         self.launcher = Child("launcher")
@@ -195,7 +196,14 @@ class Supervisor:
             watch = [wake_r]
             if ready_pending and self.ready_r >= 0:
                 watch.append(self.ready_r)
+            if self.lifeline_fd >= 0:
+                watch.append(self.lifeline_fd)
             readable, _, _ = select.select(watch, [], [], 1.0)
+            if self.lifeline_fd >= 0 and self.lifeline_fd in readable:
+                log("the process that started this embedded service is gone; stopping")
+                os.close(self.lifeline_fd)
+                self.lifeline_fd = -1
+                self.stopping = True
             if wake_r in readable:
                 try:
                     os.read(wake_r, 512)
@@ -313,7 +321,7 @@ class Supervisor:
         return self.exit_code
 
 
-def serve(config: Config, profile: Profile, ready_fd: int = -1) -> int:
-    supervisor = Supervisor(config, profile, ready_fd)
+def serve(config: Config, profile: Profile, ready_fd: int = -1, lifeline_fd: int = -1) -> int:
+    supervisor = Supervisor(config, profile, ready_fd, lifeline_fd)
     supervisor.prepare()
     return supervisor.run()

@@ -110,3 +110,35 @@ def test_crash_loop_budget_is_unit_tested() -> None:
     from worker.exits import WorkerExit
 
     assert all(70 <= c.value <= 82 for c in WorkerExit if c is not WorkerExit.DONE)
+
+
+def test_an_embedded_service_stops_when_its_starter_is_killed() -> None:
+    # The host app (here a child process) starts an embedded service and dies
+    # without stopping it: the service must not live on.
+    import subprocess
+    import sys
+
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time\n"
+            "from supervisor.embedded import Embedded\n"
+            "e = Embedded()\n"
+            "e.start()\n"
+            "print(e.proc.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    main_pid = int(starter.stdout.readline())
+    service = psutil.Process(main_pid)
+    tree = [service, *service.children(recursive=True)]
+    assert len(tree) >= 4  # main, launcher, broker, egress proxy (and workers)
+    starter.kill()
+    starter.wait()
+    starter.stdout.close()
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    assert alive == [], f"left running after its starter died: {alive}"
