@@ -243,6 +243,18 @@ class Client:
         return self.request(m.HistoryRequest(id=_new_id(), **filters), m.HistoryReply)
 
 
+def service_answers(path: str) -> bool:
+    """Does a cellblock service answer a status request on ``path`` (within ~2 s)?"""
+    if not os.path.exists(path):
+        return False
+    with Client(path, connect_timeout=0.5) as client:
+        try:
+            client.status(timeout=2.0)
+        except ServiceError:
+            return False
+    return True
+
+
 class AsyncClient:
     """asyncio client (used by the MCP server). One request at a time per instance
     is not required: replies are routed to their waiting call by id."""

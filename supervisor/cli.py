@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 
 from protocol import messages as m
-from protocol.client import Client, ServiceError
+from protocol.client import Client, ServiceError, service_answers
 from protocol.profile import ConfigError, MiB
 from protocol.wire import to_json
 
@@ -25,17 +25,6 @@ def _socket_path(args: argparse.Namespace) -> str:
     from supervisor.config import load_config, runtime_dir
 
     return os.path.join(runtime_dir(load_config(getattr(args, "config", None))), "client.sock")
-
-
-def _service_answers(path: str) -> bool:
-    if not os.path.exists(path):
-        return False
-    with Client(path, connect_timeout=0.5) as client:
-        try:
-            client.status(timeout=2.0)
-        except ServiceError:
-            return False
-    return True
 
 
 # --- run ----------------------------------------------------------------------------------
@@ -93,50 +82,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_bytes=int(args.memory * MiB) if args.memory else None,
     )
     stdin = _read_code(args.stdin) if args.stdin else ""
-    path = _socket_path(args)
-    embedded = None
-    if not _service_answers(path):
-        if args.socket:
-            print(f"cellblock: no service answers on {path}", file=sys.stderr)
-            return EXIT_NOT_RUN
-        from supervisor.embedded import Embedded, EmbeddedError
+    on_chunk = None
+    if args.stream and not args.json:
 
-        embedded = Embedded(config=args.config)
-        try:
-            path = embedded.start()
-        except EmbeddedError as exc:
-            print(f"cellblock: {exc}", file=sys.stderr)
-            return EXIT_NOT_RUN
-    try:
-        on_chunk = None
-        if args.stream and not args.json:
+        def on_chunk(chunk: m.OutputChunk) -> None:
+            out = sys.stdout if chunk.stream == "stdout" else sys.stderr
+            out.write(chunk.data)
+            out.flush()
 
-            def on_chunk(chunk: m.OutputChunk) -> None:
-                out = sys.stdout if chunk.stream == "stdout" else sys.stderr
-                out.write(chunk.data)
-                out.flush()
+    def run(client: Client) -> int:
+        result = client.execute(
+            code,
+            _language(args),
+            stdin=stdin,
+            limits=limits,
+            capabilities=args.cap,
+            client_id=args.client_id or "cli",
+            on_chunk=on_chunk,
+        )
+        if args.json:
+            sys.stdout.buffer.write(to_json(result) + b"\n")
+        else:
+            if not args.stream:
+                sys.stdout.write(result.stdout)
+                sys.stderr.write(result.stderr)
+            print(_summary(result), file=sys.stderr)
+        return _exit_code(result)
 
-        with Client(path) as client:
-            result = client.execute(
-                code,
-                _language(args),
-                stdin=stdin,
-                limits=limits,
-                capabilities=args.cap,
-                client_id=args.client_id or "cli",
-                on_chunk=on_chunk,
-            )
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    if args.json:
-        sys.stdout.buffer.write(to_json(result) + b"\n")
-    else:
-        if not args.stream:
-            sys.stdout.write(result.stdout)
-            sys.stderr.write(result.stderr)
-        print(_summary(result), file=sys.stderr)
-    return _exit_code(result)
+    return _with_service(args, run)
 
 
 # --- serve, status ----------------------------------------------------------------------------
@@ -205,7 +178,7 @@ def _with_service(args: argparse.Namespace, action: Callable[[Client], int]) -> 
     """Run ``action`` against the running service, or an embedded one (same state dir)."""
     path = _socket_path(args)
     embedded = None
-    if not _service_answers(path):
+    if not service_answers(path):
         if args.socket:
             print(f"cellblock: no service answers on {path}", file=sys.stderr)
             return EXIT_NOT_RUN

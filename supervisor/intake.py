@@ -97,52 +97,38 @@ class Intake:
             self.policy.finished(client_key, request, result, [], time.time())
         self.reply(client, result)
 
-    def _error(self, status_error: ErrorInfo, **extra: object) -> m.ExecuteResult:
-        return results.from_error("", "", "", status_error, **extra)
+    def _fail(
+        self,
+        client: bytes,
+        request: m.ExecuteRequest,
+        run_id: str,
+        code: ErrorCode,
+        message: str,
+        client_key: str = "",
+        field: str = "",
+        **extra: object,
+    ) -> None:
+        error = ErrorInfo(code=code, message=message, field=field)
+        self._refuse(client, request, run_id, results.from_error("", "", "", error, **extra), client_key)
 
     def execute(self, client: bytes, request: m.ExecuteRequest, waited: Waiting | None = None) -> None:
         run_id = waited.run_id if waited else secrets.token_hex(8)
         received = waited.received if waited else time.time()
         key = (client, request.id)
         if self.draining:
-            self._refuse(
-                client,
-                request,
-                run_id,
-                self._error(
-                    ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the service is shutting down; retry shortly")
-                ),
-            )
+            self._fail(client, request, run_id, ErrorCode.SHUTTING_DOWN, "the service is shutting down; retry shortly")
             return
         if waited is None and key in self.active:
-            self._refuse(
-                client,
-                request,
-                run_id,
-                self._error(
-                    ErrorInfo(
-                        code=ErrorCode.INVALID_REQUEST, message="a request with this id is already running", field="id"
-                    )
-                ),
-            )
+            message = "a request with this id is already running"
+            self._fail(client, request, run_id, ErrorCode.INVALID_REQUEST, message, field="id")
             return
         detected = None
         if request.language.lower() in ("", "auto"):
             detected = detect(request.code)
             if detected.language is None:
                 choices = f" ({' or '.join(detected.alternatives)})" if detected.alternatives else ""
-                self._refuse(
-                    client,
-                    request,
-                    run_id,
-                    self._error(
-                        ErrorInfo(
-                            code=ErrorCode.INVALID_REQUEST,
-                            field="language",
-                            message=f"cannot tell which language this is: {detected.reason}{choices}; set language",
-                        )
-                    ),
-                )
+                message = f"cannot tell which language this is: {detected.reason}{choices}; set language"
+                self._fail(client, request, run_id, ErrorCode.INVALID_REQUEST, message, field="language")
                 return
             request = msgspec.structs.replace(request, language=detected.language)
         try:
@@ -150,9 +136,8 @@ class Intake:
             admitted = self.policy.admit(client.hex(), request, runtime)
         except CellblockError as exc:
             self.counters[f"rejected_{exc.code.value}"] += 1
-            self._refuse(
-                client, request, run_id, self._error(exc.info()), self.policy.client_key(client.hex(), request)
-            )
+            key_of = self.policy.client_key(client.hex(), request)
+            self._fail(client, request, run_id, exc.code, exc.message, key_of, exc.field)
             return
         if admitted.reply is not None:
             self._refuse(client, request, run_id, admitted.reply, admitted.client_key)
@@ -208,7 +193,7 @@ class Intake:
                 path = self.egress.open(run_id, admitted.net) if admitted.net else ""
             except CellblockError as exc:
                 self.policy.released(admitted.client_key)
-                self._refuse(client, request, run_id, self._error(exc.info()), admitted.client_key)
+                self._fail(client, request, run_id, exc.code, exc.message, admitted.client_key, exc.field)
                 self._resume(admitted.client_key)
                 return
             state.egress = bool(path)
@@ -229,20 +214,8 @@ class Intake:
             self.policy.released(admitted.client_key)
             if state.egress:
                 self.egress.close(run_id)
-            self._refuse(
-                client,
-                request,
-                run_id,
-                self._error(
-                    ErrorInfo(
-                        code=ErrorCode.OVERLOADED,
-                        message=f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; "
-                        "retry later",
-                    ),
-                    retry_after_s=1.0,
-                ),
-                admitted.client_key,
-            )
+            message = f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; retry later"
+            self._fail(client, request, run_id, ErrorCode.OVERLOADED, message, admitted.client_key, retry_after_s=1.0)
 
     # --- output and the end of a run -----------------------------------------------------------
 
@@ -301,19 +274,15 @@ class Intake:
             for waited in [w for w in queue if w.deadline <= now]:
                 queue.remove(waited)
                 self.active.pop((waited.client, waited.request.id), None)
-                self._refuse(
+                message = f"waited {self.queue_wait_s:.0f} s for this client's other runs to end; retry later"
+                self._fail(
                     waited.client,
                     waited.request,
                     waited.run_id,
-                    self._error(
-                        ErrorInfo(
-                            code=ErrorCode.OVERLOADED,
-                            message=f"waited {self.queue_wait_s:.0f} s for this client's other runs to end; "
-                            "retry later",
-                        ),
-                        retry_after_s=1.0,
-                    ),
+                    ErrorCode.OVERLOADED,
+                    message,
                     client_key,
+                    retry_after_s=1.0,
                 )
             if not queue:
                 del self.waiting[client_key]
@@ -325,7 +294,9 @@ class Intake:
         for client_key, queue in list(self.waiting.items()):
             for waited in queue:
                 self.active.pop((waited.client, waited.request.id), None)
-                self._refuse(waited.client, waited.request, waited.run_id, self._error(error), client_key)
+                self._fail(
+                    waited.client, waited.request, waited.run_id, error.code, error.message, client_key, error.field
+                )
         self.waiting.clear()
 
     @property

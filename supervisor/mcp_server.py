@@ -176,12 +176,12 @@ def build(socket_path: str, description: str) -> MCPServer:
 def main(socket_path: str | None, default_socket: str, http_port: int | None, config: str | None) -> int:
     import anyio
 
-    from protocol.client import Client, ServiceError
+    from protocol.client import Client, ServiceError, service_answers
     from supervisor.embedded import Embedded
 
     embedded = None
     path = socket_path or default_socket
-    if not _answers(path):
+    if not service_answers(path):
         if socket_path is not None:
             raise SystemExit(f"cellblock mcp: no service answers on {socket_path}")
         embedded = Embedded(config=config)
@@ -201,18 +201,3 @@ def main(socket_path: str | None, default_socket: str, http_port: int | None, co
         if embedded is not None:
             embedded.stop()
     return 0
-
-
-def _answers(path: str) -> bool:
-    import os
-
-    from protocol.client import Client, ServiceError
-
-    if not os.path.exists(path):
-        return False
-    with Client(path, connect_timeout=0.5) as client:
-        try:
-            client.status(timeout=2)
-        except ServiceError:
-            return False
-    return True

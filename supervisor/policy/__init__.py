@@ -92,7 +92,7 @@ class Policy:
         held: list[m.Capability] = []
         if needs:
             held = grants.usable(self.store.grants(key), request.conversation_id)
-            lacking = grants.missing(self.store.grants(key), request.conversation_id, needs)
+            lacking = [need for need in needs if grants.covering(held, need) is None]
             if lacking:
                 names = ", ".join(grants.describe(c) for c in lacking)
                 scope = f" --conversation {request.conversation_id}" if request.conversation_id else ""

@@ -16,7 +16,7 @@ from supervisor.egress import matches
 K = m.CapabilityKind
 
 
-def _path_covers(granted: str, wanted: str) -> bool:
+def path_covers(granted: str, wanted: str) -> bool:
     granted = posixpath.normpath(granted)
     wanted = posixpath.normpath(wanted)
     return wanted == granted or wanted.startswith(granted.rstrip("/") + "/")
@@ -24,7 +24,7 @@ def _path_covers(granted: str, wanted: str) -> bool:
 
 def covers(grant: m.Capability, need: m.Capability) -> bool:
     if grant.kind is K.FS_WRITE and need.kind is K.FS_READ:
-        return _path_covers(grant.target, need.target)
+        return path_covers(grant.target, need.target)
     if grant.kind is not need.kind:
         return False
     match grant.kind:
@@ -33,7 +33,7 @@ def covers(grant: m.Capability, need: m.Capability) -> bool:
         case K.NET:
             return matches(grant.target, need.target)
         case K.FS_READ | K.FS_WRITE:
-            return _path_covers(grant.target, need.target)
+            return path_covers(grant.target, need.target)
     return False
 
 
@@ -43,7 +43,7 @@ def usable(grants: list[m.Grant], conversation_id: str) -> list[m.Capability]:
 
 def missing(grants: list[m.Grant], conversation_id: str, needs: list[m.Capability]) -> list[m.Capability]:
     held = usable(grants, conversation_id)
-    return [need for need in needs if not any(covers(g, need) for g in held)]
+    return [need for need in needs if covering(held, need) is None]
 
 
 def covering(held: list[m.Capability], need: m.Capability) -> m.Capability | None:
@@ -63,7 +63,7 @@ def plan_binds(held: list[m.Capability], needs: list[m.Capability]) -> list[m.Ho
     )
     binds: list[m.HostBind] = []
     for need in paths:
-        outer = next((b for b in binds if _path_covers(b.host, need.target)), None)
+        outer = next((b for b in binds if path_covers(b.host, need.target)), None)
         if outer is not None:
             if need.kind is K.FS_WRITE and not outer.writable:
                 raise ValueError(

@@ -15,6 +15,7 @@ import msgspec
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode
 from protocol.profile import MiB, Profile
+from supervisor.policy.grants import path_covers
 
 # Below these a sandbox cannot start its interpreter, whatever the code is.
 MINIMUM = {"memory_bytes": 16 * MiB, "timeout_ms": 10, "cpu_ms": 10, "output_bytes": 64}
@@ -85,10 +86,6 @@ def resolve_limits(profile: Profile, asked: m.Limits) -> tuple[Resolved, list[m.
     return Resolved(**values), needed
 
 
-def _inside(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def check_grant_path(cap: m.Capability, roots: list[str], field: str) -> m.Capability:
     """A path grant, resolved, if it lies under one of the operator's grant roots.
 
@@ -103,7 +100,7 @@ def check_grant_path(cap: m.Capability, roots: list[str], field: str) -> m.Capab
         )
     resolved = os.path.realpath(cap.target)
     lexical = posixpath.normpath(cap.target)
-    if not any(_inside(lexical, posixpath.normpath(r)) and _inside(resolved, os.path.realpath(r)) for r in roots):
+    if not any(path_covers(r, lexical) and path_covers(os.path.realpath(r), resolved) for r in roots):
         raise CellblockError(
             ErrorCode.INVALID_REQUEST,
             f"{cap.target} is outside the paths that may be granted ({', '.join(roots)})",
