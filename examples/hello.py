@@ -8,7 +8,8 @@ print("hello from cellblock")
 print(f"python {platform.python_version()}, pid {os.getpid()}, uid {os.getuid()}, host {socket.gethostname()}")
 print(f"cwd {os.getcwd()}, root holds {sorted(os.listdir('/'))}")
 try:
-    open("/etc/shadow").read()
+    with open("/etc/shadow") as secrets:
+        secrets.read()
 except OSError as exc:
     print(f"/etc/shadow: {exc.strerror}")
 try:
