@@ -137,23 +137,40 @@ class Launcher:
                 + ("" if layout and layout.version("memory") else ", as (memory)"),
             )
         )
-        # The template root.
-        root = os.path.join(cfg.rundir, "root")
-        binds = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS]
-        for runtime in self.runtimes.values():
-            binds += [mounts.Bind(p, p) for p in runtime.host_paths()]
-        binds += [mounts.Bind(x.src, x.target, x.optional) for x in profile.mounts]
+        # The template roots: one for the interpreters that see /usr, and one
+        # of its own for each runtime that names the few programs it needs.
+        operator = [mounts.Bind(x.src, x.target, x.optional) for x in profile.mounts]
         uids = (
             range(SANDBOX_UID_IN_USERNS, SANDBOX_UID_IN_USERNS + 1)
             if cfg.unprivileged
             else range(cfg.worker_uid_base, cfg.worker_uid_base + cfg.slots)
         )
-        template = mounts.build_template(root, binds, mounts.etc_files(profile.sandbox.hostname, uids))
+        etc = mounts.etc_files(profile.sandbox.hostname, uids)
+        shared = os.path.join(cfg.rundir, "root")
+        binds = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS]
+        templates: dict[str, str] = {}
+        details = []
+        for name, runtime in self.runtimes.items():
+            tools = runtime.tools()
+            if tools is None:
+                binds += [mounts.Bind(p, p) for p in runtime.host_paths()]
+                templates[name] = shared
+                continue
+            own = os.path.join(cfg.rundir, f"root-{name}")
+            system = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS if src != "/usr"]
+            system = [b for b in system if b.src != "/etc/alternatives"]  # recreated per tool as needed
+            extra = [mounts.Bind(p, p) for p in runtime.host_paths()]
+            mounts.build_template(own, system + extra + operator, etc, tools)
+            templates[name] = own
+            details.append(f"{name}: {len(tools)} programs, no /usr")
+        template = mounts.build_template(shared, binds + operator, etc)
         self.layers.append(
             m.LayerStatus(
                 name="filesystem",
                 active=True,
-                detail=f"read-only template root, {len(template.binds)} binds, tmpfs /tmp and /work, pivot_root",
+                detail=f"read-only template root, {len(template.binds)} binds"
+                + "".join(f"; {d}" for d in details)
+                + ", tmpfs /tmp and /work, pivot_root",
             )
         )
         self.layers.append(
@@ -216,7 +233,7 @@ class Launcher:
         self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
         self.context = sandbox.Context(
             profile=profile,
-            template=root,
+            templates=templates,
             broker_socket=os.path.join(cfg.rundir, "workers.sock"),
             user_namespace=cfg.unprivileged,
             layout=layout,

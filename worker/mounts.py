@@ -1,9 +1,13 @@
 """The filesystem a sandbox sees.
 
-The launcher builds one read-only *template* root per profile at start, in
-its private mount namespace: a small tmpfs holding read-only binds of what
-the runtimes need (/usr, the interpreters' prefixes, a few /etc files), the
-five harmless /dev nodes, and empty mount points. Each worker then only:
+The launcher builds read-only *template* roots at start, in its private
+mount namespace: a small tmpfs holding read-only binds of what the runtimes
+need (/usr, the interpreters' prefixes, a few /etc files), the five harmless
+/dev nodes, and empty mount points. Runtimes that need only a few programs
+(bash: a fixed set of coreutils) get a root of their own instead, with no
+/usr bind: those programs and the shared libraries they link are copied into
+its tmpfs at their host paths, symlinks on the way recreated. Each worker
+then only:
 
 1. makes its mount tree private and bind-mounts the template onto itself
    (the copy is owned by the worker's namespace, so pivot_root accepts it
@@ -38,12 +42,16 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import stat
+import subprocess
 
 import msgspec
 
 from protocol.messages import HostBind
 from worker import syscalls as sc
+
+MiB = 1 << 20
 
 RO_BIND = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
 SCRATCH = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
@@ -113,18 +121,85 @@ def etc_files(hostname: str, uids: range) -> dict[str, str]:
     }
 
 
-def build_template(root: str, binds: list[Bind], etc: dict[str, str]) -> Template:
-    """Build the read-only template root at ``root`` (launcher, once)."""
+def linked_libraries(program: str) -> list[str]:
+    """The shared libraries ``program`` loads (its dynamic loader included), as ldd names them."""
+    try:
+        out = subprocess.run(["ldd", program], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    paths = []
+    for line in out.splitlines():
+        words = line.split()
+        if "=>" in words:
+            words = words[words.index("=>") + 1 :]
+        if words and words[0].startswith("/"):
+            paths.append(words[0])
+    return paths
+
+
+def _replicate(root: str, path: str, depth: int = 0) -> None:
+    """Make ``path`` resolve under ``root`` as it does on the host: each
+    directory made, each symlink on the way recreated as it is, the file copied
+    (mode bits beyond 0755 dropped)."""
+    if depth > 16:
+        raise OSError(f"too many symbolic links resolving {path}")
+    parts = [p for p in path.split("/") if p]
+    current = "/"
+    for i, part in enumerate(parts):
+        host = posixpath.join(current, part)
+        inside = root + host
+        info = os.lstat(host)
+        if stat.S_ISLNK(info.st_mode):
+            target = os.readlink(host)
+            if not os.path.lexists(inside):
+                os.symlink(target, inside)
+            rest = "/".join(parts[i + 1 :])
+            resolved = posixpath.normpath(posixpath.join(current, target))
+            _replicate(root, posixpath.join(resolved, rest) if rest else resolved, depth + 1)
+            return
+        if stat.S_ISDIR(info.st_mode):
+            if not os.path.lexists(inside):
+                os.mkdir(inside, 0o755)
+            current = host
+            continue
+        if not stat.S_ISREG(info.st_mode) or i != len(parts) - 1:
+            raise OSError(f"{host} is not a regular file")
+        if not os.path.lexists(inside):
+            shutil.copyfile(host, inside)
+            os.chmod(inside, info.st_mode & 0o755)
+        return
+
+
+def tool_files(programs: list[str]) -> list[str]:
+    """``programs`` and every library they link, each once."""
+    files: dict[str, None] = {}
+    for program in programs:
+        files[program] = None
+        for library in linked_libraries(program):
+            files[library] = None
+    return list(files)
+
+
+def build_template(root: str, binds: list[Bind], etc: dict[str, str], tools: list[str] | None = None) -> Template:
+    """Build the read-only template root at ``root`` (launcher, once).
+
+    With ``tools``, the root holds only those programs and their libraries
+    (copied), and no top-level directory of the host is bound whole.
+    """
+    files = tool_files(tools) if tools is not None else []
+    size = 4 * MiB + sum(os.stat(path).st_size for path in files)
     os.makedirs(root, mode=0o755, exist_ok=True)
-    sc.mount("tmpfs", root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "size=4m,mode=0755")
+    sc.mount("tmpfs", root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"size={size // 1024}k,mode=0755")
     for name in MOUNT_POINTS:
         os.mkdir(os.path.join(root, name), 0o755)
     for name in TOP_LINKS:
         host = "/" + name
         if os.path.islink(host):
             os.symlink(os.readlink(host), os.path.join(root, name))
-        elif os.path.isdir(host):
+        elif os.path.isdir(host) and tools is None:
             binds = [*binds, Bind(host, host, optional=True)]
+    for path in files:
+        _replicate(root, path)
     for name, text in etc.items():
         with open(os.path.join(root, "etc", name), "w", encoding="utf-8") as out:
             out.write(text)

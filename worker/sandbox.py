@@ -32,7 +32,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     """What the launcher decided once, shared by every worker it makes."""
 
     profile: Profile
-    template: str
+    templates: dict[str, str]  # runtime -> its read-only template root
     broker_socket: str
     user_namespace: bool
     layout: cgroups.Layout | None
@@ -89,7 +89,7 @@ def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int:
                     memory meter, then unshare a cgroup namespace
      4. connect     ZMTP connection to the broker's worker socket, made while
                     the socket is still in view (it never is in the sandbox)
-     5. mounts      template root with tmpfs /tmp and /work and a new /proc;
+     5. mounts      the runtime's template root with tmpfs /tmp and /work and a new /proc;
                     a run's own worker also gets /mnt: its granted host paths,
                     each checked again where it leads, and its egress socket;
                     pivot_root; the old root detached
@@ -167,7 +167,7 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         if spec.binds or spec.egress:
             idmap = None if ctx.user_namespace else (spec.uid, spec.gid)
             grants = (spec.binds, ctx.grant_roots, spec.egress, idmap)
-        mounts.enter_root(ctx.template, fixed.tmp_mb, fixed.work_mb, spec.uid, spec.gid, grants)
+        mounts.enter_root(ctx.templates[spec.runtime], fixed.tmp_mb, fixed.work_mb, spec.uid, spec.gid, grants)
     with step(WorkerExit.SETUP_NETWORK):
         if profile.sandbox.network == "loopback" or spec.egress:
             namespaces.loopback_up()

@@ -130,3 +130,23 @@ def test_cant_escape_through_namespaces_or_mounts(run, language):
         )
     result = run(code, language=language)
     assert "WORKED" not in result.stdout and result.stdout.count("refused") == len(commands), result.stdout
+
+
+def test_cant_reach_programs_outside_the_shell_tool_set(run):
+    """bash's own root: the fixed tool set and its libraries, no other interpreter, no host /usr."""
+    from worker.runtimes.bash import TOOLS
+
+    script = """
+    for p in python3 perl node ssh gcc apt su sudo mount; do command -v $p >/dev/null && echo "FOUND $p"; done
+    ls /usr/lib | grep -v x86_64-linux-gnu | grep . && echo FOUND-LIB-DIR
+    [ -e /usr/share ] && echo FOUND-SHARE
+    [ -e /etc/alternatives/python3 ] && echo FOUND-ALT
+    ls /usr/bin
+    echo hi | sed s/hi/ho/ | awk '{print $1}' | grep ho | wc -l
+    """
+    result = run(script, language="bash")
+    assert result.status is m.Status.OK, result.stderr
+    assert "FOUND" not in result.stdout, result.stdout
+    lines = result.stdout.split()
+    assert lines[-1] == "1"  # the pipeline of tools works
+    assert set(lines[:-1]) <= {*TOOLS, "bash", "mawk", "gawk", "original-awk", "["}, lines

@@ -42,6 +42,13 @@ class Runtime:
         """Host paths to bind read-only into the sandbox (besides /usr)."""
         return []
 
+    def tools(self) -> list[str] | None:
+        """None: the runtime sees the host's /usr read-only (an interpreter and
+        its library). A list: the runtime gets a root of its own holding only
+        these programs (absolute host paths) and the shared libraries they
+        link, copied in; nothing else of /usr."""
+        return None
+
     def probe(self) -> tuple[bool, str]:
         """(available, version or the reason it is not)."""
         raise NotImplementedError

@@ -4,6 +4,10 @@ The payload execs bash before the job exists: it sets an EXIT trap that
 reports the exit status on fd 4, then sources the script from fd 3 (``.``
 reads it whole first, so line numbers in errors are the script's own), and
 blocks there until the monitor writes the script.
+
+Scripts see a small fixed set of programs (``TOOLS``, the ones this host
+has), copied with the libraries they link into bash's own root: no other
+interpreter (python3, perl, node) and nothing else of /usr.
 """
 
 from __future__ import annotations
@@ -19,12 +23,21 @@ from worker.runtimes.base import Runtime
 
 BASH = shutil.which("bash") or "/bin/bash"
 BOOT = 'trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
+# coreutils a script reaches for, the text tools around them, and curl for
+# runs holding a network grant (HTTP_PROXY points it at the egress proxy)
+TOOLS = (
+    "basename cat chmod comm cp cut date dd df dirname du env expr false fold head id install "
+    "join ln ls md5sum mkdir mktemp mv nl nproc od paste printf pwd readlink realpath rm rmdir "
+    "seq sha1sum sha256sum sleep sort split stat sum tac tail tee test timeout touch tr true "
+    "truncate uname uniq wc whoami yes base64 "
+    "awk grep sed find xargs diff gzip tar curl"
+).split()
 
 
 class BashRuntime(Runtime):
     name = "bash"
     languages = ("bash", "sh", "shell", "zsh")
-    self_test = ("echo $((6 * 7))", "42\n")
+    self_test = ("echo $((6 * 7)) | cat", "42\n")
     execs = True
     needs_exec_syscall = True
 
@@ -36,6 +49,10 @@ class BashRuntime(Runtime):
         except (OSError, subprocess.SubprocessError) as exc:
             return False, f"bash does not run ({exc})"
         return True, "GNU bash " + out.split("version ")[1].split()[0] if "version " in out else "bash"
+
+    def tools(self) -> list[str]:
+        found = [shutil.which(name, path="/usr/bin:/bin") for name in TOOLS]
+        return [BASH, *(path for path in found if path)]
 
     def encode_job(self, job: Job) -> bytes:
         return job.code.encode()
