@@ -1,4 +1,4 @@
-"""A thin client for host apps: one DEALER socket, typed replies.
+"""A thin client for host apps: one DEALER connection, typed replies.
 
     with Client("/run/cellblock/client.sock") as client:
         result = client.execute("print(1)")
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -20,11 +21,11 @@ from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import recv_monitor_message
 
 from protocol import messages as m
 from protocol.errors import ErrorCode, ErrorInfo
 from protocol.wire import client_codec
+from protocol.zmtp import Dealer, ZmtpError
 
 R = TypeVar("R")
 DEFAULT_TIMEOUT_S = 10.0
@@ -90,26 +91,26 @@ def _reply_wait(limits: m.Limits | None) -> float:
 
 
 class Client:
-    """Synchronous client. Not thread-safe: one per thread."""
+    """Synchronous client. Not thread-safe: one per thread.
+
+    It speaks ZMTP itself on a blocking unix socket (``protocol.zmtp.Dealer``),
+    so a call wakes no background thread: a libzmq socket would add its I/O
+    thread on both the way out and the way back. Any libzmq DEALER works
+    against the service as well (see ``AsyncClient``).
+    """
+
+    RECONNECT_S = 0.02
 
     def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 2.0) -> None:
         self.path = socket_path or default_socket()
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.linger = 0
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._sock.connect(f"ipc://{self.path}")
         self._codec = client_codec()
-        self._connected = False
-        self._disconnected = False
+        self._dealer: Dealer | None = None
         self._connect_timeout = connect_timeout
 
     def close(self) -> None:
-        self._sock.disable_monitor()
-        self._monitor.close(linger=0)
-        self._sock.close(linger=0)
-        self._ctx.term()
+        if self._dealer is not None:
+            self._dealer.close()
+            self._dealer = None
 
     def __enter__(self) -> Client:
         return self
@@ -117,61 +118,57 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _events(self) -> None:
-        while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)
-            # With IMMEDIATE set, a message can only be queued once the ZMTP
-            # handshake is done, not merely when the socket connected.
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._connected = True
-                self._disconnected = False
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self._disconnected = True
+    def _connect(self, deadline: float) -> bool:
+        while True:
+            try:
+                self._dealer = Dealer.connect(self.path, b"", timeout=max(0.05, deadline - time.monotonic()))
+                return True
+            except (OSError, ZmtpError):
+                self._dealer = None
+            if time.monotonic() + self.RECONNECT_S >= deadline:
+                return False
+            time.sleep(self.RECONNECT_S)
 
     def _send(self, request: m.Request) -> bool:
         deadline = time.monotonic() + self._connect_timeout
-        while not self._connected:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._monitor.poll(int(remaining * 1000) + 1):
+        frames = self._codec.encode(request)
+        for _ in range(2):  # a connection the service has since closed: once more on a new one
+            if self._dealer is None and not self._connect(deadline):
                 return False
-            self._events()
-        try:
-            self._sock.send_multipart(self._codec.encode(request), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        self._disconnected = False
-        return True
+            assert self._dealer is not None
+            try:
+                self._dealer.send(frames)
+                return True
+            except OSError:
+                self.close()
+        return False
 
     def _wait(
         self, request_id: str, wait_s: float, on_chunk: Callable[[m.OutputChunk], None] | None
     ) -> m.ClientReply | None:
         deadline = time.monotonic() + wait_s
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        dealer = self._dealer
+        assert dealer is not None
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            try:
+                messages = dealer.recv_available()
+            except OSError:
+                messages = None
+            if messages is None:  # the service closed the connection
+                self.close()
                 return None
-            ready = dict(poller.poll(int(remaining * 1000) + 1))
-            if self._monitor in ready:
-                self._events()
-                if self._disconnected and self._sock not in ready:
-                    return None
-            if self._sock in ready:
-                while True:
-                    try:
-                        frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    reply = self._codec.decode(frames)
-                    if getattr(reply, "id", None) != request_id:
-                        continue  # a late reply to an earlier, abandoned call
-                    if isinstance(reply, m.OutputChunk):
-                        if on_chunk is not None:
-                            on_chunk(reply)
-                        continue
-                    return reply
+            for frames in messages:
+                reply = self._codec.decode(frames)
+                if getattr(reply, "id", None) != request_id:
+                    continue  # a late reply to an earlier, abandoned call
+                if isinstance(reply, m.OutputChunk):
+                    if on_chunk is not None:
+                        on_chunk(reply)
+                    continue
+                return reply
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([dealer], [], [], remaining)[0]:
+                return None
 
     def execute(
         self,

@@ -93,9 +93,9 @@ class Intake:
     ) -> None:
         result = msgspec.structs.replace(result, id=request.id, run_id=run_id, language=request.language)
         self.counters[f"status_{result.status.value}"] += 1
+        self.reply(client, result)
         if client_key:
             self.policy.finished(client_key, request, result, [], time.time())
-        self.reply(client, result)
 
     def _fail(
         self,
@@ -253,9 +253,9 @@ class Intake:
         if state.egress:
             result = msgspec.structs.replace(result, network=self.egress.close(ticket.run_id))
         self.policy.released(state.client_key)
-        self.policy.finished(state.client_key, request, result, state.capabilities, state.received)
         self.counters[f"status_{result.status.value}"] += 1
-        self.reply(state.client, result)
+        self.reply(state.client, result)  # first: the history row is not the client's wait
+        self.policy.finished(state.client_key, request, result, state.capabilities, state.received)
         self._resume(state.client_key)
 
     def _resume(self, client_key: str) -> None:

@@ -68,7 +68,7 @@ def _arrange(fds: PayloadFds, exec_runtime: bool) -> None:
 def _read_all(fd: int) -> bytes:
     chunks: list[bytes] = []
     while True:
-        chunk = os.read(fd, 1 << 20)
+        chunk = os.read(fd, 1 << 16)  # a larger buffer is a fresh mmap, faulted in per run
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)

@@ -20,12 +20,12 @@ import msgspec
 
 from protocol.messages import HostBind
 from protocol.profile import MiB, Profile
+from protocol.zmtp import Dealer
 from worker import cgroups, forwarder, mounts, namespaces, payload, privileges
 from worker import syscalls as sc
 from worker.exits import WorkerExit
 from worker.monitor import Monitor
 from worker.runtimes.base import Runtime
-from worker.zmtp import Dealer
 
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +104,8 @@ def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int:
      8. payload     fork the payload, which closes every other descriptor,
                     starts a session, takes its rlimits, builds its environment,
                     warms its runtime, and loads its seccomp filters last
+    8b. rehearsal   the monitor walks its job path once on scratch pipes, so
+                    its copy-on-write faults happen now, not during the job
      9. seccomp     the monitor makes itself not dumpable and loads its own
                     filter, last
     10. ready       the monitor tells the broker, then waits for one job
@@ -193,11 +195,6 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
             payload.become_payload(fds, runtime, profile, program, ctx.memory_fallback)
         for fd in (stdin_r, stdout_w, stderr_w, job_r, report_w):
             os.close(fd)
-    with step(WorkerExit.SETUP_SECCOMP):
-        privileges.make_undumpable()
-        if ctx.filters is not None:
-            for flt in ctx.filters["@monitor"]:
-                flt.load()
     monitor = Monitor(
         worker_id=spec.worker_id,
         runtime=spec.runtime,
@@ -215,4 +212,11 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         idle_memory_bytes=profile.limits.memory_mb * MiB,
         adapter=runtime,
     )
+    with step(WorkerExit.INTERNAL):
+        monitor.rehearse()
+    with step(WorkerExit.SETUP_SECCOMP):
+        privileges.make_undumpable()
+        if ctx.filters is not None:
+            for flt in ctx.filters["@monitor"]:
+                flt.load()
     return monitor.serve()

@@ -95,7 +95,7 @@ def test_frame_over_the_hard_cap_drops_the_connection(service: object, client: C
     sock.connect(f"ipc://{service.socket}")  # type: ignore[attr-defined]
     try:
         sock.send_multipart([VERSION, b"\x00" * (MAX_CLIENT_FRAME + 1)])
-        assert monitor.poll(5000), "libzmq should drop a connection that sends an over-cap frame"
+        assert monitor.poll(5000), "the service must drop a connection that sends an over-cap frame"
         assert not sock.poll(200)  # and no reply is possible
     finally:
         sock.disable_monitor()

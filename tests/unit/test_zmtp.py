@@ -1,13 +1,19 @@
-"""The monitor's ZMTP DEALER against a real libzmq ROUTER."""
+"""Both ends of our ZMTP against real libzmq sockets: the DEALER (monitor, sync client)
+against a libzmq ROUTER, and the broker's ROUTER against libzmq DEALERs."""
 
 from __future__ import annotations
 
 import pathlib
 import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
+import pytest
 import zmq
 
-from worker.zmtp import Dealer, Parser, frame_bytes
+from protocol.zmtp import Dealer, Parser, Router, ZmtpError, frame_bytes
 
 
 def test_interop_with_libzmq_router(tmp_path: pathlib.Path) -> None:
@@ -42,3 +48,175 @@ def test_parser_handles_split_frames() -> None:
     for i in range(0, len(wire), 7):
         scratch.feed(wire[i : i + 7])
     assert scratch.take() == [[b"a", b"b" * 1000], [b"c"]]
+
+
+class Loop:
+    """A tiny poll loop around a Router, as the broker drives it."""
+
+    def __init__(self, path: str, **kw: object) -> None:
+        self.watched: dict[int, int] = {}
+        self.router = Router(path, watch=self._watch, **kw)  # type: ignore[arg-type]
+
+    def _watch(self, fd: int, events: int) -> None:
+        if events:
+            self.watched[fd] = events
+        else:
+            self.watched.pop(fd, None)
+
+    def pump(self, seconds: float = 0.3) -> list[tuple[bytes, list[bytes]]]:
+        got: list[tuple[bytes, list[bytes]]] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            poller = select.poll()
+            poller.register(self.router.fileno(), select.POLLIN)
+            for fd, events in self.watched.items():
+                poller.register(fd, events)
+            for fd, event in poller.poll(20):
+                if fd == self.router.fileno():
+                    self.router.accept()
+                    continue
+                if event & select.POLLOUT:
+                    self.router.flush(fd)
+                if event & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    got += self.router.receive(fd)
+        return got
+
+
+class Dealers:
+    """libzmq DEALERs that are all closed at the end of the test."""
+
+    def __init__(self) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.socks: list[zmq.Socket[bytes]] = []
+
+    def connect(self, path: str, **options: int | bytes) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.rcvtimeo = 2000
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        sock.connect(f"ipc://{path}")
+        self.socks.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def dealers() -> Iterator[Dealers]:
+    made = Dealers()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def loops() -> Iterator[list[Loop]]:
+    made: list[Loop] = []
+    yield made
+    for loop in made:
+        loop.router.close_all()
+
+
+def test_router_serves_libzmq_dealers(tmp_path: pathlib.Path, dealers: Dealers, loops: list[Loop]) -> None:
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1 << 20)
+    loops.append(loop)
+    named = dealers.connect(path, IDENTITY=b"app-1")
+    anonymous = dealers.connect(path)
+    named.send_multipart([b"CB/1", b"x" * 70_000])
+    anonymous.send_multipart([b"CB/1", b"hello"])
+    got = dict(loop.pump())
+    assert got[b"app-1"] == [b"CB/1", b"x" * 70_000]
+    (other,) = [ident for ident in got if ident != b"app-1"]
+    assert other[:1] == b"\x00" and got[other] == [b"CB/1", b"hello"]
+    big = b"y" * 3_000_000  # more than a socket buffer: goes out as the peer reads
+    assert loop.router.send(b"app-1", [b"CB/1", big])
+    assert loop.router.send(other, [b"CB/1", b"back"])
+    assert not loop.router.send(b"nobody", [b"CB/1", b"lost"])
+    loop.pump(0.2)
+    assert anonymous.recv_multipart() == [b"CB/1", b"back"]
+    received: list[bytes] = []
+    end = time.monotonic() + 5
+    while not received and time.monotonic() < end:
+        loop.pump(0.05)
+        if named.poll(0):
+            received = named.recv_multipart()
+    assert received == [b"CB/1", big]
+
+
+def test_router_drops_a_peer_over_the_frame_cap(tmp_path: pathlib.Path, dealers: Dealers, loops: list[Loop]) -> None:
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1000)
+    loops.append(loop)
+    bad = dealers.connect(path)
+    good = dealers.connect(path)
+    bad.send_multipart([b"CB/1", b"z" * 1001])
+    good.send_multipart([b"CB/1", b"ok"])
+    got = loop.pump()
+    assert [frames for _, frames in got] == [[b"CB/1", b"ok"]]
+    assert loop.router.dropped >= 1
+
+
+def _connect_while_pumping(loop: Loop, path: str, identity: bytes) -> Dealer | Exception:
+    """Dealer.connect blocks on the handshake: drive the router meanwhile."""
+    outcome: list[Dealer | Exception] = []
+
+    def connect() -> None:
+        try:
+            outcome.append(Dealer.connect(path, identity, timeout=1.0))
+        except (OSError, ZmtpError) as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    while thread.is_alive():
+        loop.pump(0.05)
+    thread.join()
+    return outcome[0]
+
+
+def test_router_refuses_garbage_and_a_taken_identity(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1000)
+    loops.append(loop)
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.connect(path)
+        raw.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        loop.pump(0.1)
+        received = b""
+        while chunk := raw.recv(1024):
+            received += chunk
+        assert received[:1] == b"\xff"  # our greeting went out, then the connection ended
+    first = _connect_while_pumping(loop, path, b"w-1")
+    assert isinstance(first, Dealer)
+    second = _connect_while_pumping(loop, path, b"w-1")  # taken: the router ends it after READY
+    if isinstance(second, Dealer):
+        loop.pump(0.1)
+        assert second.recv_available() is None
+        second.close()
+    assert loop.router.dropped == 2
+    first.send([b"still", b"here"])
+    assert loop.pump() == [(b"w-1", [b"still", b"here"])]
+    first.close()
+
+
+def test_router_answers_heartbeats(tmp_path: pathlib.Path, dealers: Dealers, loops: list[Loop]) -> None:
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1000)
+    loops.append(loop)
+    sock = dealers.ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 50)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 200)
+    dealers.socks.append(sock)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    sock.connect(f"ipc://{path}")
+    loop.pump(1.0)  # 20 heartbeats: unanswered, libzmq would have dropped the connection
+    assert not monitor.poll(0)
+    sock.send_multipart([b"alive"])
+    assert [frames for _, frames in loop.pump()] == [[b"alive"]]
+    sock.disable_monitor()
+    monitor.close(linger=0)

@@ -1,0 +1,425 @@
+"""ZMTP 3.0 (RFC 23), NULL mechanism, on plain unix sockets: both ends of workers.sock.
+
+``Dealer`` is the worker monitor's end. Why not pyzmq there: a libzmq
+context starts I/O threads, and the monitor must be single-threaded while it
+drops privileges (capabilities, the bounding set, no_new_privs and seccomp
+are per-thread), must not leave a send queued in a background thread when it
+exits, and is created several hundred times a second.
+
+``Router`` is the broker's end: a non-blocking listening socket driven by the
+broker's own poll loop. With libzmq, every message between the broker and a
+worker crossed the broker's I/O thread: two more thread wakeups per hop, each
+~50-80 us on a 2-vCPU VM whose idle CPUs halt. Here the broker's loop reads
+and writes the worker's socket itself.
+
+Both ends speak the real wire format: each is tested against libzmq
+(tests/unit/test_zmtp.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+_SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
+_GREETING = _SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+_MORE = 0x01
+_LONG = 0x02
+_COMMAND = 0x04
+POLLIN = select.POLLIN
+POLLOUT = select.POLLOUT
+
+
+class ZmtpError(Exception):
+    pass
+
+
+def _property(name: bytes, value: bytes) -> bytes:
+    return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
+
+
+def _frame(flags: int, body: bytes) -> bytes:
+    if len(body) > 255:
+        return bytes([flags | _LONG]) + struct.pack(">Q", len(body)) + body
+    return bytes([flags, len(body)]) + body
+
+
+def _header(buf: bytearray) -> tuple[int, int, int] | None:
+    """(flags, where the body starts, its size) of the frame at the front, once its header is in."""
+    if len(buf) < 2:
+        return None
+    flags = buf[0]
+    if not flags & _LONG:
+        return flags, 2, buf[1]
+    if len(buf) < 9:
+        return None
+    return flags, 9, struct.unpack_from(">Q", buf, 1)[0]
+
+
+def frame_bytes(frames: list[bytes]) -> bytes:
+    """One multipart message as ZMTP frames on the wire."""
+    last = len(frames) - 1
+    return b"".join(_frame(0 if i == last else _MORE, f) for i, f in enumerate(frames))
+
+
+class Parser:
+    """Turns received ZMTP bytes into messages (commands answered by ``command``)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def command(self, body: bytes) -> None:
+        """A ZMTP command arrived (none is expected from a ROUTER without heartbeats)."""
+
+    def take(self) -> list[list[bytes]]:
+        """Whole messages from what was fed so far."""
+        messages = []
+        buf = self._buffer
+        while True:
+            header = _header(buf)
+            if header is None:
+                break
+            flags, start, size = header
+            if len(buf) < start + size:
+                break
+            body = bytes(buf[start : start + size])
+            del buf[: start + size]
+            if flags & _COMMAND:
+                self.command(body)
+                continue
+            self._parts.append(body)
+            if not flags & _MORE:
+                messages.append(self._parts)
+                self._parts = []
+        return messages
+
+
+class Dealer(Parser):
+    """Blocking DEALER end of one ZMTP connection to a ROUTER."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        # One receive buffer for the connection's life: a fresh large buffer per
+        # read is an mmap and page faults each time (the monitor lives for one job).
+        self._scratch = bytearray(1 << 16)
+        self._view = memoryview(self._scratch)
+
+    @classmethod
+    def connect(cls, path: str, identity: bytes, timeout: float = 5.0) -> Dealer:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            return cls.over(sock, identity, timeout)
+        except BaseException:
+            sock.close()
+            raise
+
+    @classmethod
+    def over(cls, sock: socket.socket, identity: bytes, timeout: float = 5.0) -> Dealer:
+        """ZMTP handshake on an already connected unix socket."""
+        sock.settimeout(timeout)
+        dealer = cls(sock)
+        dealer._handshake(identity)
+        sock.settimeout(None)
+        return dealer
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _read_exact(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ZmtpError("connection closed during handshake")
+            self._buffer += chunk
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+    def _handshake(self, identity: bytes) -> None:
+        self._sock.sendall(_GREETING)
+        greeting = self._read_exact(64)
+        if greeting[0] != 0xFF or greeting[9] != 0x7F or greeting[10] < 3:
+            raise ZmtpError("peer is not a ZMTP 3 endpoint")
+        if greeting[12:32].rstrip(b"\x00") != b"NULL":
+            raise ZmtpError("peer wants a security mechanism other than NULL")
+        ready = b"\x05READY" + _property(b"Socket-Type", b"DEALER") + _property(b"Identity", identity)
+        self._sock.sendall(_frame(_COMMAND, ready))
+        flags = self._read_exact(1)[0]
+        size = struct.unpack(">Q", self._read_exact(8))[0] if flags & _LONG else self._read_exact(1)[0]
+        body = self._read_exact(size)
+        if not flags & _COMMAND or not body.startswith(b"\x05READY"):
+            raise ZmtpError("peer did not answer READY")
+
+    def send(self, frames: list[bytes]) -> None:
+        self._sock.sendall(frame_bytes(frames))
+
+    def command(self, body: bytes) -> None:
+        if body.startswith(b"\x04PING"):
+            # PING: ttl(2) + context; answer PONG with the same context.
+            self._sock.sendall(_frame(_COMMAND, b"\x04PONG" + body[7:]))
+
+    def recv_available(self) -> list[list[bytes]] | None:
+        """Read what the socket has now; return whole messages, None on EOF."""
+        try:
+            count = self._sock.recv_into(self._scratch, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return []
+        if not count:
+            return None
+        self._buffer += self._view[:count]
+        return self.take()
+
+
+def _properties(body: bytes) -> dict[bytes, bytes]:
+    """The metadata of a READY command (after its name)."""
+    props = {}
+    at = 0
+    while at < len(body):
+        size = body[at]
+        name = body[at + 1 : at + 1 + size]
+        at += 1 + size
+        if at + 4 > len(body):
+            raise ZmtpError("truncated READY property")
+        (length,) = struct.unpack_from(">I", body, at)
+        at += 4
+        if at + length > len(body):
+            raise ZmtpError("truncated READY property")
+        props[name.lower()] = body[at : at + length]
+        at += length
+    return props
+
+
+@dataclass(eq=False)
+class Peer:
+    sock: socket.socket
+    fd: int
+    identity: bytes = b""
+    writing: bool = False  # the loop watches it for POLLOUT
+    greeted: bool = False  # the peer's 64-byte greeting was read
+    ready: bool = False  # its READY command was read
+    inbox: bytearray = field(default_factory=bytearray)
+    parts: list[bytes] = field(default_factory=list)
+    held: int = 0  # bytes in ``parts``
+    outbox: bytearray = field(default_factory=bytearray)
+
+
+class Router:
+    """The ROUTER end of many ZMTP connections, on a non-blocking listening socket.
+
+    The owner's poll loop watches ``fileno()`` (new connections: ``accept``)
+    and each connection's descriptor, which ``watch(fd, events)`` announces:
+    ``POLLIN`` when it opens, ``POLLIN | POLLOUT`` while output waits,
+    ``0`` just before it closes. Readable: ``receive``; writable: ``flush``.
+    A frame over ``max_frame``, a message of more than ``max_parts`` frames
+    or a broken handshake ends that connection (libzmq's MAXMSGSIZE does the
+    same). A peer names itself with the READY ``Identity`` property, or gets
+    a random one; a second live peer claiming a taken identity is refused.
+    Output to a peer past ``max_outbox`` bytes is dropped (libzmq's high-water
+    mark), and ``send`` says so.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_frame: int,
+        watch: Callable[[int, int], None],
+        max_parts: int = 8,
+        socket_types: tuple[bytes, ...] = (b"DEALER",),
+        max_outbox: int = 1 << 30,
+    ) -> None:
+        self.max_frame = max_frame
+        self.max_parts = max_parts
+        self.max_outbox = max_outbox
+        self.socket_types = socket_types
+        self.watch = watch
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        self.listener.bind(path)
+        self.listener.listen(1024)
+        self.by_fd: dict[int, Peer] = {}
+        self.by_id: dict[bytes, Peer] = {}
+        self.dropped = 0  # connections ended for a protocol error
+        self.disconnects = 0  # connections the peer closed
+        self._scratch = bytearray(1 << 18)
+        self._view = memoryview(self._scratch)
+
+    def fileno(self) -> int:
+        return self.listener.fileno()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return  # retried on the next readable poll
+                raise
+            sock.setblocking(False)
+            peer = Peer(sock, sock.fileno())
+            self.by_fd[peer.fd] = peer
+            self.watch(peer.fd, POLLIN)
+            ready = b"\x05READY" + _property(b"Socket-Type", b"ROUTER")
+            peer.outbox += _GREETING + _frame(_COMMAND, ready)
+            self._flush(peer)
+
+    def receive(self, fd: int) -> list[tuple[bytes, list[bytes]]]:
+        """Whole messages from one connection, each with its sender's identity."""
+        peer = self.by_fd.get(fd)
+        if peer is None:
+            return []
+        messages: list[tuple[bytes, list[bytes]]] = []
+        for _ in range(16):  # bounded: one busy peer must not starve the loop
+            try:
+                count = peer.sock.recv_into(self._scratch)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close(peer)
+                break
+            if not count:
+                self.disconnects += 1
+                self.close(peer)
+                break
+            peer.inbox += self._view[:count]
+            try:
+                self._parse(peer, messages)
+            except ZmtpError:
+                self.dropped += 1
+                self.close(peer)
+                break
+            if count < len(self._scratch):
+                break
+        return messages
+
+    def _parse(self, peer: Peer, messages: list[tuple[bytes, list[bytes]]]) -> None:
+        buf = peer.inbox
+        if not peer.greeted:
+            if len(buf) >= 1 and buf[0] != 0xFF:
+                raise ZmtpError("not a ZMTP greeting")
+            if len(buf) < 64:
+                return
+            if buf[9] != 0x7F or buf[10] < 3 or bytes(buf[12:32]).rstrip(b"\x00") != b"NULL":
+                raise ZmtpError("not a ZMTP 3 peer with the NULL mechanism")
+            del buf[:64]
+            peer.greeted = True
+        while True:
+            header = _header(buf)
+            if header is None:
+                return
+            flags, start, size = header
+            if flags & ~(_MORE | _LONG | _COMMAND):
+                raise ZmtpError("reserved frame flags set")
+            if size > self.max_frame or peer.held + size > self.max_frame:
+                raise ZmtpError(f"frame of {size} bytes is over the cap")
+            if len(buf) < start + size:
+                return
+            body = bytes(buf[start : start + size])
+            del buf[: start + size]
+            if flags & _COMMAND:
+                self._command(peer, body)
+                continue
+            if not peer.ready:
+                raise ZmtpError("message before READY")
+            peer.parts.append(body)
+            peer.held += size
+            if len(peer.parts) > self.max_parts:
+                raise ZmtpError("too many frames in one message")
+            if not flags & _MORE:
+                messages.append((peer.identity, peer.parts))
+                peer.parts = []
+                peer.held = 0
+
+    def _command(self, peer: Peer, body: bytes) -> None:
+        if body.startswith(b"\x05READY"):
+            if peer.ready:
+                raise ZmtpError("a second READY")
+            props = _properties(body[6:])
+            if props.get(b"socket-type") not in self.socket_types:
+                raise ZmtpError(f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER here")
+            identity = props.get(b"identity", b"")
+            if not identity:
+                identity = b"\x00" + os.urandom(4)
+                while identity in self.by_id:
+                    identity = b"\x00" + os.urandom(4)
+            elif identity[0] == 0 or identity in self.by_id:
+                raise ZmtpError("identity taken or reserved")
+            peer.identity = identity
+            peer.ready = True
+            self.by_id[identity] = peer
+        elif body.startswith(b"\x04PING") and peer.ready:
+            peer.outbox += _frame(_COMMAND, b"\x04PONG" + body[7:])
+            self._flush(peer)
+        # other commands (PONG, ERROR, SUBSCRIBE...) have nothing to do here
+
+    def send(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Queue a message to ``identity``; False if no such peer is connected."""
+        peer = self.by_id.get(identity)
+        if peer is None or len(peer.outbox) > self.max_outbox:
+            return False
+        peer.outbox += frame_bytes(frames)
+        self._flush(peer)
+        return True
+
+    def flush(self, fd: int) -> None:
+        peer = self.by_fd.get(fd)
+        if peer is not None:
+            self._flush(peer)
+
+    def _flush(self, peer: Peer) -> None:
+        while peer.outbox:
+            try:
+                sent = peer.sock.send(peer.outbox)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close(peer)
+                return
+            del peer.outbox[:sent]
+        if bool(peer.outbox) != peer.writing:
+            peer.writing = bool(peer.outbox)
+            self.watch(peer.fd, POLLIN | POLLOUT if peer.writing else POLLIN)
+
+    def linger(self, seconds: float) -> None:
+        """Blocking, at shutdown: give queued output up to ``seconds`` to go out."""
+        deadline = time.monotonic() + seconds
+        while any(peer.outbox for peer in self.by_fd.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            waiting = [peer.sock for peer in self.by_fd.values() if peer.outbox]
+            for sock in select.select([], waiting, [], left)[1]:
+                self.flush(sock.fileno())
+
+    def connected(self, identity: bytes) -> bool:
+        return identity in self.by_id
+
+    def close(self, peer: Peer) -> None:
+        if self.by_fd.pop(peer.fd, None) is None:
+            return
+        if self.by_id.get(peer.identity) is peer:
+            del self.by_id[peer.identity]
+        self.watch(peer.fd, 0)
+        peer.sock.close()
+
+    def close_all(self) -> None:
+        for peer in list(self.by_fd.values()):
+            self.close(peer)
+        self.listener.close()
