@@ -24,10 +24,11 @@ from protocol.wire import worker_codec
 from protocol.zmtp import Dealer, frame_bytes
 from worker.cgroups import Meter
 from worker.exits import WorkerExit
-from worker.payload import EXITED, MEMORY_ERROR
+from worker.payload import EXITED, MEMORY_ERROR, READY
 from worker.runtimes.base import Runtime
 
 READ_SIZE = 1 << 16
+PAYLOAD_START_S = 60.0  # an exec'd interpreter (node: 40-170 ms here) has this long to get warm
 _codec = worker_codec()
 
 
@@ -145,6 +146,10 @@ class Monitor:
 
     def serve(self) -> int:
         """After ``rehearse`` and the monitor's seccomp filter: ready, one job, one result."""
+        if self.adapter.announces:
+            lost = self.await_payload()
+            if lost is not None:
+                return lost
         self.arm()
         # Ready workers sleep, so a high weight costs nothing until the job
         # comes, and then the job is not queued behind sandboxes being made.
@@ -216,6 +221,28 @@ class Monitor:
         # what it spent before the job (warming up), from its schedstat.
         self.setup_ns = _schedstat_ns(self.payload_pid) if self.cpu_before is None else 0
 
+    def await_payload(self) -> int | None:
+        """Wait for the payload's "R": warm (an exec'd interpreter booted) and
+        blocked on the job pipe. Ready before that would hand a job to a
+        runtime still starting, and count its start-up as the run's cpu."""
+        poller = select.poll()
+        for fd in (self.report_r, self.pidfd, self.lifeline):
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + PAYLOAD_START_S
+        while (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                if fd == self.report_r:
+                    return None if os.read(self.report_r, len(READY)) == READY else WorkerExit.RUNTIME_MISSING
+                if fd == self.lifeline:
+                    return WorkerExit.BROKER_LOST
+                return self._payload_lost()
+        return WorkerExit.RUNTIME_MISSING
+
+    def _payload_lost(self) -> int:
+        _, status = os.waitpid(self.payload_pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        return code if 70 <= code <= 79 else WorkerExit.PAYLOAD_LOST
+
     def wait_job(self) -> m.Job | int:
         poller = select.poll()
         poller.register(self.dealer.fileno(), select.POLLIN)
@@ -224,9 +251,7 @@ class Monitor:
         while True:
             for fd, _ in poller.poll():
                 if fd == self.pidfd:
-                    _, status = os.waitpid(self.payload_pid, 0)
-                    code = os.waitstatus_to_exitcode(status)
-                    return code if 70 <= code <= 79 else WorkerExit.PAYLOAD_LOST
+                    return self._payload_lost()
                 if fd == self.lifeline:
                     return WorkerExit.BROKER_LOST
                 messages = self.dealer.recv_available()

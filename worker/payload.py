@@ -30,6 +30,7 @@ STDIN, STDOUT, STDERR, JOB, REPORT = 0, 1, 2, 3, 4
 # untrusted (the code could write it), so it can only end the run early with
 # an exit code of the code's choosing; cpu, memory and deadlines come from
 # the kernel and the monitor.
+READY = b"R"  # warm, waiting for the job (the monitor says Ready only after it)
 EXITED = b"X"
 MEMORY_ERROR = b"M"
 # The code's whole environment. The launcher takes it as its own at start
@@ -111,6 +112,7 @@ def become_payload(
         if runtime.execs:
             code = int(WorkerExit.RUNTIME_MISSING)  # if the exec itself fails
             runtime.exec_interpreter(profile)
+        os.write(REPORT, READY)
         data = _read_all(JOB)
         if not data:
             os._exit(WorkerExit.DONE)  # the monitor closed the pipe without a job

@@ -34,6 +34,7 @@ class Runtime:
     self_test: ClassVar[tuple[str, str]]  # (code, exact stdout expected)
     execs: ClassVar[bool] = False  # the payload execs an interpreter before the job arrives
     reports: ClassVar[bool] = True  # writes "X<exit code>" to fd 4 when the code returns
+    announces: ClassVar[bool] = True  # writes "R" to fd 4 once warm and waiting for the job
     needs_exec_syscall: ClassVar[bool] = False  # execve must stay allowed (to start the interpreter)
     address_space_rlimit: ClassVar[bool] = True  # RLIMIT_AS is usable (not for V8's reservations)
     oom_marker: ClassVar[bytes] = b""  # on stderr when the runtime's own heap limit ended the run

@@ -1,7 +1,8 @@
 """Shell: bash --noprofile --norc, warm, reading the script from the job pipe.
 
-The payload execs bash before the job exists: it sets an EXIT trap that
-reports the exit status on fd 4, then sources the script from fd 3 (``.``
+The payload execs bash before the job exists: it says it is ready on fd 4,
+sets an EXIT trap that reports the exit status there, then sources the
+script from fd 3 (``.``
 reads it whole first, so line numbers in errors are the script's own), and
 blocks there until the monitor writes the script.
 
@@ -22,7 +23,7 @@ from protocol.profile import Profile
 from worker.runtimes.base import Runtime
 
 BASH = shutil.which("bash") or "/bin/bash"
-BOOT = 'trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
+BOOT = 'printf R >&4; trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
 # coreutils a script reaches for, the text tools around them, and curl for
 # runs holding a network grant (HTTP_PROXY points it at the egress proxy)
 TOOLS = (

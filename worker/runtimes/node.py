@@ -1,8 +1,8 @@
 """JavaScript on Node.js: a warm node process per worker, fed the code when it comes.
 
 The payload execs ``node`` with the bootstrap below before any job exists
-(a cold node start is 40-170 ms here); node reads the job (JSON) from fd 3,
-which blocks until the monitor writes it. Code runs as a CommonJS script
+(a cold node start is 40-170 ms here); node warms its own run path, says
+so on fd 4, and reads the job (JSON) from fd 3 in its event loop. Code runs as a CommonJS script
 (``require`` works), or as an ES module when the language asks for one
 (``mjs``, ``esm``) or the code has top-level import/export/await. An
 uncaught error prints its stack and exits 1. V8's old space is sized from
@@ -30,62 +30,72 @@ OOM_MARKER = b"JavaScript heap out of memory"
 BOOT = r"""
 'use strict';
 const fs = require('fs');
+const net = require('net');
 const Module = require('module');
-function readAll(fd) {
-  const chunks = [];
-  const buf = Buffer.alloc(1 << 16);
-  for (;;) {
-    let n;
-    try { n = fs.readSync(fd, buf, 0, buf.length, null); }
-    catch (e) { if (e.code === 'EAGAIN' || e.code === 'EINTR') continue; throw e; }
-    if (n === 0) break;
-    chunks.push(Buffer.from(buf.subarray(0, n)));
-  }
-  return Buffer.concat(chunks);
-}
-// Node makes process.stdout, process.stderr, the console and the CommonJS
-// compiler on first use, ~15 ms of module loading: pay it before the job exists.
-require('util').format('%s %o', 1, {a: [1]});
-process.stdout.write('');  // an empty write: nothing reaches the pipe
-process.stderr.write('');
-{ // and the CommonJS compile path, on an empty module
-  const warm = new Module('/work/warm.js', null);
-  warm.filename = '/work/warm.js';
-  warm._compile('', '/work/warm.js');
-}
-const raw = readAll(3);
-fs.closeSync(3);
-if (raw.length === 0) process.exit(0);
-const job = JSON.parse(raw.toString('utf8'));
-let reported = false;
-process.on('exit', (code) => {
-  if (reported) return;
-  reported = true;
-  try { fs.writeSync(4, 'X' + (code === undefined ? 0 : code)); } catch (e) {}
-});
-process.chdir('/work');
-process.argv = [process.argv[0], '/work/main.js'];
-// node -e leaves these as globals; the code sees only what a script would.
-for (const name of ['require', 'module', 'exports', '__filename', '__dirname']) delete globalThis[name];
-const source = job.code;
-const esm = job.module || /^\s*(import\s[\s\S]*?from\s|import\s*['"(]|export\s)/m.test(source)
-  || /^[^\S\n]*(?:const|let|var)?[^\n]*\bawait\s/m.test(source) && !/\b(async\s+function|async\s*\()/.test(source);
+const { Console } = require('console');
+const { Writable } = require('stream');
+const IMPORTS = /^\s*(import\s[\s\S]*?from\s|import\s*['"(]|export\s)/m;
+const AWAIT = /^[^\S\n]*(?:const|let|var)?[^\n]*\bawait\s/m;
+const ASYNC = /\b(async\s+function|async\s*\()/;
+const isModule = (source) => IMPORTS.test(source) || AWAIT.test(source) && !ASYNC.test(source);
 function fail(err) {
   console.error(err && err.stack ? err.stack : String(err));
   process.exitCode = 1;
 }
-// Node emits 'exit' before it prints a fatal error; print it first, then exit.
-process.on('uncaughtException', (err) => { fail(err); process.exit(1); });
-if (esm) {
-  import('data:text/javascript;base64,' + Buffer.from(source).toString('base64')).catch(fail);
-} else {
-  const filename = '/work/main.js';
-  const m = new Module(filename, null);
-  m.filename = filename;
-  m.paths = Module._nodeModulePaths('/work');
-  process.mainModule = m;
-  try { m._compile(source, filename); } catch (err) { fail(err); }
+// Node compiles its own code on first use: the console, util's formatting,
+// the streams, the CommonJS compiler, the event loop's turn. Walk them all
+// once on things that print nothing, before the job exists.
+{
+  const sink = new Writable({ write(chunk, encoding, done) { done(); } });
+  new Console({ stdout: sink, stderr: sink }).log('%s %o', 1, { a: [1] }, 'x');
+  process.stdout.write('');  // an empty write: nothing reaches the pipe
+  process.stderr.write('');
+  const warm = new Module('/work/warm.js', null);
+  warm.filename = '/work/warm.js';
+  warm.paths = Module._nodeModulePaths('/work');
+  warm._compile('', '/work/warm.js');
+  isModule('const x = 1;');
+  decode([Buffer.from('{"code": "", "module": false}')]);
 }
+function decode(chunks) {
+  const raw = Buffer.concat(chunks);
+  return raw.length === 0 ? null : JSON.parse(raw.toString('utf8'));
+}
+function run(job) {
+  if (job === null) process.exit(0);
+  let reported = false;
+  process.on('exit', (code) => {
+    if (reported) return;
+    reported = true;
+    try { fs.writeSync(4, 'X' + (code === undefined ? 0 : code)); } catch (e) {}
+  });
+  process.chdir('/work');
+  process.argv = [process.argv[0], '/work/main.js'];
+  // node -e leaves these as globals; the code sees only what a script would.
+  for (const name of ['require', 'module', 'exports', '__filename', '__dirname']) delete globalThis[name];
+  const source = job.code;
+  // Node emits 'exit' before it prints a fatal error; print it first, then exit.
+  process.on('uncaughtException', (err) => { fail(err); process.exit(1); });
+  if (job.module || isModule(source)) {
+    import('data:text/javascript;base64,' + Buffer.from(source).toString('base64')).catch(fail);
+  } else {
+    const filename = '/work/main.js';
+    const m = new Module(filename, null);
+    m.filename = filename;
+    m.paths = Module._nodeModulePaths('/work');
+    process.mainModule = m;
+    try { m._compile(source, filename); } catch (err) { fail(err); }
+  }
+}
+// The job pipe is read by the event loop, which is running (and warm) when
+// the job comes; at its end the pipe closes, so only the code's own handles
+// keep node alive.
+const chunks = [];
+const input = new net.Socket({ fd: 3, readable: true, writable: false });
+input.on('data', (chunk) => chunks.push(chunk));
+input.on('end', () => run(decode(chunks)));  // the stream then closes itself
+input.on('error', (err) => { fail(err); process.exit(1); });
+fs.writeSync(4, 'R');  // warm: the monitor may say Ready
 """
 
 

@@ -28,6 +28,7 @@ class SwiftRuntime(Runtime):
     self_test = ("print(6 * 7)", "42\n")
     execs = True
     reports = False  # the driver exits with the program's status; the monitor waits for it
+    announces = False  # nor can it say when it is ready
     needs_exec_syscall = True
     address_space_rlimit = False
 
