@@ -19,6 +19,7 @@ Both ends speak the real wire format: each is tested against libzmq
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import select
 import socket
@@ -111,8 +112,9 @@ class Dealer(Parser):
         super().__init__()
         self._sock = sock
         # One receive buffer for the connection's life: a fresh large buffer per
-        # read is an mmap and page faults each time (the monitor lives for one job).
-        self._scratch = bytearray(1 << 16)
+        # read is an mmap and page faults each time (the monitor lives for one
+        # job). An anonymous mapping: only the pages a read fills are ever made.
+        self._scratch = mmap.mmap(-1, 1 << 16)
         self._view = memoryview(self._scratch)
 
     @classmethod

@@ -11,6 +11,7 @@ run left behind.
 
 from __future__ import annotations
 
+import mmap
 import os
 import resource
 import select
@@ -135,7 +136,7 @@ class Monitor:
         self.meter = meter
         self.kill_grace = kill_grace_ms / 1000
         self.output_kill_bytes = output_kill_bytes
-        self.buffer = bytearray(READ_SIZE)
+        self.buffer = mmap.mmap(-1, READ_SIZE)  # pages made only as reads fill them
         self.view = memoryview(self.buffer)
         self.limit = -1  # the memory limit last written
         self.oom_before = 0
