@@ -26,6 +26,7 @@ from worker.runtimes.base import Runtime
 NODE = shutil.which("node") or "/usr/bin/node"
 HEAP_OF_MEMORY = 0.75  # V8's old space, as a share of the run's memory limit
 OOM_MARKER = b"JavaScript heap out of memory"
+REHEARSAL_FD = 5
 
 BOOT = r"""
 'use strict';
@@ -39,7 +40,10 @@ const AWAIT = /^[^\S\n]*(?:const|let|var)?[^\n]*\bawait\s/m;
 const ASYNC = /\b(async\s+function|async\s*\()/;
 const isModule = (source) => IMPORTS.test(source) || AWAIT.test(source) && !ASYNC.test(source);
 function fail(err) {
-  console.error(err && err.stack ? err.stack : String(err));
+  let text = err && err.stack ? err.stack : String(err);
+  const ours = text.indexOf('\n    at Module._compile (node:internal');  // the frames below are cellblock's
+  if (ours >= 0) text = text.slice(0, ours);
+  console.error(text);
   process.exitCode = 1;
 }
 // Node compiles its own code on first use: the console, util's formatting,
@@ -87,15 +91,22 @@ function run(job) {
     try { m._compile(source, filename); } catch (err) { fail(err); }
   }
 }
-// The job pipe is read by the event loop, which is running (and warm) when
-// the job comes; at its end the pipe closes, so only the code's own handles
-// keep node alive.
-const chunks = [];
-const input = new net.Socket({ fd: 3, readable: true, writable: false });
-input.on('data', (chunk) => chunks.push(chunk));
-input.on('end', () => run(decode(chunks)));  // the stream then closes itself
-input.on('error', (err) => { fail(err); process.exit(1); });
-fs.writeSync(4, 'R');  // warm: the monitor may say Ready
+// The job pipe is read by the event loop, which is running when the job
+// comes; at its end the pipe closes, so only the code's own handles keep
+// node alive. Fd 5 is an empty pipe: reading it to its end first walks that
+// same path once (stream, end, close, a turn of the loop) before the job.
+function readJob(fd, done) {
+  const chunks = [];
+  const input = new net.Socket({ fd, readable: true, writable: false });
+  input.on('data', (chunk) => chunks.push(chunk));
+  input.on('end', () => done(decode(chunks)));  // the stream then closes itself
+  input.on('error', (err) => { fail(err); process.exit(1); });
+  return input;
+}
+readJob(5, () => {}).on('close', () => {
+  readJob(3, run);
+  fs.writeSync(4, 'R');  // warm: the monitor may say Ready
+});
 """
 
 
@@ -131,4 +142,11 @@ class NodeRuntime(Runtime):
     def exec_interpreter(self, profile: Profile) -> NoReturn:
         heap_mb = max(16, int(profile.limits.memory_mb * HEAP_OF_MEMORY))
         argv = ["node", f"--max-old-space-size={heap_mb}", "--no-warnings", "-e", BOOT]
+        # Fd 5: an empty pipe (its write end closed) for the bootstrap's rehearsal.
+        empty_r, empty_w = os.pipe()
+        os.close(empty_w)
+        if empty_r != REHEARSAL_FD:
+            os.dup2(empty_r, REHEARSAL_FD)
+            os.close(empty_r)
+        os.set_inheritable(REHEARSAL_FD, True)
         os.execv(NODE, argv)  # noqa: S606 - the interpreter itself, no shell
