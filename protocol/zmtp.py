@@ -33,6 +33,7 @@ _GREETING = _SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"
 _MORE = 0x01
 _LONG = 0x02
 _COMMAND = 0x04
+_NOSIGNAL = socket.MSG_NOSIGNAL  # a closed peer is an error to handle, never SIGPIPE in a host app
 POLLIN = select.POLLIN
 POLLOUT = select.POLLOUT
 
@@ -154,14 +155,14 @@ class Dealer(Parser):
         return data
 
     def _handshake(self, identity: bytes) -> None:
-        self._sock.sendall(_GREETING)
+        self._sock.sendall(_GREETING, _NOSIGNAL)
         greeting = self._read_exact(64)
         if greeting[0] != 0xFF or greeting[9] != 0x7F or greeting[10] < 3:
             raise ZmtpError("peer is not a ZMTP 3 endpoint")
         if greeting[12:32].rstrip(b"\x00") != b"NULL":
             raise ZmtpError("peer wants a security mechanism other than NULL")
         ready = b"\x05READY" + _property(b"Socket-Type", b"DEALER") + _property(b"Identity", identity)
-        self._sock.sendall(_frame(_COMMAND, ready))
+        self._sock.sendall(_frame(_COMMAND, ready), _NOSIGNAL)
         flags = self._read_exact(1)[0]
         size = struct.unpack(">Q", self._read_exact(8))[0] if flags & _LONG else self._read_exact(1)[0]
         body = self._read_exact(size)
@@ -169,12 +170,12 @@ class Dealer(Parser):
             raise ZmtpError("peer did not answer READY")
 
     def send(self, frames: list[bytes]) -> None:
-        self._sock.sendall(frame_bytes(frames))
+        self._sock.sendall(frame_bytes(frames), _NOSIGNAL)
 
     def command(self, body: bytes) -> None:
         if body.startswith(b"\x04PING"):
             # PING: ttl(2) + context; answer PONG with the same context.
-            self._sock.sendall(_frame(_COMMAND, b"\x04PONG" + body[7:]))
+            self._sock.sendall(_frame(_COMMAND, b"\x04PONG" + body[7:]), _NOSIGNAL)
 
     def recv_available(self) -> list[list[bytes]] | None:
         """Read what the socket has now; return whole messages, None on EOF."""
@@ -213,6 +214,7 @@ class Peer:
     fd: int
     identity: bytes = b""
     writing: bool = False  # the loop watches it for POLLOUT
+    opened: float = 0.0  # monotonic; a peer must finish its handshake in time
     greeted: bool = False  # the peer's 64-byte greeting was read
     ready: bool = False  # its READY command was read
     inbox: bytearray = field(default_factory=bytearray)
@@ -228,12 +230,15 @@ class Router:
     and each connection's descriptor, which ``watch(fd, events)`` announces:
     ``POLLIN`` when it opens, ``POLLIN | POLLOUT`` while output waits,
     ``0`` just before it closes. Readable: ``receive``; writable: ``flush``.
-    A frame over ``max_frame``, a message of more than ``max_parts`` frames
-    or a broken handshake ends that connection (libzmq's MAXMSGSIZE does the
-    same). A peer names itself with the READY ``Identity`` property, or gets
-    a random one; a second live peer claiming a taken identity is refused.
-    Output to a peer past ``max_outbox`` bytes is dropped (libzmq's high-water
-    mark), and ``send`` says so.
+
+    A frame over ``max_frame``, a message of more than ``max_parts`` frames,
+    a broken handshake or one not finished within ``handshake_s`` (``sweep``)
+    ends that connection (libzmq's MAXMSGSIZE and handshake interval do the
+    same); past ``max_peers`` connections a new one is closed at once. A peer
+    names itself with the READY ``Identity`` property, or gets a random one;
+    a second live peer claiming a taken identity is refused. Output to a peer
+    past ``max_outbox`` bytes is dropped (libzmq's high-water mark), and
+    ``send`` says so.
     """
 
     def __init__(
@@ -244,9 +249,14 @@ class Router:
         watch: Callable[[int, int], None],
         max_parts: int = 8,
         socket_types: tuple[bytes, ...] = (b"DEALER",),
-        max_outbox: int = 1 << 30,
+        max_outbox: int = 256 << 20,
+        max_peers: int = 512,
+        handshake_s: float = 10.0,
     ) -> None:
         self.max_frame = max_frame
+        self.max_peers = max_peers
+        self.handshake_s = handshake_s
+        self.refused = 0  # connections over ``max_peers``, closed at once
         self.max_parts = max_parts
         self.max_outbox = max_outbox
         self.socket_types = socket_types
@@ -274,8 +284,12 @@ class Router:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     return  # retried on the next readable poll
                 raise
+            if len(self.by_fd) >= self.max_peers:
+                self.refused += 1
+                sock.close()
+                continue
             sock.setblocking(False)
-            peer = Peer(sock, sock.fileno())
+            peer = Peer(sock, sock.fileno(), opened=time.monotonic())
             self.by_fd[peer.fd] = peer
             self.watch(peer.fd, POLLIN)
             ready = b"\x05READY" + _property(b"Socket-Type", b"ROUTER")
@@ -388,7 +402,7 @@ class Router:
     def _flush(self, peer: Peer) -> None:
         while peer.outbox:
             try:
-                sent = peer.sock.send(peer.outbox)
+                sent = peer.sock.send(peer.outbox, _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -409,6 +423,13 @@ class Router:
             waiting = [peer.sock for peer in self.by_fd.values() if peer.outbox]
             for sock in select.select([], waiting, [], left)[1]:
                 self.flush(sock.fileno())
+
+    def sweep(self) -> None:
+        """End connections that have not finished their handshake in time."""
+        late = time.monotonic() - self.handshake_s
+        for peer in [p for p in self.by_fd.values() if not p.ready and p.opened < late]:
+            self.dropped += 1
+            self.close(peer)
 
     def connected(self, identity: bytes) -> bool:
         return identity in self.by_id

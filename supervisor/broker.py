@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import os
+import resource
 import secrets
 import select
 import signal
@@ -188,6 +189,7 @@ class Broker:
         self.launcher_gone = False  # lost, and the dispatcher not yet told
         self.dues: tuple[float | None, ...] = ()  # when the dispatcher and intake next need a tick
         self.launcher_retry = 0.0
+        self.next_sweep = 0.0
         self.ready_sent = False
         self.dispatcher = Dispatcher(
             effects=Effects(
@@ -213,6 +215,15 @@ class Broker:
     # --- sockets -----------------------------------------------------------------------
 
     def bind(self) -> None:
+        # Every client and every worker is a descriptor here: take the hard
+        # limit, and keep the peer caps below it (a full table would make the
+        # listening sockets readable forever).
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        max_peers = max(64, (soft - 64) // 2)
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int, int], None]] = {}
         routers = {}
@@ -225,7 +236,9 @@ class Broker:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-            routers[name] = Router(path, max_frame=max_frame, watch=self._watch, socket_types=kinds)
+            routers[name] = Router(
+                path, max_frame=max_frame, watch=self._watch, socket_types=kinds, max_peers=max_peers
+            )
             os.chmod(path, 0o600)
         self.clients, self.workers = routers["client.sock"], routers["workers.sock"]
         self._listen(self.clients.fileno(), select.EPOLLIN, lambda fd, ev: self.clients.accept())
@@ -292,6 +305,11 @@ class Broker:
     def _tick(self) -> None:
         self.dues = ()  # if a tick fails, the loop still wakes within a second
         self.dues = (self.dispatcher.tick(), self.intake.tick())
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.next_sweep = now + 1.0
+            self.clients.sweep()
+            self.workers.sweep()
 
     def _after_launcher_loss(self) -> None:
         if self.launcher_gone:
@@ -587,6 +605,7 @@ class Broker:
         counters["client_disconnects"] = self.clients.disconnects + self.clients.dropped
         counters["client_protocol_errors"] = self.clients.dropped
         counters["worker_protocol_errors"] = self.workers.dropped
+        counters["client_connections_refused"] = self.clients.refused
         counters.update(self.intake.counters)
         counters.update({f"dispatch_{k}": v for k, v in stats.counters.items()})
         broker_layer = m.LayerStatus(

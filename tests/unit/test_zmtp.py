@@ -220,3 +220,26 @@ def test_router_answers_heartbeats(tmp_path: pathlib.Path, dealers: Dealers, loo
     assert [frames for _, frames in loop.pump()] == [[b"alive"]]
     sock.disable_monitor()
     monitor.close(linger=0)
+
+
+def test_router_ends_stalled_handshakes_and_caps_connections(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1000, max_peers=2, handshake_s=0.2)
+    loops.append(loop)
+    socks = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.connect(path)
+        loop.pump(0.1)
+        assert len(loop.router.by_fd) == 2 and loop.router.refused == 1  # the third was closed at once
+        time.sleep(0.25)
+        loop.router.sweep()  # the two never sent a greeting
+        assert loop.router.by_fd == {} and loop.router.dropped == 2
+        for sock in socks:
+            sock.settimeout(1)
+            received = b""
+            while chunk := sock.recv(1024):
+                received += chunk
+    finally:
+        for sock in socks:
+            sock.close()
