@@ -72,6 +72,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     config: Config
     ready_fd: int = -1
     drop_to: int = -1  # root mode: the broker's own uid, taken before any socket is bound
+    supervisor_fd: int = -1  # EOF when supervisor main is gone: drain as on SIGTERM
 
 
 @dataclass(frozen=True)
@@ -657,6 +658,11 @@ class Broker:
 
     handle_sigint = handle_sigterm
 
+    def _supervisor_gone(self, fd: int, events: int) -> None:
+        self._forget(fd)
+        _log("supervisor main is gone; draining")
+        self.handle_sigterm()
+
     def run(self) -> int:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
@@ -664,6 +670,8 @@ class Broker:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self._listen(wake_r, select.EPOLLIN, lambda fd, ev: _drain_pipe(fd))
+        if self.cfg.supervisor_fd >= 0:
+            self._listen(self.cfg.supervisor_fd, select.EPOLLIN, self._supervisor_gone)
         while True:
             self._connect_launcher()
             if self.launcher is not None:

@@ -52,6 +52,7 @@ class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
     egress: EgressSection
     broker_uid: int  # the only peer allowed on the control socket
     drop_to: int = -1
+    supervisor_fd: int = -1  # EOF when supervisor main is gone: stop as on SIGTERM
 
 
 def _log(text: str) -> None:
@@ -313,6 +314,8 @@ class Proxy:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.cfg.supervisor_fd >= 0:
+            loop.add_reader(self.cfg.supervisor_fd, stop.set)
         accept = loop.create_task(self._accept(listener))
         await stop.wait()
         accept.cancel()

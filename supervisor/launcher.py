@@ -42,6 +42,7 @@ from worker.runtimes import RUNTIMES
 from worker.runtimes.base import Runtime
 
 SANDBOX_UID_IN_USERNS = 1000
+ORPHAN_DRAIN_S = 120.0  # main gone: the longest we wait for the broker to drain and leave
 
 
 class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +56,7 @@ class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
     cgroup_parent: str
     instance: str
     grant_roots: list[str] = []
+    supervisor_fd: int = -1  # EOF when supervisor main is gone: stop as on SIGTERM
 
 
 def _log(text: str) -> None:
@@ -74,6 +76,7 @@ class Launcher:
         self.runtime_info: list[m.RuntimeInfo] = []
         self.runtimes: dict[str, Runtime] = {}
         self.stopping = False
+        self.orphaned_until = 0.0  # set when supervisor main is gone
         self.slot_dirs: dict[int, dict[str, str]] = {}
 
     # --- start-up ----------------------------------------------------------------
@@ -355,10 +358,14 @@ class Launcher:
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, "listen")
         self.selector.register(wake_r, selectors.EVENT_READ, "signal")
+        if cfg.supervisor_fd >= 0:
+            self.selector.register(cfg.supervisor_fd, selectors.EVENT_READ, "supervisor")
         self.listener = listener
         gc.freeze()  # forks then share the heap instead of copying pages the GC touched
         while not self.stopping:
             wake = self.pool.next_wakeup()
+            if self.orphaned_until:
+                wake = min(wake or self.orphaned_until, self.orphaned_until)
             timeout = None if wake is None else max(0.0, wake - time.monotonic())
             for key, mask in self.selector.select(timeout):
                 if key.data == "signal":
@@ -366,6 +373,13 @@ class Launcher:
                         os.read(wake_r, 512)
                     except BlockingIOError:
                         pass
+                elif key.data == "supervisor":
+                    # Main is gone: nobody would restart or reap us. The broker
+                    # drains too; its running workers live until it leaves.
+                    self.selector.unregister(cfg.supervisor_fd)
+                    self.orphaned_until = time.monotonic() + ORPHAN_DRAIN_S
+                    self.pool.paused = True
+                    _log("supervisor main is gone; stopping when the broker has drained")
                 elif key.data == "listen":
                     self._accept()
                 elif key.data == "broker":
@@ -375,6 +389,8 @@ class Launcher:
                         self._from_broker()
             while self.signals:
                 self._dispatch_signal(self.signals.popleft())
+            if self.orphaned_until and (self.broker is None or time.monotonic() > self.orphaned_until):
+                self.stopping = True
             self.pool.fill()
         return self._shutdown()
 

@@ -83,6 +83,9 @@ class Supervisor:
         self.stopping = False
         self.exit_code = 0
         self.ready_r = -1
+        # To the children: only main holds the write end, so its EOF tells a
+        # child that main died (even by SIGKILL) and it should stop.
+        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
 
     # --- directories ------------------------------------------------------------------
 
@@ -105,13 +108,14 @@ class Supervisor:
 
     def _spawn(self, child: Child, module: str, payload: bytes) -> None:
         read_fd, write_fd = os.pipe()
-        extra = []
+        os.set_inheritable(self.lifeline_r, True)
+        extra = [self.lifeline_r]
         if child is self.broker:
             if self.ready_r >= 0:
                 os.close(self.ready_r)
             self.ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
             os.set_inheritable(ready_w, True)
-            extra = [ready_w]
+            extra.append(ready_w)
             cfg = msgspec.msgpack.decode(payload, type=broker_mod.BrokerConfig)
             payload = msgspec.msgpack.encode(msgspec.structs.replace(cfg, ready_fd=ready_w))
         child.proc = subprocess.Popen(
@@ -122,8 +126,9 @@ class Supervisor:
             stdin=subprocess.DEVNULL,
         )
         os.close(read_fd)
-        for fd in extra:
+        for fd in extra[1:]:
             os.close(fd)
+        os.set_inheritable(self.lifeline_r, False)
         with os.fdopen(write_fd, "wb") as out:
             out.write(payload)
         child.starts.append(time.monotonic())
@@ -143,6 +148,7 @@ class Supervisor:
                 cgroup_parent=self.config.cgroups.parent,
                 instance=self.instance,
                 grant_roots=self.config.policy.grant_roots,
+                supervisor_fd=self.lifeline_r,
             )
         )
 
@@ -153,6 +159,7 @@ class Supervisor:
                 egress=self.config.egress,
                 broker_uid=self.config.service.broker_uid if self.root else os.getuid(),
                 drop_to=self.config.service.broker_uid if self.root else -1,
+                supervisor_fd=self.lifeline_r,
             )
         )
 
@@ -164,6 +171,7 @@ class Supervisor:
                 profile=self.profile,
                 config=self.config,
                 drop_to=self.config.service.broker_uid if self.root else -1,
+                supervisor_fd=self.lifeline_r,
             )
         )
 

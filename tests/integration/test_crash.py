@@ -104,6 +104,22 @@ def test_sigterm_drains_then_stops_everything(fresh_service: object) -> None:
     assert alive == []
 
 
+def test_sigkill_of_supervisor_main_stops_everything(fresh_service: object) -> None:
+    # Nobody would restart or reap an orphaned launcher, broker or proxy: each
+    # sees main's lifeline close and stops; a run in flight still gets a reply.
+    thread, out = start_run(fresh_service.socket, "import time; time.sleep(1); print('drained')")  # type: ignore[attr-defined]
+    wait_busy(fresh_service)
+    main = fresh_service.main  # type: ignore[attr-defined]
+    tree = main.children(recursive=True)
+    assert len(tree) >= 3  # launcher, broker, egress proxy (and workers)
+    os.kill(main.pid, signal.SIGKILL)
+    thread.join(15)
+    (result,) = out
+    assert result.status is m.Status.OK and result.stdout == "drained\n"
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    assert alive == [], f"left running after main was killed: {alive}"
+
+
 def test_crash_loop_budget_is_unit_tested() -> None:
     # A broken host (every sandbox step failing) is covered by tests/unit/test_pool.py
     # with a fake waitpid; here we only check the named exit codes exist end to end.
