@@ -13,7 +13,10 @@ per run (when bwrap is installed), and this host's bare sandbox-creation rate
 It prints a table and writes JSON with each figure's ratio to each baseline.
 
 Latency is measured with a warm pool: sequential runs in bursts shorter
-than the pool, the pool refilled between bursts (a run finds a warm worker).
+than the pool, the pool refilled between bursts (a run finds a warm worker),
+through ``protocol.client`` (our own ZMTP DEALER) and, for Python, also
+through a plain libzmq DEALER, which is what a host app in another language
+uses.
 """
 
 from __future__ import annotations
@@ -150,13 +153,42 @@ def wait_warm(client: Client, runtime: str, target: int, timeout: float = 60.0) 
     raise RuntimeError(f"{runtime}: fewer than {target} warm workers after {timeout:.0f} s")
 
 
-def latency(client: Client, code: str, language: str, runs: int, burst: int, pool: int) -> list[float]:
+class LibzmqClient:
+    """A host app's view: a plain libzmq (pyzmq) DEALER, not protocol.client."""
+
+    def __init__(self, path: str) -> None:
+        import zmq
+
+        from protocol.wire import client_codec
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(f"ipc://{path}")
+        self.codec = client_codec()
+
+    def execute(self, code: str, language: str, client_id: str) -> m.ExecuteResult:
+        request = m.ExecuteRequest(id=os.urandom(8).hex(), code=code, language=language, client_id=client_id)
+        self.sock.send_multipart(self.codec.encode(request))
+        while True:
+            reply = self.codec.decode(self.sock.recv_multipart())
+            if isinstance(reply, m.ExecuteResult) and reply.id == request.id:
+                return reply
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def latency(
+    client: Client, code: str, language: str, runs: int, burst: int, pool: int, via: LibzmqClient | None = None
+) -> list[float]:
     out: list[float] = []
     while len(out) < runs:
         wait_warm(client, language, pool)
         for _ in range(min(burst, runs - len(out))):
             t = time.perf_counter()
-            result = client.execute(code, language, client_id="bench")
+            result = (via or client).execute(code, language, client_id="bench")
             out.append((time.perf_counter() - t) * 1000)
             if result.status is not m.Status.OK:
                 raise RuntimeError(f"bench run failed: {result.status} {result.error} {result.stderr[-300:]}")
@@ -305,6 +337,13 @@ def main() -> int:
                 lat = latency(client, code, runtime, int(200 * scale), max(1, target // 2), target)
                 service[f"latency_ms_{runtime}"] = summary(lat)
                 print(f"  {runtime}: p50 {statistics.median(lat):.3f} ms", file=sys.stderr, flush=True)
+            via = LibzmqClient(socket)
+            try:
+                lat = latency(client, PRINT1, "python", int(200 * scale), max(1, pool // 2), pool, via)
+            finally:
+                via.close()
+            service["latency_ms_python_libzmq_client"] = summary(lat)
+            print(f"  python via a libzmq DEALER: p50 {statistics.median(lat):.3f} ms", file=sys.stderr, flush=True)
             for clients in (1, 2, 8, 32):
                 wait_warm(client, "python", pool)
                 service[f"throughput_{clients}"] = throughput(socket, PRINT1, "python", clients, seconds)
