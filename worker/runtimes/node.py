@@ -65,8 +65,8 @@ function decode(chunks) {
   const raw = Buffer.concat(chunks);
   return raw.length === 0 ? null : JSON.parse(raw.toString('utf8'));
 }
-function run(job) {
-  if (job === null) process.exit(0);
+// Everything that does not depend on the job is done before it comes.
+function prepare() {
   let reported = false;
   process.on('exit', (code) => {
     if (reported) return;
@@ -77,9 +77,12 @@ function run(job) {
   process.argv = [process.argv[0], '/work/main.js'];
   // node -e leaves these as globals; the code sees only what a script would.
   for (const name of ['require', 'module', 'exports', '__filename', '__dirname']) delete globalThis[name];
-  const source = job.code;
   // Node emits 'exit' before it prints a fatal error; print it first, then exit.
   process.on('uncaughtException', (err) => { fail(err); process.exit(1); });
+}
+function run(job) {
+  if (job === null) process.exit(0);
+  const source = job.code;
   if (job.module || isModule(source)) {
     import('data:text/javascript;base64,' + Buffer.from(source).toString('base64')).catch(fail);
   } else {
@@ -91,19 +94,24 @@ function run(job) {
     try { m._compile(source, filename); } catch (err) { fail(err); }
   }
 }
-// The job pipe is read by the event loop, which is running when the job
-// comes; at its end the pipe closes, so only the code's own handles keep
-// node alive. Fd 5 is an empty pipe: reading it to its end first walks that
-// same path once (stream, end, close, a turn of the loop) before the job.
+// The job is one line of JSON (no raw newline inside): it runs as soon as
+// its last byte arrives, without waiting for the pipe's end.
 function readJob(fd, done) {
   const chunks = [];
+  let taken = false;
+  const take = () => { if (!taken) { taken = true; done(decode(chunks)); } };
   const input = new net.Socket({ fd, readable: true, writable: false });
-  input.on('data', (chunk) => chunks.push(chunk));
-  input.on('end', () => done(decode(chunks)));  // the stream then closes itself
+  input.on('data', (chunk) => { chunks.push(chunk); if (chunk[chunk.length - 1] === 10) take(); });
+  input.on('end', take);  // the stream then closes itself
   input.on('error', (err) => { fail(err); process.exit(1); });
   return input;
 }
+// The job pipe is read by the event loop, which is running when the job
+// comes; at its end the pipe closes, so only the code's own handles keep
+// node alive. Fd 5 holds a null job: reading it first walks that same path
+// once (stream, data, decode, end, close, a turn of the loop) before the job.
 readJob(5, () => {}).on('close', () => {
+  prepare();
   readJob(3, run);
   fs.writeSync(4, 'R');  // warm: the monitor may say Ready
 });
@@ -137,13 +145,16 @@ class NodeRuntime(Runtime):
         return True, f"Node.js {version.lstrip('v')}"
 
     def encode_job(self, job: Job) -> bytes:
-        return _json.encode(NodeJob(code=job.code, module=job.language in ("mjs", "esm")))
+        # One line: JSON escapes every newline inside strings.
+        return _json.encode(NodeJob(code=job.code, module=job.language in ("mjs", "esm"))) + b"\n"
 
     def exec_interpreter(self, profile: Profile) -> NoReturn:
         heap_mb = max(16, int(profile.limits.memory_mb * HEAP_OF_MEMORY))
         argv = ["node", f"--max-old-space-size={heap_mb}", "--no-warnings", "-e", BOOT]
-        # Fd 5: an empty pipe (its write end closed) for the bootstrap's rehearsal.
+        # Fd 5: a pipe holding a null job, its write end closed: the bootstrap
+        # reads it as it will read the real job, to walk that path once.
         empty_r, empty_w = os.pipe()
+        os.write(empty_w, b"null\n")
         os.close(empty_w)
         if empty_r != REHEARSAL_FD:
             os.dup2(empty_r, REHEARSAL_FD)
