@@ -95,11 +95,12 @@ function run(job) {
   }
 }
 // The job is one line of JSON (no raw newline inside): it runs as soon as
-// its last byte arrives, without waiting for the pipe's end.
+// its last byte arrives; the pipe is closed first, so only the code's own
+// handles keep node alive.
 function readJob(fd, done) {
   const chunks = [];
   let taken = false;
-  const take = () => { if (!taken) { taken = true; done(decode(chunks)); } };
+  const take = () => { if (!taken) { taken = true; input.destroy(); done(decode(chunks)); } };
   const input = new net.Socket({ fd, readable: true, writable: false });
   input.on('data', (chunk) => { chunks.push(chunk); if (chunk[chunk.length - 1] === 10) take(); });
   input.on('end', take);  // the stream then closes itself
@@ -107,8 +108,7 @@ function readJob(fd, done) {
   return input;
 }
 // The job pipe is read by the event loop, which is running when the job
-// comes; at its end the pipe closes, so only the code's own handles keep
-// node alive. Fd 5 holds a null job: reading it first walks that same path
+// comes. Fd 5 holds a null job: reading it first walks that same path
 // once (stream, data, decode, end, close, a turn of the loop) before the job.
 readJob(5, () => {}).on('close', () => {
   prepare();
