@@ -108,7 +108,8 @@ def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int:
                     its copy-on-write faults happen now, not during the job
      9. seccomp     the monitor makes itself not dumpable and loads its own
                     filter, last
-    10. ready       the monitor tells the broker, then waits for one job
+    10. ready       the monitor waits for the payload's "R" (warm and blocked on
+                    the job pipe), tells the broker, then waits for one job
     """
     pid = namespaces.clone_worker(ctx.user_namespace)
     if pid:
