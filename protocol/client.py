@@ -137,9 +137,9 @@ class Client:
                 return False
             assert self._dealer is not None
             try:
-                self._dealer.send(frames)
+                self._dealer.send(frames, timeout=max(0.0, deadline - time.monotonic()))
                 return True
-            except OSError:
+            except OSError:  # TimeoutError included: a part of the frame may be out, so never reuse it
                 self.close()
         return False
 
@@ -149,6 +149,8 @@ class Client:
         deadline = time.monotonic() + wait_s
         dealer = self._dealer
         assert dealer is not None
+        poller = select.poll()  # not select(): a host app may hold descriptors past 1024
+        poller.register(dealer.fileno(), select.POLLIN)
         while True:
             try:
                 messages = dealer.recv_available()
@@ -158,7 +160,13 @@ class Client:
                 self.close()
                 return None
             for frames in messages:
-                reply = self._codec.decode(frames)
+                try:
+                    reply = self._codec.decode(frames)
+                except Exception as exc:  # noqa: BLE001 - a reply this client cannot read still ends the call
+                    unreadable = ErrorInfo(
+                        code=ErrorCode.BAD_MESSAGE, message=f"the service sent a reply this client cannot read ({exc})"
+                    )
+                    return m.ErrorReply(id=request_id, error=unreadable)
                 if getattr(reply, "id", None) != request_id:
                     continue  # a late reply to an earlier, abandoned call
                 if isinstance(reply, m.OutputChunk):
@@ -167,7 +175,7 @@ class Client:
                     continue
                 return reply
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([dealer], [], [], remaining)[0]:
+            if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
                 return None
 
     def execute(

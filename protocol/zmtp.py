@@ -52,16 +52,16 @@ def _frame(flags: int, body: bytes) -> bytes:
     return bytes([flags, len(body)]) + body
 
 
-def _header(buf: bytearray) -> tuple[int, int, int] | None:
-    """(flags, where the body starts, its size) of the frame at the front, once its header is in."""
-    if len(buf) < 2:
+def _header(buf: bytearray, at: int = 0) -> tuple[int, int, int] | None:
+    """(flags, where the body starts, its size) of the frame at ``at``, once its header is in."""
+    if len(buf) < at + 2:
         return None
-    flags = buf[0]
+    flags = buf[at]
     if not flags & _LONG:
-        return flags, 2, buf[1]
-    if len(buf) < 9:
+        return flags, at + 2, buf[at + 1]
+    if len(buf) < at + 9:
         return None
-    return flags, 9, struct.unpack_from(">Q", buf, 1)[0]
+    return flags, at + 9, struct.unpack_from(">Q", buf, at + 1)[0]
 
 
 def frame_bytes(frames: list[bytes]) -> bytes:
@@ -169,8 +169,17 @@ class Dealer(Parser):
         if not flags & _COMMAND or not body.startswith(b"\x05READY"):
             raise ZmtpError("peer did not answer READY")
 
-    def send(self, frames: list[bytes]) -> None:
-        self._sock.sendall(frame_bytes(frames), _NOSIGNAL)
+    def send(self, frames: list[bytes], timeout: float | None = None) -> None:
+        """Send one message; with ``timeout``, raise TimeoutError if the peer
+        does not take it in time (the connection is then unusable)."""
+        if timeout is None:
+            self._sock.sendall(frame_bytes(frames), _NOSIGNAL)
+            return
+        self._sock.settimeout(max(timeout, 0.001))
+        try:
+            self._sock.sendall(frame_bytes(frames), _NOSIGNAL)
+        finally:
+            self._sock.settimeout(None)
 
     def command(self, body: bytes) -> None:
         if body.startswith(b"\x04PING"):
@@ -182,7 +191,7 @@ class Dealer(Parser):
         try:
             count = self._sock.recv_into(self._scratch, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return []
+            return self.take()  # bytes that came with the handshake, if any
         if not count:
             return None
         self._buffer += self._view[:count]
@@ -213,14 +222,15 @@ class Peer:
     sock: socket.socket
     fd: int
     identity: bytes = b""
-    writing: bool = False  # the loop watches it for POLLOUT
-    opened: float = 0.0  # monotonic; a peer must finish its handshake in time
     greeted: bool = False  # the peer's 64-byte greeting was read
     ready: bool = False  # its READY command was read
     inbox: bytearray = field(default_factory=bytearray)
     parts: list[bytes] = field(default_factory=list)
     held: int = 0  # bytes in ``parts``
     outbox: bytearray = field(default_factory=bytearray)
+    events: int = 0  # what the owner's loop watches it for
+    opened: float = 0.0  # monotonic; the handshake must end in time
+    partial_since: float = 0.0  # monotonic; a message begun must end in time (0: none begun)
 
 
 class Router:
@@ -228,18 +238,26 @@ class Router:
 
     The owner's poll loop watches ``fileno()`` (new connections: ``accept``)
     and each connection's descriptor, which ``watch(fd, events)`` announces:
-    ``POLLIN`` when it opens, ``POLLIN | POLLOUT`` while output waits,
-    ``0`` just before it closes. Readable: ``receive``; writable: ``flush``.
+    ``POLLIN`` while it may send, ``POLLOUT`` while output waits, ``0`` just
+    before it closes. Readable: ``receive``; writable: ``flush``; and while
+    ``backlog`` is not empty, ``receive`` those descriptors again without
+    waiting (bytes already read may hold more messages).
 
-    A frame over ``max_frame``, a message of more than ``max_parts`` frames,
-    a broken handshake or one not finished within ``handshake_s`` (``sweep``)
-    ends that connection (libzmq's MAXMSGSIZE and handshake interval do the
-    same); past ``max_peers`` connections a new one is closed at once. A peer
-    names itself with the READY ``Identity`` property, or gets a random one;
-    a second live peer claiming a taken identity is refused. Output to a peer
-    past ``max_outbox`` bytes is dropped (libzmq's high-water mark), and
-    ``send`` says so.
+    Limits, each ending only the offending connection: a frame over
+    ``max_frame`` or a message of more than ``max_parts`` frames (libzmq's
+    MAXMSGSIZE does the same); a broken handshake, or one not finished within
+    ``idle_s``, or a message begun and not finished within it (``sweep``);
+    past ``max_peers`` connections a new one is closed at once. Output: past
+    ``max_outbox`` bytes queued to a peer, ``send`` drops the message and says
+    so (libzmq's high-water mark), and past ``pause_outbox`` the peer is not
+    read until it takes its replies, so a client that never reads cannot make
+    the broker queue without bound. A peer names itself with the READY
+    ``Identity`` property, or gets a random one; a second live peer claiming
+    a taken identity is refused.
     """
+
+    BATCH = 256  # messages taken from one connection per call
+    ACCEPTS = 64  # connections accepted per call
 
     def __init__(
         self,
@@ -249,16 +267,17 @@ class Router:
         watch: Callable[[int, int], None],
         max_parts: int = 8,
         socket_types: tuple[bytes, ...] = (b"DEALER",),
-        max_outbox: int = 256 << 20,
+        max_outbox: int = 64 << 20,
+        pause_outbox: int = 8 << 20,
         max_peers: int = 512,
-        handshake_s: float = 10.0,
+        idle_s: float = 30.0,
     ) -> None:
         self.max_frame = max_frame
-        self.max_peers = max_peers
-        self.handshake_s = handshake_s
-        self.refused = 0  # connections over ``max_peers``, closed at once
         self.max_parts = max_parts
         self.max_outbox = max_outbox
+        self.pause_outbox = pause_outbox
+        self.max_peers = max_peers
+        self.idle_s = idle_s
         self.socket_types = socket_types
         self.watch = watch
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
@@ -266,8 +285,10 @@ class Router:
         self.listener.listen(1024)
         self.by_fd: dict[int, Peer] = {}
         self.by_id: dict[bytes, Peer] = {}
-        self.dropped = 0  # connections ended for a protocol error
+        self.backlog: set[int] = set()  # peers with whole messages still unparsed in their inbox
+        self.dropped = 0  # connections ended for a protocol error or a timeout
         self.disconnects = 0  # connections the peer closed
+        self.refused = 0  # connections over ``max_peers``, closed at once
         self._scratch = bytearray(1 << 18)
         self._view = memoryview(self._scratch)
 
@@ -275,7 +296,7 @@ class Router:
         return self.listener.fileno()
 
     def accept(self) -> None:
-        while True:
+        for _ in range(self.ACCEPTS):  # bounded: a connect flood must not hold the loop
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -291,18 +312,22 @@ class Router:
             sock.setblocking(False)
             peer = Peer(sock, sock.fileno(), opened=time.monotonic())
             self.by_fd[peer.fd] = peer
-            self.watch(peer.fd, POLLIN)
             ready = b"\x05READY" + _property(b"Socket-Type", b"ROUTER")
             peer.outbox += _GREETING + _frame(_COMMAND, ready)
             self._flush(peer)
 
     def receive(self, fd: int) -> list[tuple[bytes, list[bytes]]]:
-        """Whole messages from one connection, each with its sender's identity."""
+        """Whole messages from one connection (at most ``BATCH``), each with its sender's identity."""
         peer = self.by_fd.get(fd)
         if peer is None:
             return []
         messages: list[tuple[bytes, list[bytes]]] = []
-        for _ in range(16):  # bounded: one busy peer must not starve the loop
+        self.backlog.discard(fd)
+        reads = 0
+        while not self._take(peer, messages):
+            if reads == 16 or not peer.events & POLLIN:
+                break  # bounded (one busy peer must not starve the loop), or paused
+            reads += 1
             try:
                 count = peer.sock.recv_into(self._scratch)
             except (BlockingIOError, InterruptedError):
@@ -315,15 +340,25 @@ class Router:
                 self.close(peer)
                 break
             peer.inbox += self._view[:count]
-            try:
-                self._parse(peer, messages)
-            except ZmtpError:
-                self.dropped += 1
-                self.close(peer)
-                break
-            if count < len(self._scratch):
-                break
         return messages
+
+    def _take(self, peer: Peer, messages: list[tuple[bytes, list[bytes]]]) -> bool:
+        """Parse what ``peer`` sent; True when the loop should stop reading it now."""
+        if peer.fd not in self.by_fd:
+            return True
+        try:
+            self._parse(peer, messages)
+        except ZmtpError:
+            self.dropped += 1
+            self.close(peer)
+            return True
+        if peer.fd not in self.by_fd:
+            return True  # closed while answering it (a failed write)
+        if len(messages) >= self.BATCH:
+            if peer.inbox:
+                self.backlog.add(peer.fd)
+            return True
+        return False
 
     def _parse(self, peer: Peer, messages: list[tuple[bytes, list[bytes]]]) -> None:
         buf = peer.inbox
@@ -336,19 +371,20 @@ class Router:
                 raise ZmtpError("not a ZMTP 3 peer with the NULL mechanism")
             del buf[:64]
             peer.greeted = True
-        while True:
-            header = _header(buf)
+        start_at = 0
+        while len(messages) < self.BATCH:
+            header = _header(buf, start_at)
             if header is None:
-                return
+                break
             flags, start, size = header
             if flags & ~(_MORE | _LONG | _COMMAND):
                 raise ZmtpError("reserved frame flags set")
             if size > self.max_frame or peer.held + size > self.max_frame:
                 raise ZmtpError(f"frame of {size} bytes is over the cap")
             if len(buf) < start + size:
-                return
+                break
             body = bytes(buf[start : start + size])
-            del buf[: start + size]
+            start_at = start + size
             if flags & _COMMAND:
                 self._command(peer, body)
                 continue
@@ -362,6 +398,12 @@ class Router:
                 messages.append((peer.identity, peer.parts))
                 peer.parts = []
                 peer.held = 0
+        del buf[:start_at]
+        # A message begun (a frame in part, or parts without the last) must end in time.
+        if buf or peer.parts:
+            peer.partial_since = peer.partial_since or time.monotonic()
+        else:
+            peer.partial_since = 0.0
 
     def _command(self, peer: Peer, body: bytes) -> None:
         if body.startswith(b"\x05READY"):
@@ -369,24 +411,27 @@ class Router:
                 raise ZmtpError("a second READY")
             props = _properties(body[6:])
             if props.get(b"socket-type") not in self.socket_types:
-                raise ZmtpError(f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER here")
+                raise ZmtpError(f"socket type {props.get(b'socket-type')!r} cannot talk to this ROUTER")
             identity = props.get(b"identity", b"")
             if not identity:
                 identity = b"\x00" + os.urandom(4)
                 while identity in self.by_id:
                     identity = b"\x00" + os.urandom(4)
-            elif identity[0] == 0 or identity in self.by_id:
-                raise ZmtpError("identity taken or reserved")
+            elif len(identity) > 255 or identity[0] == 0 or identity in self.by_id:
+                raise ZmtpError("identity too long, reserved or taken")
             peer.identity = identity
             peer.ready = True
             self.by_id[identity] = peer
-        elif body.startswith(b"\x04PING") and peer.ready:
-            peer.outbox += _frame(_COMMAND, b"\x04PONG" + body[7:])
+        elif body.startswith(b"\x05ERROR"):
+            raise ZmtpError("the peer reported an error")
+        elif body.startswith(b"\x04PING") and peer.ready and len(peer.outbox) <= self.pause_outbox:
+            # PING: ttl (2 bytes) and a context of at most 16 bytes, echoed in PONG.
+            peer.outbox += _frame(_COMMAND, b"\x04PONG" + body[7:23])
             self._flush(peer)
-        # other commands (PONG, ERROR, SUBSCRIBE...) have nothing to do here
+        # other commands (PONG, SUBSCRIBE...) have nothing to do here
 
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
-        """Queue a message to ``identity``; False if no such peer is connected."""
+        """Queue a message to ``identity``; False if no such peer is connected, or its queue is full."""
         peer = self.by_id.get(identity)
         if peer is None or len(peer.outbox) > self.max_outbox:
             return False
@@ -409,27 +454,34 @@ class Router:
                 self.close(peer)
                 return
             del peer.outbox[:sent]
-        if bool(peer.outbox) != peer.writing:
-            peer.writing = bool(peer.outbox)
-            self.watch(peer.fd, POLLIN | POLLOUT if peer.writing else POLLIN)
+        events = (POLLIN if len(peer.outbox) <= self.pause_outbox else 0) | (POLLOUT if peer.outbox else 0)
+        if events != peer.events:
+            peer.events = events
+            self.watch(peer.fd, events or POLLOUT)  # never 0 here: 0 means closed
+            if events & POLLIN and peer.inbox:
+                self.backlog.add(peer.fd)  # read again now that it takes its replies
 
     def linger(self, seconds: float) -> None:
         """Blocking, at shutdown: give queued output up to ``seconds`` to go out."""
         deadline = time.monotonic() + seconds
-        while any(peer.outbox for peer in self.by_fd.values()):
+        while True:
+            waiting = {peer.fd: peer for peer in self.by_fd.values() if peer.outbox}
             left = deadline - time.monotonic()
-            if left <= 0:
+            if not waiting or left <= 0:
                 return
-            waiting = [peer.sock for peer in self.by_fd.values() if peer.outbox]
-            for sock in select.select([], waiting, [], left)[1]:
-                self.flush(sock.fileno())
+            poller = select.poll()
+            for fd in waiting:
+                poller.register(fd, POLLOUT)
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                self.flush(fd)
 
     def sweep(self) -> None:
-        """End connections that have not finished their handshake in time."""
-        late = time.monotonic() - self.handshake_s
-        for peer in [p for p in self.by_fd.values() if not p.ready and p.opened < late]:
-            self.dropped += 1
-            self.close(peer)
+        """End connections stuck in their handshake, or in a message, for ``idle_s``."""
+        late = time.monotonic() - self.idle_s
+        for peer in list(self.by_fd.values()):
+            if (not peer.ready and peer.opened < late) or (peer.partial_since and peer.partial_since < late):
+                self.dropped += 1
+                self.close(peer)
 
     def connected(self, identity: bytes) -> bool:
         return identity in self.by_id
@@ -439,6 +491,7 @@ class Router:
             return
         if self.by_id.get(peer.identity) is peer:
             del self.by_id[peer.identity]
+        self.backlog.discard(peer.fd)
         self.watch(peer.fd, 0)
         peer.sock.close()
 

@@ -224,12 +224,12 @@ class Broker:
         if target > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-        max_peers = max(64, (soft - 64) // 2)
+        max_peers = max(8, min(1024, (soft - 64) // 2))
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int, int], None]] = {}
         routers = {}
         for name, max_frame, kinds in (
-            ("client.sock", MAX_CLIENT_FRAME, (b"DEALER", b"REQ")),
+            ("client.sock", MAX_CLIENT_FRAME, (b"DEALER",)),  # REQ would drop our replies (no delimiter)
             ("workers.sock", MAX_WORKER_FRAME, (b"DEALER",)),
         ):
             path = os.path.join(self.cfg.rundir, name)
@@ -685,10 +685,17 @@ class Broker:
             timeout = 1.0 if not dues else max(0.0, min(dues) - time.monotonic())
             if self.launcher is None or self.draining:
                 timeout = min(timeout, 0.1)
-            for fd, events in self.epoll.poll(timeout + 0.0005):
+            backlog = self.clients.backlog or self.workers.backlog
+            for fd, events in self.epoll.poll(0 if backlog else timeout + 0.0005):
                 handler = self.handlers.get(fd)
                 if handler is not None:  # else closed by an earlier handler of this batch
                     self._guarded(handler, fd, events)
+            # Connections that sent more whole messages than one turn takes.
+            for router in (self.clients, self.workers):
+                for fd in list(router.backlog):
+                    handler = self.handlers.get(fd)
+                    if handler is not None:
+                        self._guarded(handler, fd, select.EPOLLIN)
             while self.signals:
                 name = signal.Signals(self.signals.popleft()).name.lower()
                 getattr(self, f"handle_{name}", self.handle_sigterm)()

@@ -32,6 +32,7 @@ import re
 import signal
 import socket
 import sys
+import time
 import urllib.parse
 
 import msgspec
@@ -52,7 +53,8 @@ class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
     egress: EgressSection
     broker_uid: int  # the only peer allowed on the control socket
     drop_to: int = -1
-    supervisor_fd: int = -1  # EOF when supervisor main is gone: stop as on SIGTERM
+    supervisor_fd: int = -1  # EOF when supervisor main is gone: stop once the broker has left
+    drain_s: float = 90.0  # how long the broker may drain
 
 
 def _log(text: str) -> None:
@@ -136,6 +138,7 @@ class Proxy:
         self.codec = egress_codec()
         self.dir = os.path.join(cfg.rundir, "egress")
         self.links: set[asyncio.Task[None]] = set()
+        self.outliving: asyncio.Task[None] | None = None  # see _outlive_broker
 
     # --- decisions -----------------------------------------------------------------------
 
@@ -315,12 +318,26 @@ class Proxy:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if self.cfg.supervisor_fd >= 0:
-            loop.add_reader(self.cfg.supervisor_fd, stop.set)
+
+            def orphaned() -> None:
+                loop.remove_reader(self.cfg.supervisor_fd)
+                self.outliving = loop.create_task(self._outlive_broker(stop))
+
+            loop.add_reader(self.cfg.supervisor_fd, orphaned)
         accept = loop.create_task(self._accept(listener))
         await stop.wait()
         accept.cancel()
         for run_id in list(self.runs):
             await self.close(run_id)
+
+    async def _outlive_broker(self, stop: asyncio.Event) -> None:
+        """Main is gone: the broker drains its runs, whose proxy sockets must
+        keep working; stop when its links have closed (or it ran out of time)."""
+        _log("supervisor main is gone; stopping when the broker has left")
+        deadline = time.monotonic() + self.cfg.drain_s + 30
+        while self.links and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
 
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()

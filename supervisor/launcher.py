@@ -42,7 +42,6 @@ from worker.runtimes import RUNTIMES
 from worker.runtimes.base import Runtime
 
 SANDBOX_UID_IN_USERNS = 1000
-ORPHAN_DRAIN_S = 120.0  # main gone: the longest we wait for the broker to drain and leave
 
 
 class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,7 +55,8 @@ class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
     cgroup_parent: str
     instance: str
     grant_roots: list[str] = []
-    supervisor_fd: int = -1  # EOF when supervisor main is gone: stop as on SIGTERM
+    supervisor_fd: int = -1  # EOF when supervisor main is gone: stop once the broker has left
+    drain_s: float = 90.0  # how long the broker may drain
 
 
 def _log(text: str) -> None:
@@ -377,7 +377,7 @@ class Launcher:
                     # Main is gone: nobody would restart or reap us. The broker
                     # drains too; its running workers live until it leaves.
                     self.selector.unregister(cfg.supervisor_fd)
-                    self.orphaned_until = time.monotonic() + ORPHAN_DRAIN_S
+                    self.orphaned_until = time.monotonic() + cfg.drain_s + 30
                     self.pool.paused = True
                     _log("supervisor main is gone; stopping when the broker has drained")
                 elif key.data == "listen":
@@ -422,7 +422,7 @@ class Launcher:
         self.generation += 1
         self.broker = conn
         self.outbox = Outbox(conn)
-        self.pool.paused = False
+        self.pool.paused = bool(self.orphaned_until)  # orphaned: no new workers
         self.selector.register(conn, selectors.EVENT_READ, "broker")
         self._send(
             m.LauncherHello(

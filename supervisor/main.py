@@ -149,6 +149,7 @@ class Supervisor:
                 instance=self.instance,
                 grant_roots=self.config.policy.grant_roots,
                 supervisor_fd=self.lifeline_r,
+                drain_s=self.config.service.drain_s,
             )
         )
 
@@ -160,6 +161,7 @@ class Supervisor:
                 broker_uid=self.config.service.broker_uid if self.root else os.getuid(),
                 drop_to=self.config.service.broker_uid if self.root else -1,
                 supervisor_fd=self.lifeline_r,
+                drain_s=self.config.service.drain_s,
             )
         )
 

@@ -139,6 +139,7 @@ class Monitor:
         self.buffer = mmap.mmap(-1, READ_SIZE)  # pages made only as reads fill them
         self.view = memoryview(self.buffer)
         self.limit = -1  # the memory limit last written
+        self.rehearsing = False
         self.oom_before = 0
         self.cpu_before: int | None = None
         self.setup_ns = 0
@@ -199,10 +200,13 @@ class Monitor:
             os.write(report_p[1], EXITED + b"0")
             received = self.wait_job()
             if isinstance(received, m.Job):
+                self.rehearsing = True
                 self.dealer.send(_codec.encode(self.run(received, rehearsal=True)))
         finally:
             # The run path closes the job pipe, and the stdin pipe once fed.
-            closed = {pipes[0][1]} | ({pipes[1][1]} if self.stdin_w == -1 else set())
+            closed = {pipes[0][1]} if self.rehearsing else set()
+            closed |= {pipes[1][1]} if self.stdin_w == -1 else set()
+            self.rehearsing = False
             (self.dealer, self.job_w, self.stdin_w, self.stdout_r, self.stderr_r, self.report_r, self.pidfd) = real
             ours.close()
             theirs.close()
@@ -222,6 +226,10 @@ class Monitor:
         # what it spent before the job (warming up), from its schedstat.
         self.setup_ns = _schedstat_ns(self.payload_pid) if self.cpu_before is None else 0
 
+    def _kill(self, sig: int) -> None:
+        if not self.rehearsing:  # the rehearsal has no payload of its own: never touch the real one
+            _kill_all(sig)
+
     def await_payload(self) -> int | None:
         """Wait for the payload's "R": warm (an exec'd interpreter booted) and
         blocked on the job pipe. Ready before that would hand a job to a
@@ -233,7 +241,12 @@ class Monitor:
         while (left := deadline - time.monotonic()) > 0:
             for fd, _ in poller.poll(int(left * 1000) + 1):
                 if fd == self.report_r:
-                    return None if os.read(self.report_r, len(READY)) == READY else WorkerExit.RUNTIME_MISSING
+                    said = os.read(self.report_r, len(READY))
+                    if said == READY:
+                        return None
+                    if said:  # not what a payload says before its job: do not trust it
+                        os.kill(self.payload_pid, signal.SIGKILL)
+                    return self._payload_lost()  # its exit code names the failed step
                 if fd == self.lifeline:
                     return WorkerExit.BROKER_LOST
                 return self._payload_lost()
@@ -276,7 +289,8 @@ class Monitor:
         # With the worker's cgroup counting its cpu, the run can end at the
         # payload's report instead of waiting for its exit (tearing down a
         # forked interpreter's address space costs ~0.5-1 ms here).
-        fast = (cpu_before is not None or rehearsal) and self.adapter.reports
+        # (The rehearsal's report is written by the rehearsal itself, whatever the runtime.)
+        fast = rehearsal or (cpu_before is not None and self.adapter.reports)
         out, err = Capture(job.output_bytes), Capture(job.output_bytes)
         outcome = Outcome()
         started = time.monotonic()
@@ -290,7 +304,7 @@ class Monitor:
         wall = time.monotonic() - started
         # End whatever the run left behind, then collect what is still buffered.
         if not rehearsal:
-            _kill_all(signal.SIGKILL)
+            self._kill(signal.SIGKILL)
         self._drain(job, out, err)
         if cpu_before is not None or rehearsal:
             cpu_ms = ((self.meter.cpu_ns() or cpu_before or 0) - (cpu_before or 0)) / 1e6
@@ -354,10 +368,10 @@ class Monitor:
             if not events and time.monotonic() >= limit:
                 if killing_at is None:
                     outcome.timed_out = True
-                    _kill_all(signal.SIGTERM)
+                    self._kill(signal.SIGTERM)
                     killing_at = time.monotonic() + self.kill_grace
                 else:
-                    _kill_all(signal.SIGKILL)
+                    self._kill(signal.SIGKILL)
                     killing_at = time.monotonic() + 5.0
                 continue
             for fd, _ in events:
@@ -377,7 +391,7 @@ class Monitor:
                 elif fd == self.dealer.fileno():
                     if self.dealer.recv_available() is None:
                         # The broker is gone: nobody will read a result.
-                        _kill_all(signal.SIGKILL)
+                        self._kill(signal.SIGKILL)
                         os._exit(WorkerExit.BROKER_LOST)
                 else:
                     capture = out if fd == self.stdout_r else err
@@ -389,7 +403,7 @@ class Monitor:
                     self._take(job, capture, "stdout" if capture is out else "stderr", data)
                     if out.total + err.total > self.output_kill_bytes and not outcome.output_killed:
                         outcome.output_killed = True
-                        _kill_all(signal.SIGKILL)
+                        self._kill(signal.SIGKILL)
 
     def _read(self, fd: int) -> bytes:
         """Read into one buffer kept for the monitor's life: a fresh 64 KiB

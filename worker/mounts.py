@@ -170,6 +170,13 @@ def _replicate(root: str, path: str, depth: int = 0) -> None:
         return
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def tool_files(programs: list[str]) -> list[str]:
     """``programs`` and every library they link, each once."""
     files: dict[str, None] = {}
@@ -187,7 +194,8 @@ def build_template(root: str, binds: list[Bind], etc: dict[str, str], tools: lis
     (copied), and no top-level directory of the host is bound whole.
     """
     files = tool_files(tools) if tools is not None else []
-    size = 4 * MiB + sum(os.stat(path).st_size for path in files)
+    skipped: list[str] = []
+    size = 4 * MiB + sum(_size(path) for path in files)
     os.makedirs(root, mode=0o755, exist_ok=True)
     sc.mount("tmpfs", root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"size={size // 1024}k,mode=0755")
     for name in MOUNT_POINTS:
@@ -199,7 +207,10 @@ def build_template(root: str, binds: list[Bind], etc: dict[str, str], tools: lis
         elif os.path.isdir(host) and tools is None:
             binds = [*binds, Bind(host, host, optional=True)]
     for path in files:
-        _replicate(root, path)
+        try:
+            _replicate(root, path)
+        except OSError as exc:  # that tool is missing from the root; its runtime's self-test says if it matters
+            skipped.append(f"{path} ({exc})")
     for name, text in etc.items():
         with open(os.path.join(root, "etc", name), "w", encoding="utf-8") as out:
             out.write(text)
@@ -209,7 +220,6 @@ def build_template(root: str, binds: list[Bind], etc: dict[str, str], tools: lis
         sc.mount("/dev/" + name, target, None, sc.MS_BIND)
     for name, dest in DEV_LINKS.items():
         os.symlink(dest, os.path.join(root, "dev", name))
-    skipped = []
     done: set[str] = set()
     for bind in binds:
         if bind.dst in done:

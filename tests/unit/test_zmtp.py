@@ -224,7 +224,7 @@ def test_router_answers_heartbeats(tmp_path: pathlib.Path, dealers: Dealers, loo
 
 def test_router_ends_stalled_handshakes_and_caps_connections(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
     path = str(tmp_path / "r.sock")
-    loop = Loop(path, max_frame=1000, max_peers=2, handshake_s=0.2)
+    loop = Loop(path, max_frame=1000, max_peers=2, idle_s=0.2)
     loops.append(loop)
     socks = [socket.socket(socket.AF_UNIX) for _ in range(3)]
     try:
@@ -243,3 +243,64 @@ def test_router_ends_stalled_handshakes_and_caps_connections(tmp_path: pathlib.P
     finally:
         for sock in socks:
             sock.close()
+
+
+def _handshaken(path: str) -> socket.socket:
+    """A raw connection that has done a DEALER's handshake and then never reads."""
+    from protocol.zmtp import _COMMAND, _GREETING, _frame, _property
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    sock.setblocking(False)
+    sock.sendall(_GREETING + _frame(_COMMAND, b"\x05READY" + _property(b"Socket-Type", b"DEALER")))
+    return sock
+
+
+def test_router_bounds_a_client_that_floods_and_never_reads(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
+    from protocol.zmtp import _COMMAND, _frame
+
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1 << 16, max_outbox=1 << 20, pause_outbox=1 << 18)
+    loops.append(loop)
+    sock = _handshaken(path)
+    try:
+        loop.pump(0.1)
+        # PINGs with oversized contexts, then a flood of tiny messages, each answered
+        ping = _frame(_COMMAND, b"\x04PING" + b"\x00\x01" + b"c" * 1000)
+        flood = ping * 2000 + b"\x00\x00" * 200_000
+        sent = 0
+        end = time.monotonic() + 3
+        got = 0
+        while time.monotonic() < end and sent < len(flood):
+            try:
+                sent += sock.send(flood[sent : sent + 65536])
+            except BlockingIOError:
+                pass
+            for ident, _ in loop.pump(0.01):
+                got += 1
+                loop.router.send(ident, [b"reply-" + b"r" * 100])
+        assert got > 1000  # it was served until its replies piled up
+        (peer,) = loop.router.by_fd.values()
+        assert len(peer.outbox) <= (1 << 20) + 4096  # capped, though the client never reads
+        assert not peer.events & select.POLLIN  # and it is no longer read until it does
+    finally:
+        sock.close()
+
+
+def test_router_takes_a_bounded_batch_and_comes_back_for_the_rest(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1000)
+    loops.append(loop)
+    sock = _handshaken(path)
+    try:
+        loop.pump(0.1)
+        sock.setblocking(True)
+        sock.sendall(b"\x00\x01x" * (Router.BATCH * 3))
+        time.sleep(0.1)
+        (fd,) = loop.router.by_fd
+        first = loop.router.receive(fd)
+        assert len(first) == Router.BATCH and fd in loop.router.backlog
+        rest = loop.router.receive(fd) + loop.router.receive(fd)
+        assert len(rest) == 2 * Router.BATCH and fd not in loop.router.backlog
+    finally:
+        sock.close()
