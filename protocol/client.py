@@ -137,7 +137,8 @@ class Client:
                 return False
             assert self._dealer is not None
             try:
-                self._dealer.send(frames, timeout=max(0.0, deadline - time.monotonic()))
+                # Bounded, never forever: a stalled service must not hang the caller.
+                self._dealer.send(frames, timeout=max(deadline - time.monotonic(), DEFAULT_TIMEOUT_S))
                 return True
             except OSError:  # TimeoutError included: a part of the frame may be out, so never reuse it
                 self.close()

@@ -4,14 +4,14 @@ Sockets (all in the 0700 runtime directory):
 
 * ``client.sock``   ZeroMQ ROUTER for clients (host apps, the CLI, the MCP server)
 * ``workers.sock``  ZeroMQ ROUTER for worker monitors; never visible in a sandbox
+* ``launcher.sock`` the launcher's SEQPACKET socket, which the broker connects to
+* ``egress.ctl``    the egress proxy's SEQPACKET socket: open and close a run's
+                    proxy socket (a short request and reply, for net runs only)
 
 Both ROUTERs are ``protocol.zmtp.Router``: the ZeroMQ wire protocol (ZMTP 3,
 any libzmq DEALER connects), read and written by this single-threaded epoll
 loop itself. A libzmq socket would put its I/O thread between the loop and
 every message: two more thread wakeups per hop, ~50-80 us each on a small VM.
-* ``launcher.sock`` the launcher's SEQPACKET socket, which the broker connects to
-* ``egress.ctl``    the egress proxy's SEQPACKET socket: open and close a run's
-                    proxy socket (a short request and reply, for net runs only)
 
 Every client frame is decoded by the client codec (version first); anything
 that cannot be read gets an error reply and is counted, and the loop goes on.
