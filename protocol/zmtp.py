@@ -318,11 +318,11 @@ class Router:
 
     def receive(self, fd: int) -> list[tuple[bytes, list[bytes]]]:
         """Whole messages from one connection (at most ``BATCH``), each with its sender's identity."""
+        self.backlog.discard(fd)  # back on it when un-paused (``_flush``) or when a batch fills
         peer = self.by_fd.get(fd)
-        if peer is None:
-            return []
+        if peer is None or not peer.events & POLLIN:
+            return []  # paused: nothing it sent is taken until it reads its replies
         messages: list[tuple[bytes, list[bytes]]] = []
-        self.backlog.discard(fd)
         reads = 0
         while not self._take(peer, messages):
             if reads == 16 or not peer.events & POLLIN:

@@ -304,3 +304,27 @@ def test_router_takes_a_bounded_batch_and_comes_back_for_the_rest(tmp_path: path
         assert len(rest) == 2 * Router.BATCH and fd not in loop.router.backlog
     finally:
         sock.close()
+
+
+def test_router_takes_nothing_from_a_paused_peer_until_it_reads(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1000, pause_outbox=1000)
+    loops.append(loop)
+    sock = _handshaken(path)
+    try:
+        loop.pump(0.1)
+        (fd,) = loop.router.by_fd
+        sock.setblocking(True)
+        sock.sendall(b"\x00\x01a")
+        (ident, _), *_ = loop.pump(0.1)
+        assert loop.router.send(ident, [b"z" * 400_000])  # more than the socket takes: queued, paused
+        sock.sendall(b"\x00\x01b" * 10)
+        assert loop.pump(0.2) == [] and fd not in loop.router.backlog  # not read, and no busy loop
+        received, taken = 0, []
+        while received < 400_000:  # the client reads its reply; the router takes its messages again
+            received += len(sock.recv(1 << 16))
+            taken += loop.pump(0.01)
+        taken += loop.pump(0.2)
+        assert [frames for _, frames in taken] == [[b"b"]] * 10
+    finally:
+        sock.close()
