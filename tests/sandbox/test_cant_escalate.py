@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 from worker.seccomp import NEVER
 
 pytestmark = pytest.mark.sandbox
@@ -117,18 +118,11 @@ PROBE = """
 """
 
 
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-3000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
-
-
 def _probe(client, calls: dict[str, tuple[int, tuple[object, ...]]]) -> dict[str, object]:
     result = client.execute(textwrap.dedent(PROBE).replace("CALLS", repr(calls)))
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     outcome = json.loads(result.stdout.splitlines()[-1])
-    assert outcome.pop("getpid control") is True, _show(result)  # raw syscalls really work
+    assert outcome.pop("getpid control") is True, show(result)  # raw syscalls really work
     return outcome
 
 
@@ -189,10 +183,10 @@ def test_clone_into_new_namespaces_is_refused(run):
         print(json.dumps(outcome))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     outcome = json.loads(result.stdout.splitlines()[-1])
-    assert outcome.pop("plain fork (control)") == "CREATED", _show(result)
-    assert outcome == dict.fromkeys(outcome, "EPERM") and len(outcome) == 8, _show(result)
+    assert outcome.pop("plain fork (control)") == "CREATED", show(result)
+    assert outcome == dict.fromkeys(outcome, "EPERM") and len(outcome) == 8, show(result)
 
 
 def test_no_capabilities_and_no_new_privs(run):
@@ -210,7 +204,7 @@ def test_no_capabilities_and_no_new_privs(run):
                           "exec": {k: child.get(k) for k in keys}}))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     seen = json.loads(result.stdout.splitlines()[-1])
     for who in ("self", "exec"):  # also after execve: nothing comes back
         status = seen[who]
@@ -271,7 +265,7 @@ def test_cannot_become_root_or_regain_capabilities(run):
         print(json.dumps(outcome))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     outcome = json.loads(result.stdout.splitlines()[-1])
     uid = outcome.pop("still")
     assert len(set(uid)) == 1 and uid[0] != 0, uid
@@ -302,7 +296,7 @@ def test_setuid_binaries_give_nothing(run):
                           "out": out.decode()}))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     seen = json.loads(result.stdout.splitlines()[-1])
     if not seen["setuid bit"]:
         pytest.skip("/usr/bin/su is not setuid on this host")
@@ -326,7 +320,7 @@ def test_tiocsti_is_refused_even_with_high_bits(run):
         print(json.dumps(outcome))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     outcome = json.loads(result.stdout.splitlines()[-1])
     # stdin is a pipe: without the filter TIOCSTI would say ENOTTY, as TCGETS does.
     assert outcome == {"TIOCSTI": "EPERM", "TIOCSTI high bits": "EPERM", "TCGETS control": "ENOTTY"}

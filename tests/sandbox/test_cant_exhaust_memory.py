@@ -16,20 +16,13 @@ import os
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
 
 MiB = 1 << 20
 ROOT = os.geteuid() == 0
 NO_CGROUP = "unprivileged service: no memory cgroup; RLIMIT_AS bounds each process, not the run"
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r} peak={result.memory_peak_bytes}\n"
-        f"stdout={result.stdout[-2000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def _allocated(stdout: str) -> list[int]:
@@ -50,31 +43,31 @@ ALLOCATE = """
 
 def test_allocating_2gib_ends_as_memory_limit(run):
     result = run(ALLOCATE.format(step=64, goal=2048))
-    assert "START" in result.stdout, _show(result)
-    assert "DONE" not in result.stdout, _show(result)
-    assert result.status == m.Status.MEMORY_LIMIT, _show(result)
+    assert "START" in result.stdout, show(result)
+    assert "DONE" not in result.stdout, show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, show(result)
     # It got some way before being stopped, and never past the 256 MiB default.
     reached = _allocated(result.stdout)
-    assert reached, _show(result)
-    assert max(reached) <= 256, _show(result)
+    assert reached, show(result)
+    assert max(reached) <= 256, show(result)
 
 
 def test_a_lower_requested_limit_is_enforced(run):
     result = run(ALLOCATE.format(step=4, goal=100), limits=m.Limits(memory_bytes=64 * MiB))
-    assert "START" in result.stdout, _show(result)
-    assert "DONE" not in result.stdout, _show(result)
-    assert result.status == m.Status.MEMORY_LIMIT, _show(result)
-    assert result.reason == f"memory limit of {64 * MiB} bytes", _show(result)
+    assert "START" in result.stdout, show(result)
+    assert "DONE" not in result.stdout, show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, show(result)
+    assert result.reason == f"memory limit of {64 * MiB} bytes", show(result)
     reached = _allocated(result.stdout)
-    assert reached and max(reached) < 64, _show(result)
-    assert result.memory_peak_bytes <= 64 * MiB + MiB, _show(result)
+    assert reached and max(reached) < 64, show(result)
+    assert result.memory_peak_bytes <= 64 * MiB + MiB, show(result)
 
 
 def test_the_lower_limit_still_allows_what_fits(run):
     """Control: the 64 MiB limit stops 100 MiB, not everything."""
     result = run(ALLOCATE.format(step=4, goal=16), limits=m.Limits(memory_bytes=64 * MiB))
-    assert result.status == m.Status.OK, _show(result)
-    assert "DONE" in result.stdout, _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert "DONE" in result.stdout, show(result)
 
 
 def test_payload_is_the_first_oom_victim(run):
@@ -88,9 +81,9 @@ def test_payload_is_the_first_oom_victim(run):
         print("MONITOR", open("/proc/1/oom_score_adj").read().strip())
         """
     )
-    assert result.status == m.Status.OK, _show(result)
-    assert "MONITOR" in result.stdout, _show(result)
-    assert "PAYLOAD 1000" in result.stdout, _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert "MONITOR" in result.stdout, show(result)
+    assert "PAYLOAD 1000" in result.stdout, show(result)
 
 
 def test_memory_spread_over_processes_is_bounded(run):
@@ -132,10 +125,10 @@ def test_memory_spread_over_processes_is_bounded(run):
     )
     line = next((x for x in result.stdout.splitlines() if x.startswith("REPORTED")), None)
     if line is None:  # the payload itself was the victim: that is a stop too
-        assert result.status == m.Status.MEMORY_LIMIT, _show(result)
+        assert result.status == m.Status.MEMORY_LIMIT, show(result)
         return
     holding = int(line.split()[3])
-    assert holding * 48 <= 128, f"{holding} children hold 48 MiB each\n{_show(result)}"
+    assert holding * 48 <= 128, f"{holding} children hold 48 MiB each\n{show(result)}"
 
 
 def test_shared_memory_written_without_mapping_is_counted(run):
@@ -159,8 +152,8 @@ def test_shared_memory_written_without_mapping_is_counted(run):
         """,
         limits=m.Limits(memory_bytes=64 * MiB),
     )
-    assert "START" in result.stdout, _show(result)
-    assert "DONE" not in result.stdout, _show(result)
-    assert result.status == m.Status.MEMORY_LIMIT, _show(result)
+    assert "START" in result.stdout, show(result)
+    assert "DONE" not in result.stdout, show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, show(result)
     hoarded = [int(x.split()[1]) for x in result.stdout.splitlines() if x.startswith("HOARDED")]
-    assert not hoarded or max(hoarded) <= 64, _show(result)
+    assert not hoarded or max(hoarded) <= 64, show(result)

@@ -14,18 +14,12 @@ import re
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
 
 MiB = 1 << 20
 CAP_MB = 64  # profiles/default.toml: work_mb, tmp_mb, file_size_mb
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-2000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def _values(stdout: str) -> dict[str, str]:
@@ -56,11 +50,11 @@ FILL = """
 @pytest.mark.parametrize("directory", ["/work", "/tmp"])
 def test_filling_scratch_stops_with_enospc_at_the_cap(run, directory):
     result = run(FILL.format(directory=directory, cap=CAP_MB))
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     values = _values(result.stdout)
-    assert values.get("FAILURE") == "ENOSPC", _show(result)
+    assert values.get("FAILURE") == "ENOSPC", show(result)
     written = int(values["WRITTEN"])
-    assert (CAP_MB - 4) * MiB <= written <= CAP_MB * MiB, _show(result)
+    assert (CAP_MB - 4) * MiB <= written <= CAP_MB * MiB, show(result)
 
 
 def test_a_file_cannot_grow_past_the_file_size_limit(run):
@@ -82,14 +76,14 @@ def test_a_file_cannot_grow_past_the_file_size_limit(run):
         print("SIZE", os.stat("/tmp/big").st_size)
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     values = _values(result.stdout)
     # The last byte below the limit is fine (a sparse file): the limit is exact.
-    assert values.get("WRITE-AT-LIMIT-MINUS-1") == "ALLOWED", _show(result)
-    assert values.get("WRITE-AT-LIMIT") == "EFBIG", _show(result)
-    assert values.get("TRUNCATE-PAST") == "EFBIG", _show(result)
-    assert values.get("FALLOCATE-PAST") == "EFBIG", _show(result)
-    assert int(values["SIZE"]) == CAP_MB * MiB, _show(result)
+    assert values.get("WRITE-AT-LIMIT-MINUS-1") == "ALLOWED", show(result)
+    assert values.get("WRITE-AT-LIMIT") == "EFBIG", show(result)
+    assert values.get("TRUNCATE-PAST") == "EFBIG", show(result)
+    assert values.get("FALLOCATE-PAST") == "EFBIG", show(result)
+    assert int(values["SIZE"]) == CAP_MB * MiB, show(result)
 
 
 def test_appending_one_file_is_cut_at_the_limit(run):
@@ -108,11 +102,11 @@ def test_appending_one_file_is_cut_at_the_limit(run):
         print("SIZE", os.stat("/tmp/one").st_size)
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     values = _values(result.stdout)
     # The tmpfs and the rlimit are both 64 MiB: either may be the one that says no.
-    assert values.get("FAILURE") in ("EFBIG", "ENOSPC"), _show(result)
-    assert int(values["SIZE"]) <= CAP_MB * MiB, _show(result)
+    assert values.get("FAILURE") in ("EFBIG", "ENOSPC"), show(result)
+    assert int(values["SIZE"]) <= CAP_MB * MiB, show(result)
 
 
 def test_restoring_sigxfsz_does_not_lift_the_file_size_limit(run):
@@ -127,10 +121,10 @@ def test_restoring_sigxfsz_does_not_lift_the_file_size_limit(run):
         print("AFTER", flush=True)
         """
     )
-    assert "BEFORE" in result.stdout, _show(result)
-    assert "AFTER" not in result.stdout, _show(result)
-    assert result.status == m.Status.KILLED, _show(result)
-    assert result.signal == 25, _show(result)  # SIGXFSZ
+    assert "BEFORE" in result.stdout, show(result)
+    assert "AFTER" not in result.stdout, show(result)
+    assert result.status == m.Status.KILLED, show(result)
+    assert result.signal == 25, show(result)  # SIGXFSZ
 
 
 def test_a_flood_of_empty_files_is_bounded(run):
@@ -155,14 +149,14 @@ def test_a_flood_of_empty_files_is_bounded(run):
     # Anything else but the script's own end (sh exits 2 when a redirection
     # fails) means the sandbox itself fell over (for example its monitor was
     # the OOM killer's victim: "worker_lost").
-    assert result.status in (m.Status.OK, m.Status.ERROR), f"error={result.error}\n{_show(result)}"
-    assert "START" in result.stdout, _show(result)
+    assert result.status in (m.Status.OK, m.Status.ERROR), f"error={result.error}\n{show(result)}"
+    assert "START" in result.stdout, show(result)
     if "CREATED" in result.stdout:
         created = int(_values(result.stdout)["CREATED"])
     else:
         created = int(re.search(r"/work/(\d+): No space left", result.stderr).group(1))
     assert "No space left on device" in result.stderr, (
         f"created {created} empty files (~{created >> 10} MiB of kernel memory) "
-        f"under a {limit >> 20} MiB memory limit, and /work did not run out of inodes\n{_show(result)}"
+        f"under a {limit >> 20} MiB memory limit, and /work did not run out of inodes\n{show(result)}"
     )
-    assert created * 1024 <= 2 * limit, _show(result)
+    assert created * 1024 <= 2 * limit, show(result)

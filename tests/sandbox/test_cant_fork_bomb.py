@@ -13,17 +13,11 @@ import time
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
 
 PIDS = 64  # profiles/default.toml [fixed] pids
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-2000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def _field(stdout: str, name: str) -> str:
@@ -56,14 +50,14 @@ def test_fork_loop_stops_below_the_pids_limit(run):
         """
     )
     elapsed = time.monotonic() - started
-    assert result.status == m.Status.OK, _show(result)
-    assert "BOMB-START" in result.stdout, _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert "BOMB-START" in result.stdout, show(result)
     forks = int(_field(result.stdout, "FORKS"))
     # fork worked at first (the code really ran), then the kernel said no.
-    assert 0 < forks < PIDS, _show(result)
-    assert _field(result.stdout, "ERRNO") == "EAGAIN", _show(result)
+    assert 0 < forks < PIDS, show(result)
+    assert _field(result.stdout, "ERRNO") == "EAGAIN", show(result)
     # The sleeping children did not keep the run alive.
-    assert elapsed < 15, f"run took {elapsed:.1f} s\n{_show(result)}"
+    assert elapsed < 15, f"run took {elapsed:.1f} s\n{show(result)}"
 
 
 def test_thread_bomb_stops_below_the_pids_limit(run):
@@ -86,10 +80,10 @@ def test_thread_bomb_stops_below_the_pids_limit(run):
         hold.set()
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     threads = int(_field(result.stdout, "THREADS"))
-    assert 0 < threads < PIDS, _show(result)
-    assert "can't start new thread" in result.stdout, _show(result)
+    assert 0 < threads < PIDS, show(result)
+    assert "can't start new thread" in result.stdout, show(result)
 
 
 def test_self_replicating_fork_bomb_is_contained(run):
@@ -109,8 +103,8 @@ def test_self_replicating_fork_bomb_is_contained(run):
         limits=m.Limits(timeout_ms=2000),
     )
     elapsed = time.monotonic() - started
-    assert "BOMB-START" in result.stdout, _show(result)
-    assert result.status in (m.Status.TIMEOUT, m.Status.KILLED), _show(result)
-    assert elapsed < 10, f"fork bomb run took {elapsed:.1f} s\n{_show(result)}"
+    assert "BOMB-START" in result.stdout, show(result)
+    assert result.status in (m.Status.TIMEOUT, m.Status.KILLED), show(result)
+    assert elapsed < 10, f"fork bomb run took {elapsed:.1f} s\n{show(result)}"
     after = run("print('still-alive')")
-    assert after.status == m.Status.OK and after.stdout == "still-alive\n", _show(after)
+    assert after.status == m.Status.OK and after.stdout == "still-alive\n", show(after)

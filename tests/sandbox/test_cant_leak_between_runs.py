@@ -14,17 +14,11 @@ import secrets
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
 
 NAMESPACES = ("net", "mnt", "pid", "ipc", "uts", "cgroup")
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-3000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def test_second_run_sees_nothing_of_the_first(run):
@@ -59,7 +53,7 @@ def test_second_run_sees_nothing_of_the_first(run):
                                          and token in open(f"/proc/{{p}}/cmdline").read()]}}))
         """
     )
-    assert first.status == m.Status.OK, _show(first)
+    assert first.status == m.Status.OK, show(first)
     left = json.loads(first.stdout.splitlines()[-1])
     # Run 1 really left all of it behind while it ran.
     assert left["shm"] >= 0 and left["work"] == ["secret.txt"] and len(left["background"]) == 1, left
@@ -91,7 +85,7 @@ def test_second_run_sees_nothing_of_the_first(run):
         print(json.dumps(found))
         """
     )
-    assert second.status == m.Status.OK, _show(second)
+    assert second.status == m.Status.OK, show(second)
     found = json.loads(second.stdout.splitlines()[-1])
     assert found["work"] == [] and found["tmp"] == [], found
     assert not found["env"] and not found["builtins"] and not found["sys"], found

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
 
@@ -37,13 +38,6 @@ ESCAPE = """
     print("GRANDCHILD", grandchild, open(f"/proc/{{grandchild}}/cmdline").read().split("\\0")[0],
           flush=True)
 """
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-2000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def _host_pids_with(token: str) -> list[int]:
@@ -82,22 +76,22 @@ def _run_escape(run, tail: str, **kwargs: object) -> tuple[m.ExecuteResult, list
     started = time.monotonic()
     result = run(ESCAPE.format(token=token) + tail, on_chunk=look, **kwargs)
     elapsed = time.monotonic() - started
-    assert "GRANDCHILD" in result.stdout and token in result.stdout, _show(result)
+    assert "GRANDCHILD" in result.stdout and token in result.stdout, show(result)
     # The search works: while the run lasted, the host saw the grandchild.
-    assert seen_during, f"the host never saw {token} during the run\n{_show(result)}"
+    assert seen_during, f"the host never saw {token} during the run\n{show(result)}"
     left = _gone_within(token, 2.0)
-    assert not left, f"processes {left} outlived the run\n{_show(result)}"
+    assert not left, f"processes {left} outlived the run\n{show(result)}"
     return result, seen_during, elapsed
 
 
 def test_detached_grandchild_dies_with_the_run(run):
     result, _, _ = _run_escape(run, "\n    time.sleep(1)\n    print('PAYLOAD-DONE')\n")
-    assert result.status == m.Status.OK, _show(result)
-    assert "PAYLOAD-DONE" in result.stdout, _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert "PAYLOAD-DONE" in result.stdout, show(result)
 
 
 def test_a_timed_out_run_leaves_nothing_behind(run):
     result, _, elapsed = _run_escape(run, "\n    while True:\n        pass\n", limits=m.Limits(timeout_ms=1000))
-    assert result.status == m.Status.TIMEOUT, _show(result)
-    assert result.reason == "wall clock limit of 1000 ms", _show(result)
-    assert elapsed < 3.0, f"the timed-out run took {elapsed:.2f} s\n{_show(result)}"
+    assert result.status == m.Status.TIMEOUT, show(result)
+    assert result.reason == "wall clock limit of 1000 ms", show(result)
+    assert elapsed < 3.0, f"the timed-out run took {elapsed:.2f} s\n{show(result)}"

@@ -9,7 +9,6 @@ pidfd_getfd, and the sandbox's socket table names no host path.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -18,20 +17,9 @@ import socket
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import last_json, show
 
 pytestmark = pytest.mark.sandbox
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-3000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
-
-
-def _last_json(result: m.ExecuteResult) -> dict[str, str]:
-    assert result.status == m.Status.OK, _show(result)
-    return json.loads(result.stdout.splitlines()[-1])
 
 
 def test_broker_sockets_do_not_exist_in_the_sandbox(run, service):
@@ -54,10 +42,10 @@ def test_broker_sockets_do_not_exist_in_the_sandbox(run, service):
         print(json.dumps(outcome))
         """
     )
-    outcome = _last_json(result)
+    outcome = last_json(result)
     for path in paths:
-        assert outcome.pop(path + " exists") is False, _show(result)
-    assert set(outcome.values()) == {"ENOENT"}, _show(result)
+        assert outcome.pop(path + " exists") is False, show(result)
+    assert set(outcome.values()) == {"ENOENT"}, show(result)
     assert len(outcome) == 6
 
 
@@ -97,9 +85,9 @@ def test_abstract_sockets_of_the_host_do_not_answer(run):
             print(json.dumps(outcome))
             """
         )
-        outcome = _last_json(result)
-        assert len(outcome) == 3 * len(names), _show(result)
-        assert set(outcome.values()) == {"ECONNREFUSED"}, _show(result)
+        outcome = last_json(result)
+        assert len(outcome) == 3 * len(names), show(result)
+        assert set(outcome.values()) == {"ECONNREFUSED"}, show(result)
         with pytest.raises(BlockingIOError):
             listener.accept()[0].close()
             raise AssertionError("the sandbox reached the host's abstract socket")
@@ -127,16 +115,16 @@ def test_monitor_connection_cannot_be_borrowed(run):
         print(json.dumps(outcome))
         """
     )
-    outcome = _last_json(result)
-    assert outcome == {"pidfd_open": "ok", "pidfd_getfd": ["EPERM"], "fd listing": "EACCES"}, _show(result)
+    outcome = last_json(result)
+    assert outcome == {"pidfd_open": "ok", "pidfd_getfd": ["EPERM"], "fd listing": "EACCES"}, show(result)
 
 
 def test_socket_table_names_no_host_path(run, service):
     """/proc/net/unix lists the unix sockets of the sandbox's network
     namespace: none of them may name the host's runtime directory."""
     result = run("print(open('/proc/net/unix').read())")
-    assert result.status == m.Status.OK, _show(result)
-    assert result.stdout.startswith("Num "), _show(result)  # the table was read
+    assert result.status == m.Status.OK, show(result)
+    assert result.stdout.startswith("Num "), show(result)  # the table was read
     named = [line for line in result.stdout.splitlines() if re.search(r"\s/\S+$", line)]
     leaks = [line for line in named if service.rundir in line or service.embedded.tmp in line]
     assert not leaks, "the sandbox's socket table names the host runtime directory:\n" + "\n".join(leaks)

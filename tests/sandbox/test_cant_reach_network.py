@@ -10,26 +10,14 @@ Packet and netlink sockets are refused by seccomp.
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import last_json, show
 
 pytestmark = pytest.mark.sandbox
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-3000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
-
-
-def _last_json(result: m.ExecuteResult) -> dict[str, str]:
-    assert result.status == m.Status.OK, _show(result)
-    return json.loads(result.stdout.splitlines()[-1])
 
 
 @contextlib.contextmanager
@@ -87,8 +75,8 @@ def test_host_loopback_servers_are_unreachable(run):
             print(json.dumps(outcome))
             """
         )
-        outcome = _last_json(result)
-        assert outcome == {"tcp": "ECONNREFUSED", "udp": "ECONNREFUSED"}, _show(result)
+        outcome = last_json(result)
+        assert outcome == {"tcp": "ECONNREFUSED", "udp": "ECONNREFUSED"}, show(result)
         _nothing_arrived(tcp, udp)
 
 
@@ -119,11 +107,11 @@ def test_no_route_to_the_outside(run):
         print(json.dumps(outcome))
         """
     )
-    outcome = _last_json(result)
+    outcome = last_json(result)
     assert outcome == {
         **{f"{proto} {host}": "ENETUNREACH" for host in ("1.1.1.1", "10.0.0.1", "8.8.8.8") for proto in ("tcp", "udp")},
         "tcp6": "ENETUNREACH",
-    }, _show(result)
+    }, show(result)
 
 
 def test_only_loopback_exists(run):
@@ -136,8 +124,8 @@ def test_only_loopback_exists(run):
                           "routes": routes}))
         """
     )
-    outcome = _last_json(result)
-    assert outcome == {"interfaces": ["lo"], "routes": []}, _show(result)
+    outcome = last_json(result)
+    assert outcome == {"interfaces": ["lo"], "routes": []}, show(result)
 
 
 def test_names_do_not_resolve(run):
@@ -154,14 +142,14 @@ def test_names_do_not_resolve(run):
         print(json.dumps(outcome))
         """
     )
-    outcome = _last_json(result)
+    outcome = last_json(result)
     assert outcome == {
         "resolv.conf": False,
         "example.com": "gaierror",
         "pypi.org": "gaierror",
         "metadata.google.internal": "gaierror",
         "localhost": "127.0.0.1",
-    }, _show(result)
+    }, show(result)
 
 
 def test_own_loopback_works_and_is_invisible_from_the_host(run):
@@ -204,10 +192,10 @@ def test_own_loopback_works_and_is_invisible_from_the_host(run):
         """,
         on_chunk=from_the_host,
     )
-    assert result.status == m.Status.OK, _show(result)
-    assert "REPLY pong:ping" in result.stdout, _show(result)
-    assert host_attempts == ["ECONNREFUSED"], _show(result)
-    assert "NO-HOST-CONNECTION" in result.stdout, _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert "REPLY pong:ping" in result.stdout, show(result)
+    assert host_attempts == ["ECONNREFUSED"], show(result)
+    assert "NO-HOST-CONNECTION" in result.stdout, show(result)
 
 
 def test_packet_and_netlink_sockets_are_refused_by_seccomp(run):
@@ -241,11 +229,11 @@ def test_packet_and_netlink_sockets_are_refused_by_seccomp(run):
         print(json.dumps(outcome))
         """
     )
-    outcome = _last_json(result)
-    assert outcome.pop("control") == "ok", _show(result)
+    outcome = last_json(result)
+    assert outcome.pop("control") == "ok", show(result)
     # Families off the allowlist: seccomp's answer (ENOSYS, or EPERM from a deny rule).
     for name in ("packet raw", "packet dgram", "netlink route", "netlink audit", "vsock", "alg", "socketpair netlink"):
-        assert outcome[name] in ("ENOSYS", "EPERM"), f"{name}: {outcome[name]}\n{_show(result)}"
+        assert outcome[name] in ("ENOSYS", "EPERM"), f"{name}: {outcome[name]}\n{show(result)}"
     # inet raw sockets pass seccomp but need CAP_NET_RAW, which the sandbox lacks.
-    assert outcome["inet raw icmp"] == "EPERM", _show(result)
-    assert outcome["inet6 raw"] == "EPERM", _show(result)
+    assert outcome["inet raw icmp"] == "EPERM", show(result)
+    assert outcome["inet6 raw"] == "EPERM", show(result)

@@ -17,18 +17,12 @@ import sys
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPECTED_ROOT = {"bin", "dev", "etc", "lib", "lib64", "mnt", "proc", "sbin", "tmp", "usr", "work"}
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-3000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def _probe(run, paths: list[str]) -> dict[str, str]:
@@ -51,7 +45,7 @@ def _probe(run, paths: list[str]) -> dict[str, str]:
         print(json.dumps(outcome))
         """
     )
-    assert result.status == m.Status.OK and "PROBED" in result.stdout, _show(result)
+    assert result.status == m.Status.OK and "PROBED" in result.stdout, show(result)
     return json.loads(result.stdout.splitlines()[-1])
 
 
@@ -104,7 +98,7 @@ def test_root_holds_only_the_template(run):
                           "etc": sorted(os.listdir("/etc"))}))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     listing = json.loads(result.stdout)
     extra = {os.path.realpath(sys.base_prefix).split("/")[1]} - {"usr"}  # an interpreter prefix
     assert EXPECTED_ROOT <= set(listing["root"]) <= EXPECTED_ROOT | {"lib32", "libx32"} | extra
@@ -144,12 +138,12 @@ def test_host_account_and_name_files_are_not_shown(run):
         print(pwd.getpwuid(os.getuid()).pw_name)
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     sections = {}
     for block in result.stdout.split("===== ")[1:]:
         name, _, text = block.partition("\n")
         sections[name] = text
-    assert set(sections) == {"passwd", "group", "hostname", "hosts", "me"}, _show(result)
+    assert set(sections) == {"passwd", "group", "hostname", "hosts", "me"}, show(result)
     assert sections.pop("me") == "sandbox\n"  # the run's own uid has a name
     with open("/etc/passwd", encoding="utf-8") as src:
         host_passwd = src.read()
@@ -199,9 +193,9 @@ def test_monitor_process_cannot_be_inspected(run):
                 pass
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
-    assert lines["ME"].startswith("2 PARENT 1"), _show(result)  # the payload, child of pid 1
+    assert lines["ME"].startswith("2 PARENT 1"), show(result)  # the payload, child of pid 1
     for name in (
         "environ",
         "mem",
@@ -216,21 +210,21 @@ def test_monitor_process_cannot_be_inspected(run):
         "exe",
         "map_files",
     ):
-        assert lines.get(name) == "EACCES", f"/proc/1/{name}: {lines.get(name)}\n{_show(result)}"
-    assert "OPENED" not in result.stdout, _show(result)
+        assert lines.get(name) == "EACCES", f"/proc/1/{name}: {lines.get(name)}\n{show(result)}"
+    assert "OPENED" not in result.stdout, show(result)
 
 
 def test_mount_table_does_not_name_host_paths(run, service):
     result = run("print(open('/proc/self/mountinfo').read())")
-    assert result.status == m.Status.OK, _show(result)
-    assert " / / " in result.stdout, _show(result)  # the real mount table was read
+    assert result.status == m.Status.OK, show(result)
+    assert " / / " in result.stdout, show(result)  # the real mount table was read
     for host_path in (service.rundir, service.embedded.tmp, REPO):
         assert host_path not in result.stdout, f"{host_path} named in mountinfo"
 
 
 def test_environment_is_built_from_nothing(run):
     result = run("import json, os\nprint(json.dumps(dict(os.environ)))")
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     assert json.loads(result.stdout) == {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": "/work",
@@ -253,7 +247,7 @@ def test_process_start_block_does_not_name_host_paths(run, service):
             print(name.upper(), data.decode(errors="replace"))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
-    assert "CMDLINE" in result.stdout, _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert "CMDLINE" in result.stdout, show(result)
     for host_path in (REPO, service.rundir, service.embedded.tmp):
         assert host_path not in result.stdout, f"{host_path} visible:\n{result.stdout}"

@@ -15,15 +15,9 @@ import os
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-3000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def test_monitor_ignores_every_signal_from_the_sandbox(run):
@@ -47,12 +41,12 @@ def test_monitor_ignores_every_signal_from_the_sandbox(run):
         print("STILL-RUNNING", flush=True)
         """
     )
-    assert result.status == m.Status.OK, _show(result)
-    assert "SENT" in result.stdout, _show(result)
-    assert "MONITOR-STATE S" in result.stdout, _show(result)  # sleeping, not stopped or dead
-    assert "STILL-RUNNING" in result.stdout, _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert "SENT" in result.stdout, show(result)
+    assert "MONITOR-STATE S" in result.stdout, show(result)  # sleeping, not stopped or dead
+    assert "STILL-RUNNING" in result.stdout, show(result)
     # The monitor lived to report: a normal result, not a lost worker.
-    assert result.error is None and result.exit_code == 0, _show(result)
+    assert result.error is None and result.exit_code == 0, show(result)
 
 
 def test_host_processes_are_not_visible(run, service):
@@ -84,7 +78,7 @@ def test_host_processes_are_not_visible(run, service):
         print(json.dumps(outcome))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     outcome = json.loads(result.stdout.splitlines()[-1])
     for name in host:
         assert outcome[name] == "ESRCH", f"{name}: {outcome[name]}"
@@ -113,7 +107,7 @@ def test_proc_lists_only_the_sandbox(run):
         print(json.dumps({"me": os.getpid(), "child": child.pid, "tasks": tasks}))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     seen = json.loads(result.stdout.splitlines()[-1])
     assert seen["me"] == 2, seen
     assert set(seen["tasks"]) == {"1", "2", str(seen["child"])}, seen

@@ -13,16 +13,9 @@ import time
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r} wall={result.wall_ms}\n"
-        f"stdout={result.stdout[-2000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def _timed(run, code: str, **kwargs: object) -> tuple[m.ExecuteResult, float]:
@@ -54,10 +47,10 @@ def test_wall_clock_limit_cannot_be_evaded(run, evasion):
         """,
         limits=m.Limits(timeout_ms=1000),
     )
-    assert "SPINNING" in result.stdout, _show(result)
-    assert result.status == m.Status.TIMEOUT, _show(result)
-    assert result.reason == "wall clock limit of 1000 ms", _show(result)
-    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{_show(result)}"
+    assert "SPINNING" in result.stdout, show(result)
+    assert result.status == m.Status.TIMEOUT, show(result)
+    assert result.reason == "wall clock limit of 1000 ms", show(result)
+    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{show(result)}"
 
 
 def test_spinning_children_do_not_keep_the_run_alive(run):
@@ -76,9 +69,9 @@ def test_spinning_children_do_not_keep_the_run_alive(run):
         """,
         limits=m.Limits(timeout_ms=1000),
     )
-    assert "SPINNING" in result.stdout, _show(result)
-    assert result.status == m.Status.TIMEOUT, _show(result)
-    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{_show(result)}"
+    assert "SPINNING" in result.stdout, show(result)
+    assert result.status == m.Status.TIMEOUT, show(result)
+    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{show(result)}"
 
 
 def test_stopping_itself_does_not_stop_the_clock(run):
@@ -92,9 +85,9 @@ def test_stopping_itself_does_not_stop_the_clock(run):
         """,
         limits=m.Limits(timeout_ms=1000),
     )
-    assert "STOPPING" in result.stdout and "RESUMED" not in result.stdout, _show(result)
-    assert result.status == m.Status.TIMEOUT, _show(result)
-    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{_show(result)}"
+    assert "STOPPING" in result.stdout and "RESUMED" not in result.stdout, show(result)
+    assert result.status == m.Status.TIMEOUT, show(result)
+    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{show(result)}"
 
 
 def test_ignoring_sigxcpu_does_not_lift_the_cpu_limit(run):
@@ -111,8 +104,8 @@ def test_ignoring_sigxcpu_does_not_lift_the_cpu_limit(run):
         """,
         limits=m.Limits(cpu_ms=1000, timeout_ms=10_000),
     )
-    assert "CPU-LIMIT 2" in result.stdout, _show(result)
-    assert result.status == m.Status.TIMEOUT, _show(result)
-    assert result.reason == "cpu time limit of 1000 ms", _show(result)
-    assert result.signal == 9, _show(result)
-    assert elapsed < 6.0, f"took {elapsed:.2f} s\n{_show(result)}"
+    assert "CPU-LIMIT 2" in result.stdout, show(result)
+    assert result.status == m.Status.TIMEOUT, show(result)
+    assert result.reason == "cpu time limit of 1000 ms", show(result)
+    assert result.signal == 9, show(result)
+    assert elapsed < 6.0, f"took {elapsed:.2f} s\n{show(result)}"

@@ -11,17 +11,11 @@ from __future__ import annotations
 import pytest
 
 from protocol import messages as m
+from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
 
 SIGSYS = 31
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-2000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
 
 
 def test_x32_syscall_kills_the_payload(run):
@@ -34,11 +28,11 @@ def test_x32_syscall_kills_the_payload(run):
         print("SURVIVED", flush=True)
         """
     )
-    assert "NATIVE-GETPID-OK True" in result.stdout, _show(result)
-    assert "SURVIVED" not in result.stdout, _show(result)
-    assert result.status == m.Status.KILLED, _show(result)
-    assert result.reason == "seccomp", _show(result)
-    assert result.signal == SIGSYS, _show(result)
+    assert "NATIVE-GETPID-OK True" in result.stdout, show(result)
+    assert "SURVIVED" not in result.stdout, show(result)
+    assert result.status == m.Status.KILLED, show(result)
+    assert result.reason == "seccomp", show(result)
+    assert result.signal == SIGSYS, show(result)
 
 
 def test_x32_syscall_kills_a_child_too(run):
@@ -57,8 +51,8 @@ def test_x32_syscall_kills_a_child_too(run):
                   os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
-    assert result.stdout.splitlines() == [f"{n} signal {SIGSYS}" for n in (39, 60, 231)], _show(result)
+    assert result.status == m.Status.OK, show(result)
+    assert result.stdout.splitlines() == [f"{n} signal {SIGSYS}" for n in (39, 60, 231)], show(result)
 
 
 def test_i386_int80_kills_the_process(run):
@@ -79,8 +73,8 @@ def test_i386_int80_kills_the_process(run):
               os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
         """
     )
-    assert result.status == m.Status.OK, _show(result)
+    assert result.status == m.Status.OK, show(result)
     if "CHILD signal 11" in result.stdout:
         pytest.skip("this kernel has no i386 emulation (int 0x80 faults)")
-    assert "I386-GETPID" not in result.stdout, _show(result)
-    assert f"CHILD signal {SIGSYS}" in result.stdout, _show(result)
+    assert "I386-GETPID" not in result.stdout, show(result)
+    assert f"CHILD signal {SIGSYS}" in result.stdout, show(result)

@@ -8,27 +8,13 @@ dynamic loader, and no device node can be made there.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from protocol import messages as m
+from tests.sandbox.outcome import last_json, show
 
 pytestmark = pytest.mark.sandbox
 
 REFUSED = {"EROFS", "EACCES", "EPERM"}
-
-
-def _show(result: m.ExecuteResult) -> str:
-    return (
-        f"status={result.status} exit={result.exit_code} signal={result.signal} "
-        f"reason={result.reason!r}\nstdout={result.stdout[-3000:]!r}\nstderr={result.stderr[-2000:]!r}"
-    )
-
-
-def _last_json(result: m.ExecuteResult) -> dict[str, str]:
-    assert result.status == m.Status.OK, _show(result)
-    return json.loads(result.stdout.splitlines()[-1])
 
 
 ATTEMPTS = """
@@ -79,11 +65,11 @@ def test_system_paths_are_not_writable(run):
     print(json.dumps(outcome))
     """
     )
-    outcome = _last_json(result)
-    assert outcome.pop("write /dev/null") == "ALLOWED", _show(result)
-    assert outcome.pop("create /proc") in REFUSED | {"ENOENT"}, _show(result)
+    outcome = last_json(result)
+    assert outcome.pop("write /dev/null") == "ALLOWED", show(result)
+    assert outcome.pop("create /proc") in REFUSED | {"ENOENT"}, show(result)
     allowed = {name: err for name, err in outcome.items() if err not in REFUSED}
-    assert not allowed, f"not refused: {allowed}\n{_show(result)}"
+    assert not allowed, f"not refused: {allowed}\n{show(result)}"
     assert len(outcome) >= 20, outcome
 
 
@@ -114,15 +100,15 @@ def test_scratch_is_writable_but_not_executable(run):
     print(json.dumps(outcome))
     """
     )
-    outcome = _last_json(result)
-    assert outcome.pop("control exec /usr/bin/true") == "ALLOWED", _show(result)
+    outcome = last_json(result)
+    assert outcome.pop("control exec /usr/bin/true") == "ALLOWED", show(result)
     for scratch in ("/work", "/tmp"):
-        assert outcome[f"{scratch} write"] == "kept", _show(result)
-        assert outcome[f"{scratch} exec"] == "EACCES", _show(result)
-        assert outcome[f"{scratch} script"] == "EACCES", _show(result)
+        assert outcome[f"{scratch} write"] == "kept", show(result)
+        assert outcome[f"{scratch} exec"] == "EACCES", show(result)
+        assert outcome[f"{scratch} script"] == "EACCES", show(result)
         code, _, message = outcome[f"{scratch} loader"].partition(" ")
-        assert code != "0" and "failed to map segment" in message, _show(result)
-        assert outcome[f"{scratch} mmap exec"] == "EPERM", _show(result)
+        assert code != "0" and "failed to map segment" in message, show(result)
+        assert outcome[f"{scratch} mmap exec"] == "EPERM", show(result)
 
 
 def test_no_device_nodes_in_scratch(run):
@@ -135,7 +121,7 @@ def test_no_device_nodes_in_scratch(run):
     print(json.dumps(outcome))
     """
     )
-    outcome = _last_json(result)
+    outcome = last_json(result)
     # mknod is off the seccomp allowlist (ENOSYS); without it, no CAP_MKNOD (EPERM).
-    assert set(outcome) == {"mknod char", "mknod block"}, _show(result)
-    assert set(outcome.values()) <= {"ENOSYS", "EPERM"}, _show(result)
+    assert set(outcome) == {"mknod char", "mknod block"}, show(result)
+    assert set(outcome.values()) <= {"ENOSYS", "EPERM"}, show(result)
