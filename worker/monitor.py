@@ -201,7 +201,7 @@ class Monitor:
             received = self.wait_job()
             if isinstance(received, m.Job):
                 self.rehearsing = True
-                self.dealer.send(_codec.encode(self.run(received, rehearsal=True)))
+                self.dealer.send(_codec.encode(self.run(received)))
         finally:
             # The run path closes the job pipe, and the stdin pipe once fed.
             closed = {pipes[0][1]} if self.rehearsing else set()
@@ -279,7 +279,8 @@ class Monitor:
 
     # --- running it -----------------------------------------------------------
 
-    def run(self, job: m.Job, rehearsal: bool = False) -> m.WorkerResult:
+    def run(self, job: m.Job) -> m.WorkerResult:
+        rehearsal = self.rehearsing
         if rehearsal:
             self.arm()
         if job.memory_bytes != self.limit and not rehearsal:
@@ -303,8 +304,7 @@ class Monitor:
         self._pump(job, out, err, outcome, deadline, fast)
         wall = time.monotonic() - started
         # End whatever the run left behind, then collect what is still buffered.
-        if not rehearsal:
-            self._kill(signal.SIGKILL)
+        self._kill(signal.SIGKILL)
         self._drain(job, out, err)
         if cpu_before is not None or rehearsal:
             cpu_ms = ((self.meter.cpu_ns() or cpu_before or 0) - (cpu_before or 0)) / 1e6
