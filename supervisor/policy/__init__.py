@@ -59,6 +59,11 @@ def _refusal(status: m.Status, error: ErrorInfo, **extra: object) -> m.ExecuteRe
     return m.ExecuteResult(id="", status=status, error=error, **extra)  # type: ignore[arg-type]
 
 
+def _rate_limited(message: str, retry_after_s: float) -> m.ExecuteResult:
+    error = ErrorInfo(code=ErrorCode.RATE_LIMITED, message=message)
+    return _refusal(m.Status.RATE_LIMITED, error, retry_after_s=retry_after_s)
+
+
 class Policy:
     def __init__(
         self, config: Config, profile: Profile, state_dir: str, clock: Callable[[], float] = time.time
@@ -109,35 +114,16 @@ class Policy:
                         required=lacking,
                     ),
                 )
+        rate, concurrency = self.limiter.limits(key)
         retry = self.limiter.retry_after(key)
         if retry is not None:
-            rate, _ = self.limiter.limits(key)
-            return Admitted(
-                key,
-                reply=_refusal(
-                    m.Status.RATE_LIMITED,
-                    ErrorInfo(
-                        code=ErrorCode.RATE_LIMITED,
-                        message=f"client {key!r} started {rate} runs in the last minute; retry in {retry:.1f} s",
-                    ),
-                    retry_after_s=round(retry, 3),
-                ),
-            )
+            why = f"client {key!r} started {rate} runs in the last minute; retry in {retry:.1f} s"
+            return Admitted(key, reply=_rate_limited(why, round(retry, 3)))
         if self.limiter.busy(key):
             if self.config.policy.over_concurrency == "wait":
                 return Admitted(key, wait=True)
-            _, concurrency = self.limiter.limits(key)
-            return Admitted(
-                key,
-                reply=_refusal(
-                    m.Status.RATE_LIMITED,
-                    ErrorInfo(
-                        code=ErrorCode.RATE_LIMITED,
-                        message=f"client {key!r} already has {concurrency} runs going; retry when one ends",
-                    ),
-                    retry_after_s=1.0,
-                ),
-            )
+            why = f"client {key!r} already has {concurrency} runs going; retry when one ends"
+            return Admitted(key, reply=_rate_limited(why, 1.0))
         try:
             binds = grants.plan_binds(held, needs)
         except ValueError as exc:

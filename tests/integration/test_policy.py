@@ -186,38 +186,16 @@ def test_history_holds_metadata_and_never_code_or_output(service_factory: Callab
 
 def test_bad_config_refuses_to_start_with_file_key_and_reason(tmp_path: pathlib.Path) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text("[policy]\nrate_per_minute = 10\nconcurency = 3\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "supervisor.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--runtime-dir",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+
+    def serve(text: str) -> subprocess.CompletedProcess[str]:
+        config.write_text(text)
+        command = [sys.executable, "-m", "supervisor.cli", "serve", "--config", str(config)]
+        return subprocess.run(
+            [*command, "--runtime-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=30
+        )
+
+    proc = serve("[policy]\nrate_per_minute = 10\nconcurency = 3\n")
     assert proc.returncode == 2
     assert f"{config}: policy.concurency: unknown key" in proc.stderr
-    config.write_text('[service]\nqueue_limit = "lots"\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "supervisor.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--runtime-dir",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = serve('[service]\nqueue_limit = "lots"\n')
     assert proc.returncode == 2 and "service.queue_limit" in proc.stderr and "Expected `int`" in proc.stderr
