@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import gc
 import os
-import secrets
 import selectors
 import signal
 import socket
@@ -57,6 +56,9 @@ class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
     grant_roots: list[str] = []
     supervisor_fd: int = -1  # EOF when supervisor main is gone: stop once the broker has left
     drain_s: float = 90.0  # how long the broker may drain
+
+
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _log(text: str) -> None:
@@ -265,7 +267,7 @@ class Launcher:
 
     def _spawn(self, runtime: str, slot: int, reservation: m.Reserve | None = None) -> tuple[str, int]:
         cfg = self.config
-        worker_id = secrets.token_hex(8)
+        worker_id = os.urandom(8).hex()
         uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base + slot
         dirs: dict[str, str] = self.slot_dirs.get(slot, {})
         if self.layout is not None and not dirs:
@@ -335,8 +337,13 @@ class Launcher:
 
     # --- the loop ------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.signals.append(signum)
+    def _read_signals(self, fd: int) -> None:
+        try:
+            records = os.read(fd, 128 * 16)
+        except BlockingIOError:
+            return
+        for offset in range(0, len(records), 128):
+            self.signals.append(struct.unpack_from("I", records, offset)[0])
 
     def run(self) -> int:
         cfg = self.config
@@ -351,13 +358,15 @@ class Launcher:
         if not cfg.unprivileged:
             os.chown(path, cfg.broker_uid, -1)
         listener.listen(4)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        # Signals come through a signalfd, not Python handlers: a worker is a
+        # clone of this process, and with no handler of ours installed it only
+        # has to unblock them (see worker.sandbox).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's own KeyboardInterrupt handler
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        signals = syscalls.signalfd(SIGNALS)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, "listen")
-        self.selector.register(wake_r, selectors.EVENT_READ, "signal")
+        self.selector.register(signals, selectors.EVENT_READ, "signal")
         if cfg.supervisor_fd >= 0:
             self.selector.register(cfg.supervisor_fd, selectors.EVENT_READ, "supervisor")
         self.listener = listener
@@ -369,10 +378,7 @@ class Launcher:
             timeout = None if wake is None else max(0.0, wake - time.monotonic())
             for key, mask in self.selector.select(timeout):
                 if key.data == "signal":
-                    try:
-                        os.read(wake_r, 512)
-                    except BlockingIOError:
-                        pass
+                    self._read_signals(signals)
                 elif key.data == "supervisor":
                     # Main is gone: nobody would restart or reap us. The broker
                     # drains too; its running workers live until it leaves.

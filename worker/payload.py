@@ -12,6 +12,7 @@ monitor passes on.
 from __future__ import annotations
 
 import os
+import sys
 from typing import NoReturn
 
 import msgspec
@@ -90,6 +91,8 @@ def _setup(
         os.write(fd, b"1000")
         os.close(fd)
         rlimits.apply_payload(profile, memory_fallback and runtime.address_space_rlimit)
+        if "random" in sys.modules:  # forked without Python's hooks: reseed as os.fork would
+            sys.modules["random"].seed()
         step = WorkerExit.RUNTIME_MISSING
         runtime.prepare()
         _job_decoder.decode(_WARM_JOB)

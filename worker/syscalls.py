@@ -68,14 +68,33 @@ def clone(flags: int) -> int:
 
     Returns 0 in the child and the child's pid in the parent. Unlike
     ``os.fork`` this skips Python's at-fork hooks, so it is only for a
-    single-threaded parent (the launcher) whose child never relies on them:
-    the child (the worker monitor) forks its payload with ``os.fork``, which
-    runs the hooks (the payload's ``random`` is reseeded there). glibc's
-    cached thread id is stale in the child, which only matters to
-    ``pthread_kill``/``raise``; the monitor uses neither.
+    single-threaded parent (the launcher) whose child never relies on them.
+    glibc's cached thread id is stale in the child, which only matters to
+    ``pthread_kill``/``raise``; the monitor uses neither (its payload comes
+    from ``fork`` below, where glibc's state is right).
     """
     pid: int = _pylibc.syscall(_SYS_CLONE, ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
     return _check(pid, "clone")
+
+
+def fork() -> int:
+    """glibc's fork() without Python's at-fork hooks, for the single-threaded
+    monitor: the hooks (thread and lock re-initialisation) cost ~140
+    copy-on-write faults in the payload. Unlike a raw clone, glibc's own state
+    (the thread id it caches, its locks) is right in the child. The one hook
+    that matters, ``random``'s reseed, the payload does itself."""
+    pid: int = _pylibc.fork()
+    return _check(pid, "fork")
+
+
+def signalfd(signals: tuple[int, ...]) -> int:
+    """A non-blocking signalfd for ``signals`` (block them first). Each read
+    gives 128-byte records whose first four bytes are the signal number."""
+    mask = (ctypes.c_uint64 * 16)()  # the kernel's sigset_t is 8 bytes; glibc's is 128
+    for sig in signals:
+        mask[(sig - 1) // 64] |= 1 << ((sig - 1) % 64)
+    fd: int = _libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC)
+    return _check(fd, "signalfd")
 
 
 def unshare(flags: int) -> None:
@@ -139,6 +158,24 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
         _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)),
         f"prctl({option})",
     )
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def clear_capabilities() -> None:
+    """capset(): the effective, permitted and inheritable sets all emptied, in one call."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()  # version 3 takes two 32-bit halves, all zero
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:

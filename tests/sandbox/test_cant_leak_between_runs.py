@@ -97,3 +97,13 @@ def test_second_run_sees_nothing_of_the_first(run):
         if name == "cgroup":
             continue  # not always a fresh one per run
         assert found["ns"][name] != left["ns"][name], f"{name} namespace shared: {found['ns'][name]}"
+
+
+def test_runs_do_not_share_random_state(run):
+    # Every payload is a fork of the same warm interpreter: its random module
+    # must be seeded afresh in each, never carried over from the launcher.
+    code = "import random, sys\nprint(random.getrandbits(64), 'random' in sys.modules)"
+    draws = [run(code) for _ in range(3)]
+    for result in draws:
+        assert result.status is m.Status.OK, show(result)
+    assert len({result.stdout for result in draws}) == 3, [r.stdout for r in draws]
