@@ -83,7 +83,8 @@ def spawn(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int:
 
      1. namespaces  clone() into new pid, mount, net, ipc and uts namespaces,
                     plus a user namespace when the service is not root; the
-                    child resets signal handling and closes inherited descriptors
+                    child unblocks the signals the launcher takes by signalfd
+                    and closes inherited descriptors
      2. identity    (user namespace) map the sandbox uid/gid to the launcher's
      3. cgroups     join the slot's memory, pids and cpu cgroups, open the
                     memory meter, then unshare a cgroup namespace
@@ -191,17 +192,10 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         stderr_r, stderr_w = os.pipe()
         job_r, job_w = os.pipe()
         report_r, report_w = os.pipe()
-        payload_pid = sc.fork()
-        if payload_pid == 0:
-            fds = payload.PayloadFds(stdin_r, stdout_w, stderr_w, job_r, report_w)
-            payload.become_payload(fds, runtime, profile, program, ctx.memory_fallback)
-        for fd in (stdin_r, stdout_w, stderr_w, job_r, report_w):
-            os.close(fd)
     monitor = Monitor(
         worker_id=spec.worker_id,
         runtime=spec.runtime,
         dealer=dealer,
-        payload_pid=payload_pid,
         job_w=job_w,
         stdin_w=stdin_w,
         stdout_r=stdout_r,
@@ -214,6 +208,14 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         idle_memory_bytes=profile.limits.memory_mb * MiB,
         adapter=runtime,
     )
+    with step(WorkerExit.INTERNAL):
+        payload_pid = sc.fork()
+        if payload_pid == 0:
+            fds = payload.PayloadFds(stdin_r, stdout_w, stderr_w, job_r, report_w)
+            payload.become_payload(fds, runtime, profile, program, ctx.memory_fallback)
+        for fd in (stdin_r, stdout_w, stderr_w, job_r, report_w):
+            os.close(fd)
+        monitor.attach(payload_pid)
     with step(WorkerExit.INTERNAL):
         monitor.rehearse()
     with step(WorkerExit.SETUP_SECCOMP):
