@@ -247,7 +247,11 @@ class Router:
     ``max_frame`` or a message of more than ``max_parts`` frames (libzmq's
     MAXMSGSIZE does the same); a broken handshake, or one not finished within
     ``idle_s``, or a message begun and not finished within it (``sweep``);
-    past ``max_peers`` connections a new one is closed at once. Output: past
+    past ``max_peers`` connections a new one is closed at once; a connection
+    holding more than ``SHARE`` bytes of an unfinished message while all of
+    them together hold more than ``max_held`` (so many peers each sending
+    most of a large frame cannot make the owner hold peers x ``max_frame``:
+    at most ``max_held`` plus ``SHARE`` per peer). Output: past
     ``max_outbox`` bytes queued to a peer, ``send`` drops the message and says
     so (libzmq's high-water mark), and past ``pause_outbox`` the peer is not
     read until it takes its replies, so a client that never reads cannot make
@@ -258,6 +262,7 @@ class Router:
 
     BATCH = 256  # messages taken from one connection per call
     ACCEPTS = 64  # connections accepted per call
+    SHARE = 1 << 16  # unfinished bytes a connection may hold without a look at the total
 
     def __init__(
         self,
@@ -271,8 +276,10 @@ class Router:
         pause_outbox: int = 8 << 20,
         max_peers: int = 512,
         idle_s: float = 30.0,
+        max_held: int = 128 << 20,
     ) -> None:
         self.max_frame = max_frame
+        self.max_held = max_held
         self.max_parts = max_parts
         self.max_outbox = max_outbox
         self.pause_outbox = pause_outbox
@@ -286,7 +293,7 @@ class Router:
         self.by_fd: dict[int, Peer] = {}
         self.by_id: dict[bytes, Peer] = {}
         self.backlog: set[int] = set()  # peers with whole messages still unparsed in their inbox
-        self.dropped = 0  # connections ended for a protocol error or a timeout
+        self.dropped = 0  # connections ended for a protocol error, a timeout or the held-bytes budget
         self.disconnects = 0  # connections the peer closed
         self.refused = 0  # connections over ``max_peers``, closed at once
         self._scratch = bytearray(1 << 18)
@@ -340,7 +347,15 @@ class Router:
                 self.close(peer)
                 break
             peer.inbox += self._view[:count]
+            if len(peer.inbox) + peer.held > self.SHARE and self._held() > self.max_held:
+                self.dropped += 1
+                self.close(peer)
+                break
         return messages
+
+    def _held(self) -> int:
+        """Bytes of unfinished messages held for every connection."""
+        return sum(len(peer.inbox) + peer.held for peer in self.by_fd.values())
 
     def _take(self, peer: Peer, messages: list[tuple[bytes, list[bytes]]]) -> bool:
         """Parse what ``peer`` sent; True when the loop should stop reading it now."""

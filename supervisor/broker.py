@@ -228,9 +228,11 @@ class Broker:
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int, int], None]] = {}
         routers = {}
-        for name, max_frame, kinds in (
-            ("client.sock", MAX_CLIENT_FRAME, (b"DEALER",)),  # REQ would drop our replies (no delimiter)
-            ("workers.sock", MAX_WORKER_FRAME, (b"DEALER",)),
+        # Unfinished messages held across all clients: eight of the largest at
+        # once. Workers are ours and bounded by the pool: no budget beyond theirs.
+        for name, max_frame, kinds, max_held in (
+            ("client.sock", MAX_CLIENT_FRAME, (b"DEALER",), 8 * MAX_CLIENT_FRAME),  # not REQ: no delimiter in replies
+            ("workers.sock", MAX_WORKER_FRAME, (b"DEALER",), max_peers * MAX_WORKER_FRAME),
         ):
             path = os.path.join(self.cfg.rundir, name)
             try:
@@ -238,7 +240,7 @@ class Broker:
             except FileNotFoundError:
                 pass
             routers[name] = Router(
-                path, max_frame=max_frame, watch=self._watch, socket_types=kinds, max_peers=max_peers
+                path, max_frame=max_frame, watch=self._watch, socket_types=kinds, max_peers=max_peers, max_held=max_held
             )
             os.chmod(path, 0o600)
         self.clients, self.workers = routers["client.sock"], routers["workers.sock"]

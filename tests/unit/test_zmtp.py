@@ -328,3 +328,45 @@ def test_router_takes_nothing_from_a_paused_peer_until_it_reads(tmp_path: pathli
         assert [frames for _, frames in taken] == [[b"b"]] * 10
     finally:
         sock.close()
+
+
+def _feed(loop: Loop, sock: socket.socket, data: bytes) -> tuple[bool, list[list[bytes]]]:
+    """Send ``data`` while the loop reads it: whether it all went before the
+    router closed the connection, and the messages the loop took meanwhile."""
+    sock.setblocking(False)
+    sent, got = 0, []
+    end = time.monotonic() + 5
+    while sent < len(data) and time.monotonic() < end:
+        try:
+            sent += sock.send(data[sent : sent + 65536])
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        got += [frames for _, frames in loop.pump(0.01)]
+    got += [frames for _, frames in loop.pump(0.1)]
+    return sent == len(data), got
+
+
+def test_router_bounds_what_all_unfinished_messages_hold(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
+    # Each peer sends most of a large frame and stops: one may, but not so many
+    # that together they hold more than max_held. Whole messages still pass.
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1 << 20, max_held=1 << 20)
+    loops.append(loop)
+    first, second, small = _handshaken(path), _handshaken(path), _handshaken(path)
+    try:
+        loop.pump(0.1)
+        header = b"\x02" + (900_000).to_bytes(8, "big")  # a long frame, last of its message
+        assert _feed(loop, first, header + b"p" * 600_000) == (True, [])
+        _feed(loop, second, header + b"p" * 600_000)
+        held = sorted(len(peer.inbox) for peer in loop.router.by_fd.values())
+        assert held == [0, 600_009], held  # the second went over the budget and was dropped
+        assert loop.router.dropped == 1
+        assert _feed(loop, small, b"\x00\x02ok") == (True, [[b"ok"]])
+        # The first may still finish its message.
+        assert _feed(loop, first, b"p" * 300_000) == (True, [[b"p" * 900_000]])
+        assert loop.router.dropped == 1
+    finally:
+        for sock in (first, second, small):
+            sock.close()
