@@ -1,7 +1,8 @@
 """The pool: spawn, reap, respawn and kill workers; owns the worker table.
 
 Runs inside the launcher. It keeps ``target`` idle (not yet taken) workers
-per runtime, refills when the broker takes one, reaps every exit in a loop
+per runtime, refills when the broker takes one (once runs pause for
+``REFILL_QUIET_S``, or at once when a quarter or less is left), reaps every exit in a loop
 and classifies it, and stops a crash loop: more than ``max_failures`` setup
 failures of a runtime within ``window`` seconds mark it unhealthy, and it is
 probed again after a backoff that doubles up to ``max_backoff``.
@@ -32,6 +33,7 @@ class SpawnDeferred(Exception):
 
 
 WaitFn = Callable[[int, int], tuple[int, int]]
+REFILL_QUIET_S = 0.005
 
 
 @dataclass
@@ -57,6 +59,7 @@ class RuntimeState:
     spawned: int = 0
     retry_at: float = 0.0
     backoff: float = 0.0
+    refill_at: float = 0.0  # a taken worker's replacement waits for a quiet moment until then
 
 
 def classify(status: int, kill_reason: str) -> tuple[m.ExitKind, int | None, int | None, str]:
@@ -147,7 +150,10 @@ class Pool:
                     continue
                 want = 1  # one probe
             else:
-                want = state.target - self.idle(name)
+                idle = self.idle(name)
+                if now < state.refill_at and idle > state.target // 4:
+                    continue  # enough left: let the runs just started have the CPUs
+                want = state.target - idle
             for _ in range(want):
                 if not self._free_slots:
                     return
@@ -169,6 +175,7 @@ class Pool:
 
     def next_wakeup(self) -> float | None:
         times = [s.retry_at for s in self.runtimes.values() if not s.healthy]
+        times += [s.refill_at for s in self.runtimes.values() if s.healthy and s.refill_at > self._clock()]
         return min(times) if times else None
 
     # --- the broker's requests ----------------------------------------------
@@ -180,6 +187,10 @@ class Pool:
             state = self.runtimes[worker.runtime]
             if not state.healthy:
                 self._set_health(worker.runtime, True, "")
+            # Making a sandbox takes ~5-10 ms of CPU; started now it competes
+            # with the run that took the worker. While a quarter of the pool
+            # is still warm, it waits until runs pause for REFILL_QUIET_S.
+            state.refill_at = self._clock() + REFILL_QUIET_S
         self.fill()
 
     def kill(self, worker_id: str, reason: str) -> None:

@@ -7,7 +7,7 @@ import signal
 from dataclasses import dataclass, field
 
 from protocol import messages as m
-from supervisor.pool import Pool, classify
+from supervisor.pool import REFILL_QUIET_S, Pool, classify
 from worker.exits import WorkerExit
 
 
@@ -65,7 +65,25 @@ def test_fill_to_target_and_refill_after_taken() -> None:
     assert len(fake.spawned) == 2
     worker_id = next(iter(pool.by_id))
     pool.taken(worker_id)
-    assert len(fake.spawned) == 3
+    # One is still warm: the replacement waits for a quiet moment, not for long.
+    assert len(fake.spawned) == 2 and pool.next_wakeup() == REFILL_QUIET_S
+    fake.now += REFILL_QUIET_S
+    pool.fill()
+    assert len(fake.spawned) == 3 and pool.next_wakeup() is None
+
+
+def test_refill_waits_while_runs_keep_coming_unless_the_pool_runs_low() -> None:
+    fake = Fake()
+    pool = make(fake, target=8, slots=16)
+    pool.fill()
+    taken = list(pool.by_id)
+    for worker_id in taken[:5]:  # back to back: 3 left, more than a quarter of 8
+        pool.taken(worker_id)
+        fake.now += REFILL_QUIET_S / 2
+        pool.fill()
+    assert len(fake.spawned) == 8
+    pool.taken(taken[5])  # 2 left: a quarter; refilled at once, to the target
+    assert len(fake.spawned) == 14 and pool.idle("python") == 8
 
 
 def test_reap_frees_slot_and_reports() -> None:
