@@ -139,6 +139,54 @@ print(n)
     return total / (time.monotonic() - start)
 
 
+def relay_chain_latency(runs: int, burst: int) -> list[float]:
+    """The wakeup floor of a run's path: one byte through three relaying processes and back.
+
+    A run crosses six hops (client, broker, monitor, payload and back), each a
+    process waking on a socket or pipe. This measures six such hops between
+    processes that do nothing else, in bursts like the service's latency runs.
+    """
+    code = f"""
+import os, socket, statistics, time
+def relay(up, down):
+    while (b := up.recv(64)):
+        down.sendall(b)
+        up.sendall(down.recv(64))
+    os._exit(0)
+def echo(up):
+    while (b := up.recv(64)):
+        up.sendall(b)
+    os._exit(0)
+ab, bc, cd = socket.socketpair(), socket.socketpair(), socket.socketpair()
+ends = [*ab, *bc, *cd]
+def child(run, *keep):
+    if os.fork() == 0:
+        for s in ends:
+            if s not in keep:
+                s.close()
+        run(*keep)
+child(relay, ab[1], bc[0])
+child(relay, bc[1], cd[0])
+child(echo, cd[1])
+for s in ends[1:]:
+    s.close()
+out = []
+while len(out) < {runs}:
+    time.sleep(0.05)
+    for _ in range(min({burst}, {runs} - len(out))):
+        t = time.perf_counter()
+        ab[0].sendall(b"x")
+        ab[0].recv(64)
+        out.append((time.perf_counter() - t) * 1000)
+ab[0].close()
+for _ in range(3):
+    os.wait()
+print(" ".join(f"{{x:.4f}}" for x in out))
+"""
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True)
+    return [float(x) for x in done.stdout.split()]
+
+
 # --- the service ---------------------------------------------------------------------------------
 
 
@@ -376,6 +424,7 @@ def main() -> int:
     python_c = [PYTHON, "-c", PRINT1]
     baselines["python_c_latency_ms"] = summary(time_command(python_c, int(60 * scale) or 10))
     baselines["python_c_runs_per_s"] = command_throughput(python_c, seconds / 2, os.cpu_count() or 1)
+    baselines["relay_chain_latency_ms"] = summary(relay_chain_latency(int(200 * scale), max(1, (args.pool or 48) // 2)))
     bwrap = bwrap_command()
     if bwrap:
         baselines["bwrap_python_latency_ms"] = summary(time_command(bwrap, int(40 * scale) or 10))
@@ -389,6 +438,7 @@ def main() -> int:
     p50 = service["latency_ms_python"]["p50"]  # type: ignore[index]
     best = max(service[f"throughput_{c}"]["runs_per_s"] for c in (1, 2, 8, 32))  # type: ignore[index]
     ratios = {
+        "service_latency_over_wakeup_floor": p50 / baselines["relay_chain_latency_ms"]["p50"],  # type: ignore[index]
         "python_c_latency_over_service": baselines["python_c_latency_ms"]["p50"] / p50,  # type: ignore[index]
         "service_throughput_over_python_c": best / baselines["python_c_runs_per_s"],  # type: ignore[operator]
         "service_throughput_over_bare_sandboxes": best / baselines["bare_sandboxes_per_s"],  # type: ignore[operator]
@@ -460,6 +510,8 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
             )
         )
     rows.append(("baseline: bare fork+unshare loop", f"{b['bare_sandboxes_per_s']:.0f} sandboxes/s"))
+    chain = b["relay_chain_latency_ms"]
+    rows.append(("baseline: 6 wakeups, 3 relaying processes", f"p50 {chain['p50']:.3f} ms, p90 {chain['p90']:.3f} ms"))
     if "node_e_latency_ms" in b:
         rows.append(("baseline: node -e per run", f"p50 {b['node_e_latency_ms']['p50']:.1f} ms"))
     for key, value in r.items():
