@@ -98,6 +98,20 @@ def test_non_daemon_threads_are_joined(run: Run) -> None:
     assert result.stdout == "main done\nthread done\n"
 
 
+def test_exit_hooks_run_as_the_interpreter_runs_them(run: Run) -> None:
+    # threading's own exit hook (an executor never shut down still finishes its
+    # work), then atexit's, each only once, after a run that left no thread.
+    result = run("""
+        import atexit, time
+        from concurrent.futures import ThreadPoolExecutor
+        atexit.register(print, "atexit")
+        ThreadPoolExecutor(1).submit(lambda: (time.sleep(0.2), print("executor done")))
+        print("main done")
+    """)
+    assert result.stdout == "main done\nexecutor done\natexit\n"
+    assert run("import threading; threading.Thread(target=print, args=('quick',)).start()").stdout == "quick\n"
+
+
 def test_timeout_ends_within_two_seconds(client: Client) -> None:
     started = time.monotonic()
     result = client.execute("while True: pass", limits=m.Limits(timeout_ms=1000))
