@@ -107,6 +107,7 @@ class Monitor:
         worker_id: str,
         runtime: str,
         dealer: Dealer,
+        payload_pid: int,
         job_w: int,
         stdin_w: int,
         stdout_r: int,
@@ -124,8 +125,8 @@ class Monitor:
         self.worker_id = worker_id
         self.runtime = runtime
         self.dealer = dealer
-        self.payload_pid = 0  # see attach()
-        self.pidfd = -1
+        self.payload_pid = payload_pid
+        self.pidfd = os.pidfd_open(payload_pid)
         self.job_w = job_w
         self.stdin_w = stdin_w
         self.stdout_r = stdout_r
@@ -142,13 +143,6 @@ class Monitor:
         self.oom_before = 0
         self.cpu_before: int | None = None
         self.setup_ns = 0
-
-    def attach(self, payload_pid: int) -> None:
-        """The payload, forked after this object was made: its construction's
-        page copies then stay shared with the payload instead of leaving the
-        payload a stale copy of each (~0.1 MiB of a warm worker)."""
-        self.payload_pid = payload_pid
-        self.pidfd = os.pidfd_open(payload_pid)
 
     # --- waiting for the job -------------------------------------------------
 

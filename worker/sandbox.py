@@ -192,10 +192,18 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         stderr_r, stderr_w = os.pipe()
         job_r, job_w = os.pipe()
         report_r, report_w = os.pipe()
+    with step(WorkerExit.INTERNAL):
+        payload_pid = sc.fork()
+        if payload_pid == 0:
+            fds = payload.PayloadFds(stdin_r, stdout_w, stderr_w, job_r, report_w)
+            payload.become_payload(fds, runtime, profile, program, ctx.memory_fallback)
+        for fd in (stdin_r, stdout_w, stderr_w, job_r, report_w):
+            os.close(fd)
     monitor = Monitor(
         worker_id=spec.worker_id,
         runtime=spec.runtime,
         dealer=dealer,
+        payload_pid=payload_pid,
         job_w=job_w,
         stdin_w=stdin_w,
         stdout_r=stdout_r,
@@ -208,14 +216,6 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         idle_memory_bytes=profile.limits.memory_mb * MiB,
         adapter=runtime,
     )
-    with step(WorkerExit.INTERNAL):
-        payload_pid = sc.fork()
-        if payload_pid == 0:
-            fds = payload.PayloadFds(stdin_r, stdout_w, stderr_w, job_r, report_w)
-            payload.become_payload(fds, runtime, profile, program, ctx.memory_fallback)
-        for fd in (stdin_r, stdout_w, stderr_w, job_r, report_w):
-            os.close(fd)
-        monitor.attach(payload_pid)
     with step(WorkerExit.INTERNAL):
         monitor.rehearse()
     with step(WorkerExit.SETUP_SECCOMP):
