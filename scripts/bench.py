@@ -5,7 +5,7 @@
 
 Through a running service (its socket) or an embedded one started for the
 run, it measures the latency of a trivial run, throughput at 1, 2, 8 and 32
-concurrent clients, unique memory per warm worker, the output path (10 MiB of
+concurrent clients, the memory only each warm worker maps, the output path (10 MiB of
 stdout) and redaction cost. In the same run it measures the baselines: a
 fresh ``python3 -c`` per run (how the seed ran code), bubblewrap plus python
 per run (when bwrap is installed), and this host's bare sandbox-creation rate
@@ -22,6 +22,7 @@ uses.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import json
 import os
@@ -29,6 +30,7 @@ import pathlib
 import platform
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ from supervisor.embedded import Embedded  # noqa: E402
 PRINT1 = "print(1)"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 JS_POOL, BASH_POOL = 4, 8  # a warm node costs ~40 MiB: fewer of them
+PAGE = os.sysconf("SC_PAGE_SIZE")
 RUNTIME_CODE = {
     "python": "print(1)",
     "javascript": "console.log(1)",
@@ -271,23 +274,73 @@ def throughput(socket: str, code: str, language: str, clients: int, seconds: flo
     }
 
 
+def _mapped_frames(pid: int) -> collections.Counter[int]:
+    """Physical page frames the process maps, from /proc/<pid>/pagemap (root only)."""
+    frames: collections.Counter[int] = collections.Counter()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start >= 1 << 47:  # [vsyscall]
+                continue
+            pagemap.seek(start // PAGE * 8)
+            for (entry,) in struct.iter_unpack("Q", pagemap.read((end - start) // PAGE * 8)):
+                frame = entry & ((1 << 55) - 1)
+                if entry >> 63 and frame:  # present, and the kernel showed us its frame
+                    frames[frame] += 1
+    return frames
+
+
+def unique_to(pids: list[int]) -> int | None:
+    """Bytes of the pages that these processes map and nothing else does.
+
+    The per-process USS summed misses every page the group shares only
+    within itself (a monitor's copy made before it forked its payload), so it
+    understates what a worker costs. None where frames are hidden (not root).
+    """
+    frames: collections.Counter[int] = collections.Counter()
+    for pid in pids:
+        frames.update(_mapped_frames(pid))
+    if not frames:
+        return None
+    unique = 0
+    with open("/proc/kpagecount", "rb") as counts:
+        for frame, mapped_here in frames.items():
+            counts.seek(frame * 8)
+            if struct.unpack("Q", counts.read(8))[0] == mapped_here:
+                unique += 1
+    return unique * PAGE
+
+
 def worker_memory(launcher_pid: int) -> dict[str, float]:
-    """USS of each warm worker's two processes (monitor + payload), and its cgroup charge."""
+    """Memory of each warm worker (monitor + payload): the pages only it maps,
+    the per-process USS summed, and its cgroup charge."""
     per_worker = []
+    uss_sums = []
     charged = []
     for monitor in psutil.Process(launcher_pid).children():
         try:
-            uss = monitor.memory_full_info().uss + sum(p.memory_full_info().uss for p in monitor.children())
+            group = [monitor, *monitor.children()]
+            uss_sums.append(sum(p.memory_full_info().uss for p in group) / 2**20)
+            try:
+                unique = unique_to([p.pid for p in group])
+            except OSError:
+                unique = None
+            if unique is not None:
+                per_worker.append(unique / 2**20)
         except psutil.Error:
             continue
-        per_worker.append(uss / 2**20)
         for line in pathlib.Path(f"/proc/{monitor.pid}/cgroup").read_text().splitlines():
             _, controllers, path = line.strip().split(":", 2)
             if "memory" in controllers.split(","):
                 usage = pathlib.Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.usage_in_bytes"
                 if usage.exists():
                     charged.append(int(usage.read_text()) / 2**20)
-    out = {"uss_mib_median": statistics.median(per_worker) if per_worker else 0.0, "workers": len(per_worker)}
+    out = {
+        "uss_sum_mib_median": statistics.median(uss_sums) if uss_sums else 0.0,
+        "workers": len(uss_sums),
+    }
+    if per_worker:
+        out["unique_mib_median"] = statistics.median(per_worker)
     if charged:
         out["cgroup_charge_mib_median"] = statistics.median(charged)
     return out
@@ -486,7 +539,11 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
             rows.append((f"throughput {key[13:]}, 8 clients", f"{value['runs_per_s']:.0f} runs/s"))
     if "worker_memory" in s:
         w = s["worker_memory"]
-        text = f"{w['uss_mib_median']:.2f} MiB USS (monitor + payload, {w['workers']} workers)"
+        if "unique_mib_median" in w:
+            text = f"{w['unique_mib_median']:.2f} MiB only it maps (monitor + payload, {w['workers']} workers); "
+        else:
+            text = "(page frames hidden: not root) "
+        text += f"per-process USS summed {w['uss_sum_mib_median']:.2f} MiB"
         if "cgroup_charge_mib_median" in w:
             text += f"; cgroup charge {w['cgroup_charge_mib_median']:.2f} MiB"
         rows.append(("memory per warm worker", text))
