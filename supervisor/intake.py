@@ -216,6 +216,12 @@ class Intake:
                 self.egress.close(run_id)
             message = f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; retry later"
             self._fail(client, request, run_id, ErrorCode.OVERLOADED, message, admitted.client_key, retry_after_s=1.0)
+            return
+        # The job has gone out (or waits in the queue): the analysis, an AST
+        # walk of ~0.1 ms for a line and more for long code, runs while the
+        # worker runs the code instead of before it. Nothing can finish the
+        # run before this returns: the broker has one thread.
+        state.findings.extend(self.policy.analyse(runtime, request.code))
 
     # --- output and the end of a run -----------------------------------------------------------
 

@@ -130,8 +130,11 @@ class Policy:
             raise CellblockError(ErrorCode.INVALID_REQUEST, str(exc), "capabilities") from None
         net = [c.target for c in needs if c.kind is K.NET]
         self.limiter.start(key)
-        found = findings_mod.analyse(runtime, request.code)
-        return Admitted(key, limits=limits, findings=found, capabilities=needs, binds=binds, net=net)
+        return Admitted(key, limits=limits, capabilities=needs, binds=binds, net=net)
+
+    def analyse(self, runtime: str, code: str) -> list[m.Finding]:
+        """Static findings about the code: reported with the result, never a reason to refuse."""
+        return findings_mod.analyse(runtime, code)
 
     def _check_usable(self, cap: m.Capability, runtime: str, index: int) -> None:
         """Refuse a capability this service or profile can never honour, whatever is granted."""
