@@ -314,7 +314,7 @@ def unique_to(pids: list[int]) -> int | None:
 def worker_memory(launcher_pid: int) -> dict[str, float]:
     """Memory of each warm worker (monitor + payload): the pages only it maps,
     the per-process USS summed, and its cgroup charge."""
-    per_worker = []
+    unique_mib = []
     uss_sums = []
     charged = []
     for monitor in psutil.Process(launcher_pid).children():
@@ -326,7 +326,7 @@ def worker_memory(launcher_pid: int) -> dict[str, float]:
             except OSError:
                 unique = None
             if unique is not None:
-                per_worker.append(unique / 2**20)
+                unique_mib.append(unique / 2**20)
         except psutil.Error:
             continue
         for line in pathlib.Path(f"/proc/{monitor.pid}/cgroup").read_text().splitlines():
@@ -339,8 +339,8 @@ def worker_memory(launcher_pid: int) -> dict[str, float]:
         "uss_sum_mib_median": statistics.median(uss_sums) if uss_sums else 0.0,
         "workers": len(uss_sums),
     }
-    if per_worker:
-        out["unique_mib_median"] = statistics.median(per_worker)
+    if unique_mib:
+        out["unique_mib_median"] = statistics.median(unique_mib)
     if charged:
         out["cgroup_charge_mib_median"] = statistics.median(charged)
     return out

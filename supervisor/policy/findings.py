@@ -178,16 +178,21 @@ def _lines(code: str, rules: tuple[tuple[str, str, re.Pattern[str], str], ...]) 
 
 
 def analyse(language: str, code: str) -> list[m.Finding]:
+    """Findings about the code; never raises, since the broker analyses a run
+    after its job has gone out, when an exception could no longer be its reply."""
     if len(code) > MAX_ANALYSED:
         return [_finding("not_analysed", 0, "info", f"code over {MAX_ANALYSED} bytes was not analysed")]
-    if language == "python":
-        found = list(python(code))
-    elif language == "javascript":
-        found = list(_lines(code, JS_RULES))
-    elif language in ("bash", "shell"):
-        found = list(_lines(code, SHELL_RULES))
-    else:
-        found = []
+    try:
+        if language == "python":
+            found = list(python(code))
+        elif language == "javascript":
+            found = list(_lines(code, JS_RULES))
+        elif language in ("bash", "shell"):
+            found = list(_lines(code, SHELL_RULES))
+        else:
+            found = []
+    except Exception as exc:  # noqa: BLE001 - informational only; say so instead of failing the run
+        return [_finding("not_analysed", 0, "info", f"the analysis failed: {type(exc).__name__}")]
     unique = {(f.rule, f.line, f.message): f for f in found}
     return sorted(unique.values(), key=lambda f: (f.line, f.rule))[:50]
 

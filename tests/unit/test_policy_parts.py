@@ -107,6 +107,16 @@ def test_other_languages_and_bad_code() -> None:
 # --- path grants: what is bound, and what may be granted ------------------------------
 
 
+def test_a_failing_analysis_is_a_finding_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The broker analyses after the job has gone out: an exception then would
+    # become a second reply to one request.
+    def broken(code: str) -> None:
+        raise IndexError("a bug in a rule")
+
+    monkeypatch.setattr(findings, "python", broken)
+    assert rules("print(1)") == {"not_analysed"}
+
+
 def test_plan_binds_binds_each_asked_path_once_under_its_widest_grant() -> None:
     held = [cap(K.FS_READ, "/srv"), cap(K.FS_WRITE, "/srv/out")]
     needs = [cap(K.FS_READ, "/srv/data"), cap(K.FS_READ, "/srv/data/sub"), cap(K.FS_WRITE, "/srv/out/x")]
