@@ -11,8 +11,9 @@ interpreter, so a job pays for no interpreter start.
 
 Start-up, once: its own mount namespace (and user namespace when not root),
 cgroup parents, the template root, the seccomp programs (compiled in a
-helper process), the runtime probes. Then the loop: signals (SIGCHLD reaps,
-SIGTERM/SIGINT stop), the broker link, and pool refills.
+helper process), the runtime probes, the monitor's job path rehearsed (so
+every worker inherits its specialised bytecode). Then the loop: signals
+(SIGCHLD reaps, SIGTERM/SIGINT stop), the broker link, and pool refills.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from protocol.profile import MiB, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
 from supervisor.link import Outbox
 from supervisor.pool import Pool, SpawnDeferred
-from worker import cgroups, mounts, namespaces, payload, privileges, sandbox, seccomp, syscalls
+from worker import cgroups, monitor, mounts, namespaces, payload, privileges, sandbox, seccomp, syscalls
 from worker.runtimes import RUNTIMES
 from worker.runtimes.base import Runtime
 
@@ -370,6 +371,11 @@ class Launcher:
         if cfg.supervisor_fd >= 0:
             self.selector.register(cfg.supervisor_fd, selectors.EVENT_READ, "supervisor")
         self.listener = listener
+        for runtime in self.runtimes.values():
+            try:
+                monitor.warm_job_path(runtime)
+            except Exception as exc:  # noqa: BLE001 - an optimisation: workers rehearse on their own too
+                _log(f"could not warm the {runtime.name} job path: {exc!r}")
         gc.freeze()  # forks then share the heap instead of copying pages the GC touched
         while not self.stopping:
             wake = self.pool.next_wakeup()

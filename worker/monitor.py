@@ -23,12 +23,13 @@ from protocol import messages as m
 from protocol.messages import Status
 from protocol.wire import worker_codec
 from protocol.zmtp import Dealer, frame_bytes
-from worker.cgroups import Meter
+from worker.cgroups import Layout, Meter
 from worker.exits import WorkerExit
 from worker.payload import EXITED, MEMORY_ERROR, READY
 from worker.runtimes.base import Runtime
 
 READ_SIZE = 1 << 16
+WARM_ROUNDS = 16  # enough for 3.11 to quicken (8 calls) and specialise the job path
 PAYLOAD_START_S = 60.0  # an exec'd interpreter (node: 40-170 ms here) has this long to get warm
 _codec = worker_codec()
 
@@ -127,6 +128,7 @@ class Monitor:
         self.dealer = dealer
         self.payload_pid = payload_pid
         self.pidfd = os.pidfd_open(payload_pid)
+        self.is_init = os.getpid() == 1  # a worker's monitor always is
         self.job_w = job_w
         self.stdin_w = stdin_w
         self.stdout_r = stdout_r
@@ -176,11 +178,12 @@ class Monitor:
 
         The monitor is a copy-on-write fork: the first run of any code path
         copies every page it writes (objects' reference counts, the
-        interpreter's specialisation counters in the bytecode, the allocator's
-        pools), ~90 faults of ~5 us each here. Rehearsing takes them off the
-        job's latency: receive and decode a job, feed it, pump output and the
-        report, classify, encode and send the result, all on pipes and a
-        socket pair of its own.
+        allocator's pools; the bytecode's specialisation counters too, but the
+        launcher has already run this path, see ``warm_job_path``), ~90 faults
+        of ~5 us each here. Rehearsing takes them off the job's latency:
+        receive and decode a job, feed it, pump output and the report,
+        classify, encode and send the result, all on pipes and a socket pair
+        of its own.
         """
         real = (self.dealer, self.job_w, self.stdin_w, self.stdout_r, self.stderr_r, self.report_r, self.pidfd)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -227,7 +230,9 @@ class Monitor:
         self.setup_ns = _schedstat_ns(self.payload_pid) if self.cpu_before is None else 0
 
     def _kill(self, sig: int) -> None:
-        if not self.rehearsing:  # the rehearsal has no payload of its own: never touch the real one
+        # The rehearsal has no payload of its own: never touch the real one.
+        # Only pid 1 may signal "everything": a rehearsal in the launcher must not.
+        if not self.rehearsing and self.is_init:
             _kill_all(sig)
 
     def await_payload(self) -> int | None:
@@ -456,6 +461,53 @@ class Monitor:
         else:  # the kernel's wait status came first and stands; keep only the memory flag
             outcome.memory_error = report.startswith(MEMORY_ERROR)
         return True
+
+
+def warm_job_path(adapter: Runtime, rounds: int = WARM_ROUNDS) -> None:
+    """In the launcher, before it forks any worker: rehearse the job path there.
+
+    CPython 3.11 writes into a code object each time it runs, until the code
+    is quickened and its instructions specialised: a warm-up counter in the
+    header, then counters in the bytecode's inline caches. A worker that
+    specialises the monitor's job path itself copies every page holding that
+    bytecode (its rehearsal, step 8b, moves the copies off the job's latency
+    but still makes them in every worker). Rehearsed here, on scratch pipes
+    and a socket pair with no cgroup, the specialised bytecode is inherited
+    and shared by every worker. Nothing of a run's is involved, and the
+    rehearsal never signals or waits for anything (``Monitor.rehearsing``).
+    """
+    lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    monitor = None
+    try:
+        monitor = Monitor(
+            worker_id="warm-up",
+            runtime=adapter.name,
+            dealer=Dealer(ours),
+            payload_pid=os.getpid(),  # only for its pidfd, which the rehearsal swaps for a pipe
+            job_w=-1,
+            stdin_w=-1,
+            stdout_r=-1,
+            stderr_r=-1,
+            report_r=-1,
+            lifeline=lifeline_r,
+            meter=Meter(Layout(parents={}, detail=""), {}),
+            kill_grace_ms=100,
+            output_kill_bytes=1 << 20,
+            idle_memory_bytes=1 << 20,
+            adapter=adapter,
+        )
+        for _ in range(rounds):
+            monitor.rehearse()
+    finally:
+        if monitor is not None:
+            os.close(monitor.pidfd)
+            monitor.view.release()
+            monitor.buffer.close()
+        for fd in (lifeline_r, lifeline_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
 
 
 def _schedstat_ns(pid: int) -> int:
