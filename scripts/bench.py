@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import shutil
 import statistics
 import struct
@@ -274,6 +275,52 @@ def throughput(socket: str, code: str, language: str, clients: int, seconds: flo
     }
 
 
+def _busy_ticks() -> int:
+    """CPU time spent by the whole machine (user, nice, system, irq, softirq; not steal), in ticks."""
+    with open("/proc/stat") as src:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, src.readline().split()[1:8])
+    return user + nice + system + irq + softirq
+
+
+def _process_ticks(pid: int) -> tuple[int, int]:
+    """(its own user+system, that of its reaped children), in ticks."""
+    with open(f"/proc/{pid}/stat") as src:
+        fields = src.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def cpu_per_run(socket: str, clients: int, seconds: float, launcher: int, broker: int) -> dict[str, float]:
+    """Throughput at ``clients`` with the machine's cpu split by process, in ms per run.
+
+    The launcher's own time is making sandboxes (clone, namespaces, reaping);
+    its reaped children are the workers (monitor and payload, from their
+    making to their exit); the bench process is the clients. What no process
+    of ours is charged with (kernel threads tearing down namespaces, other
+    load) is "other". On N cpus, R runs/s is possible only within N*1000/R ms.
+    """
+    hz = os.sysconf("SC_CLK_TCK")
+    before = (_busy_ticks(), _process_ticks(launcher), _process_ticks(broker)[0])
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    result = throughput(socket, PRINT1, "python", clients, seconds)
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    busy, (launcher_self, workers), broker_self = (_busy_ticks(), _process_ticks(launcher), _process_ticks(broker)[0])
+    runs = result["runs_per_s"] * seconds
+    if runs <= 0:
+        return {}
+    per_run = 1000 / hz / runs
+    split = {
+        "total": (busy - before[0]) * per_run,
+        "launcher": (launcher_self - before[1][0]) * per_run,
+        "workers": (workers - before[1][1]) * per_run,
+        "broker": (broker_self - before[2]) * per_run,
+        "clients": (mine.ru_utime + mine.ru_stime - own.ru_utime - own.ru_stime) * 1000 / runs,
+    }
+    split["other"] = max(0.0, split["total"] - sum(v for k, v in split.items() if k != "total"))
+    split["runs_per_s"] = result["runs_per_s"]
+    split["budget_at_300_per_s"] = (os.cpu_count() or 1) * 1000 / 300
+    return split
+
+
 def _mapped_frames(pid: int) -> collections.Counter[int]:
     """Physical page frames the process maps, from /proc/<pid>/pagemap (root only)."""
     frames: collections.Counter[int] = collections.Counter()
@@ -453,16 +500,19 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+            main_pid = embedded.proc.pid if embedded and embedded.proc else None
+            procs = psutil.Process(main_pid).children() if main_pid else []
+            launcher = next((p for p in procs if "cellblock-launcher" in " ".join(p.cmdline())), None)
+            broker = next((p for p in procs if "supervisor.broker" in " ".join(p.cmdline())), None)
+            if launcher is not None and broker is not None:
+                wait_warm(client, "python", pool)
+                service["cpu_ms_per_run_8"] = cpu_per_run(socket, 8, seconds, launcher.pid, broker.pid)
             for runtime in runtimes:
                 if runtime != "python" and runtime in RUNTIME_CODE:
                     wait_warm(client, runtime, targets.get(runtime) or 1)
                     service[f"throughput_8_{runtime}"] = throughput(socket, RUNTIME_CODE[runtime], runtime, 8, seconds)
             wait_warm(client, "python", pool)
             time.sleep(0.5)
-            main_pid = embedded.proc.pid if embedded and embedded.proc else None
-            procs = psutil.Process(main_pid).children() if main_pid else []
-            launcher = next((p for p in procs if "cellblock-launcher" in " ".join(p.cmdline())), None)
-            broker = next((p for p in procs if "supervisor.broker" in " ".join(p.cmdline())), None)
             if launcher is not None:
                 service["worker_memory"] = worker_memory(launcher.pid)
             if broker is not None:
@@ -537,6 +587,16 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
     for key, value in s.items():
         if key.startswith("throughput_8_"):
             rows.append((f"throughput {key[13:]}, 8 clients", f"{value['runs_per_s']:.0f} runs/s"))
+    split = s.get("cpu_ms_per_run_8")
+    if split:
+        parts = ", ".join(f"{k} {split[k]:.1f}" for k in ("launcher", "workers", "broker", "clients", "other"))
+        rows.append(
+            (
+                "cpu per run, 8 clients",
+                f"{split['total']:.1f} ms at {split['runs_per_s']:.0f} runs/s: {parts} "
+                f"(300 runs/s allows {split['budget_at_300_per_s']:.1f})",
+            )
+        )
     if "worker_memory" in s:
         w = s["worker_memory"]
         if "unique_mib_median" in w:
