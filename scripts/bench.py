@@ -519,9 +519,14 @@ def main() -> int:
                 service["output_10mib"] = output_path(client, broker.pid)
         service["redaction_ms_per_mib"] = redaction_cost()
         report["service"] = service
+    except BaseException:
+        if embedded is not None:  # what the service said, or a failed bench cannot be understood
+            print(f"--- the embedded service's log ---\n{embedded.log_text()}", file=sys.stderr)
+        raise
     finally:
         if embedded is not None:
             embedded.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
     # Baselines, measured now, on the same machine and in the same run.
     baselines: dict[str, object] = {}
     python_c = [PYTHON, "-c", PRINT1]
