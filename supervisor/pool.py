@@ -115,6 +115,7 @@ class Pool:
         self.max_backoff = max_backoff
         self.stopping = False
         self.paused = True  # until a broker is connected: workers would have nobody to talk to
+        self._wake_at: float | None = None
 
     # --- filling ---------------------------------------------------------------
 
@@ -141,17 +142,24 @@ class Pool:
         return sum(1 for w in self.workers.values() if w.runtime == runtime and not w.taken)
 
     def fill(self) -> None:
+        """Spawn what is missing now; remember when deferred work falls due (``next_wakeup``)."""
+        self._wake_at = None
         if self.stopping or self.paused:
             return
         now = self._clock()
         for name, state in self.runtimes.items():
             if not state.healthy:
-                if now < state.retry_at or self.idle(name):
+                if self.idle(name):
+                    continue  # its probe is out: taken or exited, it calls fill() again
+                if now < state.retry_at:
+                    self._wake(state.retry_at)
                     continue
                 want = 1  # one probe
             else:
                 idle = self.idle(name)
                 if now < state.refill_at and idle > state.target // 4:
+                    if idle < state.target:
+                        self._wake(state.refill_at)
                     continue  # enough left: let the runs just started have the CPUs
                 want = state.target - idle
             for _ in range(want):
@@ -173,10 +181,18 @@ class Pool:
                 state.spawned += 1
                 self._report(m.Spawned(worker=worker_id, runtime=name, pid=pid))
 
+    def _wake(self, at: float) -> None:
+        self._wake_at = at if self._wake_at is None else min(self._wake_at, at)
+
     def next_wakeup(self) -> float | None:
-        times = [s.retry_at for s in self.runtimes.values() if not s.healthy]
-        times += [s.refill_at for s in self.runtimes.values() if s.healthy and s.refill_at > self._clock()]
-        return min(times) if times else None
+        """When the last fill() deferred something (a refill, a probe), the time it falls due.
+
+        Set by fill() from the clock it read, so a moment that passes before
+        the caller goes to sleep is still returned (a sleep of 0, then fill()
+        again) rather than dropped; nothing is returned for work that only an
+        event can unblock (a probe out, no free slot), so the loop never spins.
+        """
+        return self._wake_at
 
     # --- the broker's requests ----------------------------------------------
 

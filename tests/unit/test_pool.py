@@ -86,6 +86,39 @@ def test_refill_waits_while_runs_keep_coming_unless_the_pool_runs_low() -> None:
     assert len(fake.spawned) == 14 and pool.idle("python") == 8
 
 
+def test_a_deferred_refill_still_wakes_the_launcher_after_its_moment_has_passed() -> None:
+    fake = Fake()
+    pool = make(fake)
+    pool.fill()
+    pool.taken(next(iter(pool.by_id)))  # one still warm: deferred
+    # The launcher is busy (spawning, reaping) past the quiet moment before it
+    # asks when to wake: the refill must still be due, not forgotten until
+    # some other event comes (seen: a pool one short for a whole minute).
+    fake.now += REFILL_QUIET_S * 3
+    wake = pool.next_wakeup()
+    assert wake is not None and wake <= fake.now
+    pool.fill()
+    assert len(fake.spawned) == 3 and pool.next_wakeup() is None
+
+
+def test_an_idle_probe_does_not_keep_the_launcher_awake() -> None:
+    fake = Fake()
+    pool = make(fake, target=1)
+    pool.fill()
+    for _ in range(3):
+        (pid,) = pool.workers
+        fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
+        pool.reap()
+    assert not pool.runtimes["python"].healthy
+    assert pool.next_wakeup() == 5  # the backoff's end: then one probe
+    fake.now += 5
+    pool.fill()
+    assert len(pool.workers) == 1
+    # The probe waits to be taken (a run) or to exit (a reap): both call
+    # fill(). Nothing is due before that; a past time would be a busy loop.
+    assert pool.next_wakeup() is None
+
+
 def test_reap_frees_slot_and_reports() -> None:
     fake = Fake()
     pool = make(fake, target=1, slots=1)
