@@ -196,13 +196,19 @@ print(" ".join(f"{{x:.4f}}" for x in out))
 
 def wait_warm(client: Client, runtime: str, target: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
+    seen = ""
     while time.monotonic() < deadline:
         status = client.status()
         for rt in status.runtimes:
-            if rt.name == runtime and rt.warm >= target:
-                return
+            if rt.name == runtime:
+                if rt.warm >= target:
+                    return
+                seen = (
+                    f"warm {rt.warm}, busy {rt.busy}, starting {rt.starting}, target {rt.target}, "
+                    f"restarts {rt.restarts}, setup failures {rt.setup_failures}; queue {status.queue}"
+                )
         time.sleep(0.02)
-    raise RuntimeError(f"{runtime}: fewer than {target} warm workers after {timeout:.0f} s")
+    raise RuntimeError(f"{runtime}: fewer than {target} warm workers after {timeout:.0f} s ({seen})")
 
 
 class LibzmqClient:
