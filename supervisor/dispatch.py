@@ -150,6 +150,11 @@ class Dispatcher:
             ticket.worker = None
             return False
         self.counters["dispatched"] += 1
+        # The launcher makes its replacement now, so a long run does not hold
+        # a place in the warm pool (runs beyond the pool would queue behind it).
+        # The launcher waits for a pause in runs before it does, while enough
+        # of the pool is left (supervisor.pool.REFILL_QUIET_S).
+        self.effects.taken(entry.worker_id)
         return True
 
     def _end(self, ticket: Ticket, result: m.WorkerResult | None, error: ErrorInfo | None) -> None:
@@ -158,10 +163,6 @@ class Dispatcher:
             self.workers.pop(ticket.worker, None)
         self.counters["finished"] += 1
         self.effects.finish(ticket, result, error)
-        if ticket.worker is not None:
-            # Ask for the replacement only now: making a sandbox costs a few ms of
-            # CPU, which on a small machine would otherwise compete with the run.
-            self.effects.taken(ticket.worker)
 
     # --- workers ----------------------------------------------------------------
 

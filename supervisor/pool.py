@@ -34,6 +34,7 @@ class SpawnDeferred(Exception):
 
 WaitFn = Callable[[int, int], tuple[int, int]]
 REFILL_QUIET_S = 0.005
+SPAWN_RETRY_S = 0.5  # after a clone() that failed (EAGAIN, ENOMEM) while the runtime is still healthy
 
 
 @dataclass
@@ -174,6 +175,8 @@ class Pool:
                 except OSError as exc:
                     self._free_slots.appendleft(slot)
                     self._setup_failed(name, now, f"clone failed: {exc.strerror}")
+                    # No worker, no exit to reap: only a time brings the next try.
+                    self._wake(state.retry_at if not state.healthy else now + SPAWN_RETRY_S)
                     break
                 worker = Worker(worker_id, name, pid, slot, now)
                 self.workers[pid] = worker

@@ -204,6 +204,31 @@ def test_concurrent_clients_each_get_their_own_result(service: object) -> None:
     assert results == {i: f"{i * 2}\n" for i in range(8)}
 
 
+def test_runs_beyond_the_warm_pool_run_at_once_not_one_after_another(service: object) -> None:
+    """A long run's replacement is made while it runs: one more run than the
+    pool holds still starts before the first ones end (it used to wait for one)."""
+    status = service.status()  # type: ignore[attr-defined]
+    (python,) = [r for r in status.runtimes if r.name == "python"]
+    spans: dict[int, list[float]] = {}
+    code = "import time\nprint(time.time())\ntime.sleep(3)\nprint(time.time())\n"
+
+    def one(i: int) -> None:
+        with Client(service.socket) as own:  # type: ignore[attr-defined]
+            result = own.execute(code, client_id=f"overlap-{i}")
+            assert result.status is m.Status.OK, result
+            spans[i] = [float(t) for t in result.stdout.split()]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(python.target + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(spans) == python.target + 1
+    last_start = max(start for start, _ in spans.values())
+    first_end = min(end for _, end in spans.values())
+    assert last_start < first_end, f"a run waited for another to end: {sorted(spans.values())}"
+
+
 def test_status_reports_pool_and_layers(service: object) -> None:
     status = service.status()  # type: ignore[attr-defined]
     (python,) = [r for r in status.runtimes if r.name == "python"]

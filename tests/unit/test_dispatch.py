@@ -67,9 +67,10 @@ def test_job_goes_to_a_warm_worker_once(disp: Dispatcher, rec: Recorder) -> None
     warm(disp, "w1")
     assert disp.submit(ticket("j1"))
     assert rec.sent == [("w1", "j1")]
+    assert rec.taken == ["w1"]  # its replacement is asked for as the run starts, not after it
     assert disp.result("w1", result("j1"))
     assert [f[0] for f in rec.finished] == ["j1"]
-    assert rec.taken == ["w1"]  # replacement asked for only after the run
+    assert rec.taken == ["w1"]  # once
     assert not disp.result("w1", result("j1"))  # a second result is dropped
 
 

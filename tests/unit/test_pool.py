@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from dataclasses import dataclass, field
@@ -27,8 +28,12 @@ class Fake:
     statuses: list[tuple[int, int]] = field(default_factory=list)
     reports: list[m.Internal] = field(default_factory=list)
     kills: list[tuple[int, int]] = field(default_factory=list)
+    clone_errors: list[int] = field(default_factory=list)  # errnos the next spawns fail with
 
     def spawn(self, runtime: str, slot: int) -> tuple[str, int]:
+        if self.clone_errors:
+            code = self.clone_errors.pop(0)
+            raise OSError(code, os.strerror(code))
         self.next_pid += 1
         self.spawned.append((runtime, slot))
         return f"w{self.next_pid}", self.next_pid
@@ -117,6 +122,34 @@ def test_an_idle_probe_does_not_keep_the_launcher_awake() -> None:
     # The probe waits to be taken (a run) or to exit (a reap): both call
     # fill(). Nothing is due before that; a past time would be a busy loop.
     assert pool.next_wakeup() is None
+
+
+def test_a_failed_clone_is_tried_again_without_waiting_for_an_event() -> None:
+    fake = Fake()
+    pool = make(fake)
+    fake.clone_errors = [errno.EAGAIN]
+    pool.fill()  # no worker made, so no exit will ever wake the launcher for it
+    assert len(fake.spawned) == 0 and pool.idle("python") == 0
+    wake = pool.next_wakeup()
+    assert wake is not None and wake > fake.now
+    fake.now = wake
+    pool.fill()
+    assert len(fake.spawned) == 2
+
+
+def test_a_runtime_made_unhealthy_by_failed_clones_is_probed_after_its_backoff() -> None:
+    fake = Fake()
+    pool = make(fake, target=1)
+    fake.clone_errors = [errno.ENOMEM] * 3
+    for _ in range(3):
+        pool.fill()
+        fake.now = pool.next_wakeup() or fake.now
+    state = pool.runtimes["python"]
+    assert not state.healthy and len(fake.spawned) == 0
+    assert pool.next_wakeup() == state.retry_at  # not None: nothing else would ever bring the probe
+    fake.now = state.retry_at
+    pool.fill()
+    assert len(fake.spawned) == 1  # the probe
 
 
 def test_reap_frees_slot_and_reports() -> None:
