@@ -420,7 +420,8 @@ class Broker:
                 context=SelfTest(runtime),
                 queued_at=now,
                 wait_deadline=now + 60,
-            )
+            ),
+            urgent=True,  # ahead of the clients' runs, which wait for it to be offered
         )
 
     def _self_test_done(self, runtime: str, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
@@ -432,8 +433,11 @@ class Broker:
             view.self_test = "passed"
             view.self_test_detail = ""
             return
-        if error is not None and error.code == ErrorCode.WORKER_LOST:
-            view.self_test = "pending"  # the sandbox died (e.g. a restart); try again
+        if raw is None:
+            # No result: the sandbox died (a restart), the runtime went unhealthy
+            # while it waited, or the service is stopping. That says nothing of
+            # the runtime itself: try again with the next worker to be ready.
+            view.self_test = "pending"
             return
         detail = error.message if error else f"status {raw.status.value if raw else '?'}"
         if raw is not None and raw.stderr_head:

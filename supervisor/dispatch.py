@@ -105,8 +105,11 @@ class Dispatcher:
 
     # --- jobs ---------------------------------------------------------------------
 
-    def submit(self, ticket: Ticket) -> bool:
-        """Dispatch now or queue; False means overloaded (caller replies)."""
+    def submit(self, ticket: Ticket, urgent: bool = False) -> bool:
+        """Dispatch now or queue; False means overloaded (caller replies).
+
+        ``urgent`` (the service's own self-test): first in the queue, and
+        never refused for a full one, so client load cannot starve it."""
         if ticket.reserve is not None:
             if len(self.queue) + len(self.reserved) >= self.queue_limit:
                 self.counters["overloaded"] += 1
@@ -116,6 +119,10 @@ class Dispatcher:
             self.effects.reserve(ticket.reserve)
             return True
         if self._dispatch(ticket):
+            return True
+        if urgent:
+            self.queue.appendleft(ticket)
+            self.counters["queued"] += 1
             return True
         if len(self.queue) + len(self.reserved) >= self.queue_limit:
             self.counters["overloaded"] += 1

@@ -82,6 +82,14 @@ def test_queue_then_overloaded(disp: Dispatcher, rec: Recorder) -> None:
     assert disp.statistics().queued == 1
 
 
+def test_an_urgent_ticket_goes_first_even_when_the_queue_is_full(disp: Dispatcher, rec: Recorder) -> None:
+    assert disp.submit(ticket("a")) and disp.submit(ticket("b"))
+    assert not disp.submit(ticket("c"))  # queue_limit=2: a client is refused
+    assert disp.submit(ticket("self-test"), urgent=True)  # the service's own is not
+    warm(disp, "w1")
+    assert rec.sent == [("w1", "self-test")]
+
+
 def test_results_only_from_the_worker_dispatched_to(disp: Dispatcher, rec: Recorder) -> None:
     warm(disp, "w1")
     warm(disp, "w2")
