@@ -445,8 +445,8 @@ class Launcher:
                 layers=self.layers,
             )
         )
-        for name in self.pool.runtimes:
-            self._send(m.Health(runtime=name, healthy=True))
+        for name in self.pool.runtimes:  # as they are: a restarted broker must not offer a runtime in backoff
+            self._send(self.pool.health(name))
         self.pool.fill()
 
     def _drop_broker(self) -> None:

@@ -276,7 +276,7 @@ class Pool:
             state.backoff = min(self.max_backoff, state.backoff * 2)
             state.retry_at = now + state.backoff
             state.reason = detail
-            self._report(self._health(runtime))
+            self._report(self.health(runtime))
         elif len(state.failures) >= self.max_failures:
             state.backoff = self.first_backoff
             state.retry_at = now + state.backoff
@@ -289,9 +289,10 @@ class Pool:
         if healthy:
             state.failures.clear()
             state.backoff = 0.0
-        self._report(self._health(runtime))
+        self._report(self.health(runtime))
 
-    def _health(self, runtime: str) -> m.Health:
+    def health(self, runtime: str) -> m.Health:
+        """What the broker is told of a runtime: on every change, and whole to a broker that (re)connects."""
         state = self.runtimes[runtime]
         return m.Health(
             runtime=runtime,

@@ -183,11 +183,14 @@ def test_crash_loop_marks_unhealthy_then_probes_with_backoff() -> None:
     fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
     pool.reap()
     assert pool.runtimes["python"].backoff == 10  # doubled
+    # What a broker that connects now is told: as it is, not "healthy".
+    told = pool.health("python")
+    assert not told.healthy and "mounts" in told.reason and told.setup_failures == 4
     fake.now += 10
     pool.fill()
     worker_id = next(iter(pool.by_id))
     pool.taken(worker_id)  # the probe became ready and ran a job
-    assert pool.runtimes["python"].healthy
+    assert pool.runtimes["python"].healthy and pool.health("python").healthy
 
 
 def test_kill_marks_reason() -> None:
