@@ -85,6 +85,7 @@ class Intake:
         self.waiting: dict[str, collections.deque[Waiting]] = collections.defaultdict(collections.deque)
         self.counters: collections.Counter[str] = collections.Counter()
         self.draining = False
+        self._resuming: set[str] = set()
 
     # --- a new request ------------------------------------------------------------------------
 
@@ -92,6 +93,8 @@ class Intake:
         self, client: bytes, request: m.ExecuteRequest, run_id: str, result: m.ExecuteResult, client_key: str = ""
     ) -> None:
         result = msgspec.structs.replace(result, id=request.id, run_id=run_id, language=request.language)
+        if self.active.get((client, request.id)) == run_id:  # a waiting request, answered now
+            del self.active[(client, request.id)]
         self.counters[f"status_{result.status.value}"] += 1
         self.reply(client, result)
         if client_key:
@@ -216,6 +219,7 @@ class Intake:
                 self.egress.close(run_id)
             message = f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; retry later"
             self._fail(client, request, run_id, ErrorCode.OVERLOADED, message, admitted.client_key, retry_after_s=1.0)
+            self._resume(admitted.client_key)  # its place in the client's concurrency is free again
             return
         # The job has gone out (or waits in the queue): the analysis, an AST
         # walk of ~0.1 ms for a line and more for long code, runs while the
@@ -265,13 +269,22 @@ class Intake:
         self._resume(state.client_key)
 
     def _resume(self, client_key: str) -> None:
-        queue = self.waiting.get(client_key)
-        if not queue:
-            return
-        waited = queue.popleft()
-        if not queue:
-            del self.waiting[client_key]
-        self.execute(waited.client, waited.request, waited)
+        """Start the client's next waiting request; if that one is answered at
+        once (refused), the one after it, and so on: in a loop, never by
+        recursion (a client may have thousands waiting)."""
+        if client_key in self._resuming:
+            return  # a refusal inside the loop below: the loop goes on
+        self._resuming.add(client_key)
+        try:
+            while queue := self.waiting.get(client_key):
+                waited = queue.popleft()
+                if not queue:
+                    del self.waiting[client_key]
+                self.execute(waited.client, waited.request, waited)
+                if (waited.client, waited.request.id) in self.active:
+                    return  # running, queued, or waiting again
+        finally:
+            self._resuming.discard(client_key)
 
     def tick(self) -> float | None:
         now = time.monotonic()
