@@ -183,6 +183,8 @@ class Pool:
                 self.by_id[worker_id] = worker
                 state.spawned += 1
                 self._report(m.Spawned(worker=worker_id, runtime=name, pid=pid))
+                if self.paused or self.stopping:
+                    return  # the report lost the broker link: no worker may go unannounced
 
     def _wake(self, at: float) -> None:
         self._wake_at = at if self._wake_at is None else min(self._wake_at, at)

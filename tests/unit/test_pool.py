@@ -152,6 +152,23 @@ def test_a_runtime_made_unhealthy_by_failed_clones_is_probed_after_its_backoff()
     assert len(fake.spawned) == 1  # the probe
 
 
+def test_no_worker_is_made_after_the_broker_link_is_lost_mid_fill() -> None:
+    fake = Fake()
+    pool = make(fake, target=4)
+
+    def report_over_a_link_that_breaks(message: m.Internal) -> None:
+        # What the launcher does when a send fails: pause, and kill every worker.
+        fake.reports.append(message)
+        pool.paused = True
+        pool.kill_all("broker link lost")
+
+    pool._report = report_over_a_link_that_breaks
+    pool.fill()
+    # The one whose Spawned was being sent is killed; none is made after it,
+    # to live on unannounced and counted as warm.
+    assert len(fake.spawned) == 1 and len(fake.kills) == 1
+
+
 def test_reap_frees_slot_and_reports() -> None:
     fake = Fake()
     pool = make(fake, target=1, slots=1)
