@@ -91,6 +91,15 @@ def test_refill_waits_while_runs_keep_coming_unless_the_pool_runs_low() -> None:
     assert len(fake.spawned) == 14 and pool.idle("python") == 8
 
 
+def fail_setup_three_times(fake: Fake, pool: Pool) -> None:
+    """Fill, and let each worker die in its mounts step: the runtime's crash loop."""
+    pool.fill()
+    for _ in range(3):
+        (pid,) = pool.workers
+        fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
+        pool.reap()
+
+
 def test_a_deferred_refill_still_wakes_the_launcher_after_its_moment_has_passed() -> None:
     fake = Fake()
     pool = make(fake)
@@ -109,11 +118,7 @@ def test_a_deferred_refill_still_wakes_the_launcher_after_its_moment_has_passed(
 def test_an_idle_probe_does_not_keep_the_launcher_awake() -> None:
     fake = Fake()
     pool = make(fake, target=1)
-    pool.fill()
-    for _ in range(3):
-        (pid,) = pool.workers
-        fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
-        pool.reap()
+    fail_setup_three_times(fake, pool)
     assert not pool.runtimes["python"].healthy
     assert pool.next_wakeup() == 5  # the backoff's end: then one probe
     fake.now += 5
@@ -183,11 +188,7 @@ def test_reap_frees_slot_and_reports() -> None:
 def test_crash_loop_marks_unhealthy_then_probes_with_backoff() -> None:
     fake = Fake()
     pool = make(fake, target=1)
-    pool.fill()
-    for _ in range(3):
-        (pid,) = pool.workers
-        fake.statuses.append((pid, exited(WorkerExit.SETUP_MOUNTS)))
-        pool.reap()
+    fail_setup_three_times(fake, pool)
     health = [r for r in fake.reports if isinstance(r, m.Health)]
     assert health and not health[-1].healthy and "mounts" in health[-1].reason
     spawned = len(fake.spawned)
