@@ -95,6 +95,9 @@ class RuntimePolicy(Strict, frozen=True):
         default_factory=lambda: ["unix", "inet", "inet6"]
     )
     pool: Annotated[int, msgspec.Meta(ge=0, le=256)] | None = None  # warm workers; None = fit cores
+    # Where the runtime's toolchain is, for runtimes that look for one (swift:
+    # its prefix, or its swift binary); empty: PATH, then the usual places.
+    toolchain: str = ""
 
 
 class Profile(Strict, frozen=True):

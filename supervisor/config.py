@@ -27,6 +27,10 @@ class ServiceSection(Strict, frozen=True):
     profile: str = "default"
     runtime_dir: str = ""  # default: /run/cellblock (root), $XDG_RUNTIME_DIR/cellblock otherwise
     state_dir: str = ""  # default: /var/lib/cellblock (root), $XDG_STATE_HOME/cellblock otherwise
+    # What is built once per host and shared read-only by every sandbox of
+    # every service (Swift's module cache), keyed by what it was built from.
+    # Default: /var/cache/cellblock (root), $XDG_CACHE_HOME/cellblock otherwise.
+    cache_dir: str = ""
     pool: dict[str, Annotated[int, msgspec.Meta(ge=0, le=256)]] = {}  # warm workers per runtime
     slots: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 256
     queue_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
@@ -85,7 +89,7 @@ class Config(Strict, frozen=True):
 
 
 def _check(config: Config, path: str) -> None:
-    for name in ("runtime_dir", "state_dir"):
+    for name in ("runtime_dir", "state_dir", "cache_dir"):
         value = getattr(config.service, name)
         if value and not value.startswith("/"):
             raise ConfigError(path, f"service.{name}", "must be an absolute path")
@@ -149,6 +153,15 @@ def state_dir(config: Config) -> str:
     if os.geteuid() == 0:
         return "/var/lib/cellblock"
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "cellblock")
+
+
+def cache_dir(config: Config) -> str:
+    if config.service.cache_dir:
+        return config.service.cache_dir
+    if os.geteuid() == 0:
+        return "/var/cache/cellblock"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "cellblock")
 
 

@@ -26,6 +26,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import time
 
@@ -55,6 +56,7 @@ class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
     cgroup_parent: str
     instance: str
     grant_roots: list[str] = []
+    cache_dir: str = ""  # what runtimes build once per host (Swift's module cache)
     supervisor_fd: int = -1  # EOF when supervisor main is gone: stop once the broker has left
     drain_s: float = 90.0  # how long the broker may drain
 
@@ -100,8 +102,13 @@ class Launcher:
             cls = RUNTIMES.get(name)
             if cls is None or not policy.enabled:
                 continue
-            runtime = cls()
+            runtime = cls.for_policy(policy)
             ok, detail = runtime.probe()
+            if ok:
+                try:
+                    runtime.prepare_host(cfg.cache_dir)
+                except (OSError, subprocess.SubprocessError) as exc:
+                    ok, detail = False, f"could not prepare {name}: {exc}"
             self.runtime_info.append(
                 m.RuntimeInfo(
                     name=name,
@@ -158,17 +165,22 @@ class Launcher:
         details = []
         for name, runtime in self.runtimes.items():
             tools = runtime.tools()
-            if tools is None:
-                binds += [mounts.Bind(p, p) for p in runtime.host_paths()]
+            extra = [mounts.Bind(src, dst) for src, dst in runtime.host_paths()]
+            if tools is None and not extra:
                 templates[name] = shared
                 continue
+            # A root of its own: what this runtime needs beyond /usr (Swift's
+            # toolchain) is never in another runtime's sandbox.
             own = os.path.join(cfg.rundir, f"root-{name}")
-            system = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS if src != "/usr"]
-            system = [b for b in system if b.src != "/etc/alternatives"]  # recreated per tool as needed
-            extra = [mounts.Bind(p, p) for p in runtime.host_paths()]
-            mounts.build_template(own, system + extra + operator, etc, tools)
+            if tools is None:
+                mounts.build_template(own, binds + extra + operator, etc)
+                details.append(f"{name}: /usr and {', '.join(b.dst for b in extra)}")
+            else:
+                system = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS if src != "/usr"]
+                system = [b for b in system if b.src != "/etc/alternatives"]  # recreated per tool as needed
+                mounts.build_template(own, system + extra + operator, etc, tools)
+                details.append(f"{name}: {len(tools)} programs, no /usr")
             templates[name] = own
-            details.append(f"{name}: {len(tools)} programs, no /usr")
         template = mounts.build_template(shared, binds + operator, etc)
         self.layers.append(
             m.LayerStatus(

@@ -31,7 +31,7 @@ from protocol.profile import Profile
 from supervisor import broker as broker_mod
 from supervisor import egress as egress_mod
 from supervisor import launcher as launcher_mod
-from supervisor.config import Config, pool_targets, runtime_dir, state_dir
+from supervisor.config import Config, cache_dir, pool_targets, runtime_dir, state_dir
 
 PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": PROJECT_ROOT}
@@ -148,6 +148,7 @@ class Supervisor:
                 cgroup_parent=self.config.cgroups.parent,
                 instance=self.instance,
                 grant_roots=self.config.policy.grant_roots,
+                cache_dir=cache_dir(self.config),
                 supervisor_fd=self.lifeline_r,
                 drain_s=self.config.service.drain_s,
             )

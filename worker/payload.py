@@ -58,6 +58,7 @@ class PayloadFds(msgspec.Struct, frozen=True):
 
 
 def _arrange(fds: PayloadFds, exec_runtime: bool) -> None:
+    """The five pipes at 0-4; nothing else open."""
     # Move every pipe above the target range first, so no dup2 clobbers another.
     moved = [os.dup(fd) for fd in (fds.stdin, fds.stdout, fds.stderr, fds.job, fds.report)]
     for target, fd in enumerate(moved):
@@ -90,7 +91,8 @@ def _setup(
         fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
         os.write(fd, b"1000")
         os.close(fd)
-        rlimits.apply_payload(profile, memory_fallback and runtime.address_space_rlimit)
+        fallback = memory_fallback and runtime.address_space_rlimit
+        rlimits.apply_payload(profile, fallback, runtime.address_space_allowance)
         if "random" in sys.modules:  # forked without Python's hooks: reseed as os.fork would
             sys.modules["random"].seed()
         step = WorkerExit.RUNTIME_MISSING
@@ -115,13 +117,19 @@ def become_payload(
         if runtime.execs:
             code = int(WorkerExit.RUNTIME_MISSING)  # if the exec itself fails
             runtime.exec_interpreter(profile)
+        child = 0
+        if runtime.spawns:
+            code = int(WorkerExit.RUNTIME_MISSING)
+            child = runtime.spawn_interpreter(profile)
+            code = int(WorkerExit.INTERNAL)
         os.write(REPORT, READY)
         data = _read_all(JOB)
         if not data:
             os._exit(WorkerExit.DONE)  # the monitor closed the pipe without a job
         job = _job_decoder.decode(data)
-        rlimits.apply_job(job.cpu_ms, job.memory_bytes, memory_fallback)
-        code = runtime.run(job)
+        memory = job.memory_bytes + runtime.address_space_allowance
+        rlimits.apply_job(job.cpu_ms, memory, memory_fallback, child)
+        code = runtime.run_child(child, job) if child else runtime.run(job)
         report = (MEMORY_ERROR if memory_fallback and runtime.memory_error else b"") + EXITED + b"%d" % code
         os.write(REPORT, report)
     finally:

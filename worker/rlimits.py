@@ -16,21 +16,22 @@ import resource
 from protocol.profile import MiB, Profile
 
 
-def _set(which: int, soft: int, hard: int | None = None) -> None:
+def _set(which: int, soft: int, hard: int | None = None, pid: int = 0) -> None:
     hard = soft if hard is None else hard
-    _, current_hard = resource.getrlimit(which)
+    _, current_hard = resource.prlimit(pid, which)
     if current_hard != resource.RLIM_INFINITY:
         hard = min(hard, current_hard)
         soft = min(soft, hard)
-    resource.setrlimit(which, (soft, hard))
+    resource.prlimit(pid, which, (soft, hard))
 
 
 def cpu_seconds(cpu_ms: int) -> int:
     return max(1, math.ceil(cpu_ms / 1000))
 
 
-def apply_payload(profile: Profile, memory_fallback: bool) -> None:
-    """Profile-wide limits, at the moment the payload is made."""
+def apply_payload(profile: Profile, memory_fallback: bool, allowance: int = 0) -> None:
+    """Profile-wide limits, at the moment the payload is made. ``allowance``:
+    address space the runtime maps beyond what the code allocates."""
     fixed = profile.fixed
     _set(resource.RLIMIT_CORE, 0)
     _set(resource.RLIMIT_NOFILE, fixed.open_files)
@@ -42,12 +43,12 @@ def apply_payload(profile: Profile, memory_fallback: bool) -> None:
     max_cpu = cpu_seconds(profile.max.cpu_ms)
     _set(resource.RLIMIT_CPU, max_cpu, max_cpu + 1)
     if memory_fallback:
-        _set(resource.RLIMIT_AS, profile.max.memory_mb * MiB)
+        _set(resource.RLIMIT_AS, profile.max.memory_mb * MiB + allowance)
 
 
-def apply_job(cpu_ms: int, memory_bytes: int, memory_fallback: bool) -> None:
-    """The job's own limits; they can only go down from the profile's."""
+def apply_job(cpu_ms: int, memory_bytes: int, memory_fallback: bool, pid: int = 0) -> None:
+    """The job's own limits, on this process or (``pid``) its child; they can only go down."""
     seconds = cpu_seconds(cpu_ms)
-    _set(resource.RLIMIT_CPU, seconds, seconds + 1)
+    _set(resource.RLIMIT_CPU, seconds, seconds + 1, pid)
     if memory_fallback:
-        _set(resource.RLIMIT_AS, memory_bytes)
+        _set(resource.RLIMIT_AS, memory_bytes, None, pid)

@@ -5,7 +5,7 @@ template), which extra system calls it needs, how to find out whether it
 can run on this host, a tiny self-test program the broker runs under the
 real profile before offering it, and how the payload runs a job.
 
-Two shapes:
+Three shapes:
 
 * in-process (Python): the payload is a fork of the launcher's warm
   interpreter; it reads the job from the job pipe and runs it itself.
@@ -13,6 +13,10 @@ Two shapes:
   payload execs the runtime's own interpreter, which starts before any job
   exists and blocks reading the job pipe (fd 3); ``encode_job`` turns the
   job into what that interpreter reads. Its report pipe is fd 4.
+* spawned (Swift): after its seccomp filter the payload starts the
+  runtime's program as its child, blocked on a pipe of the payload's; it
+  reads the job as the in-process shape does, puts the job's rlimits on the
+  child, feeds it the code, and reports the child's exit.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import ClassVar, NoReturn
 import msgspec
 
 from protocol.messages import Job
-from protocol.profile import Profile
+from protocol.profile import Profile, RuntimePolicy
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -33,15 +37,28 @@ class Runtime:
     extra_syscalls: ClassVar[frozenset[str]] = frozenset()
     self_test: ClassVar[tuple[str, str]]  # (code, exact stdout expected)
     execs: ClassVar[bool] = False  # the payload execs an interpreter before the job arrives
+    spawns: ClassVar[bool] = False  # the payload starts the runtime as its child and reports its exit
     reports: ClassVar[bool] = True  # writes "X<exit code>" to fd 4 when the code returns
     announces: ClassVar[bool] = True  # writes "R" to fd 4 once warm and waiting for the job
     needs_exec_syscall: ClassVar[bool] = False  # execve must stay allowed (to start the interpreter)
     address_space_rlimit: ClassVar[bool] = True  # RLIMIT_AS is usable (not for V8's reservations)
+    address_space_allowance: ClassVar[int] = 0  # bytes RLIMIT_AS allows beyond the run's memory
     oom_marker: ClassVar[bytes] = b""  # on stderr when the runtime's own heap limit ended the run
 
-    def host_paths(self) -> list[str]:
-        """Host paths to bind read-only into the sandbox (besides /usr)."""
+    @classmethod
+    def for_policy(cls, policy: RuntimePolicy) -> Runtime:
+        """The adapter as the profile configures it."""
+        return cls()
+
+    def host_paths(self) -> list[tuple[str, str]]:
+        """(host path, path in the sandbox) to bind read-only, besides /usr. A
+        runtime that names any gets a root of its own: no other runtime's
+        sandbox sees them."""
         return []
+
+    def prepare_host(self, cache_dir: str) -> None:
+        """In the launcher, once, after a good probe: build what every worker
+        shares read-only (under ``cache_dir``). Raises OSError saying why not."""
 
     def tools(self) -> list[str] | None:
         """None: the runtime sees the host's /usr read-only (an interpreter and
@@ -71,6 +88,15 @@ class Runtime:
 
     def exec_interpreter(self, profile: Profile) -> NoReturn:
         """Exec'd runtimes: replace the payload with the warm interpreter."""
+        raise NotImplementedError
+
+    def spawn_interpreter(self, profile: Profile) -> int:
+        """Spawned runtimes, in the payload after seccomp: start the child,
+        warm and blocked on a pipe of the payload's; return its pid."""
+        raise NotImplementedError
+
+    def run_child(self, pid: int, job: Job) -> int:
+        """Spawned runtimes: feed the child the job, wait for it; return the exit code to report."""
         raise NotImplementedError
 
     def run(self, job: Job) -> int:

@@ -58,11 +58,11 @@ class PythonRuntime(Runtime):
         self.executable = os.path.realpath(sys.executable)
         self.prefixes = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)})
 
-    def host_paths(self) -> list[str]:
+    def host_paths(self) -> list[tuple[str, str]]:
         paths = [p for p in self.prefixes if not p.startswith("/usr/")]
         if not self.executable.startswith("/usr/"):
             paths.append(os.path.dirname(self.executable))
-        return paths
+        return [(p, p) for p in paths]
 
     def probe(self) -> tuple[bool, str]:
         if not os.access(self.executable, os.X_OK):
