@@ -1,7 +1,7 @@
 """Which language is this code block? A code-fence tag, a shebang, then the content.
 
 The content classifier tries Python's own parser first, then weighs a few
-cheap signs of JavaScript and shell. It answers with a confidence; when two
+cheap signs of JavaScript, shell and Swift. It answers with a confidence; when two
 languages fit about equally it says "ambiguous" and names them, and the
 broker then refuses to guess rather than run code in the wrong runtime.
 """
@@ -81,6 +81,18 @@ PY_SIGNS = (
     (re.compile(r"\b(?:None|True|False|self|elif|lambda)\b"), 1),
     (re.compile(r"\bf['\"]"), 1),
 )
+SWIFT_SIGNS = (
+    (re.compile(r"\\\("), 3),  # string interpolation: "\(x)"
+    (re.compile(r"^\s*import\s+(?:Foundation|Glibc|Dispatch|Darwin|SwiftUI|UIKit|Combine)\s*$", re.M), 5),
+    (re.compile(r"\bfunc\s+\w+\s*(?:<[^>]*>)?\s*\([^)]*\)\s*(?:(?:async\s+)?(?:throws\s+)?->\s*[^{]+)?\{"), 4),
+    (re.compile(r"\b(?:guard|if)\s+(?:let|var)\s+\w+"), 4),
+    (re.compile(r"\b(?:let|var)\s+\w+\s*:\s*\[?[A-Z]\w*"), 3),  # a typed binding: let x: Int
+    (re.compile(r"^\s*(?:struct|enum|protocol|extension)\s+[A-Z]\w*[^{]*\{", re.M), 4),
+    (re.compile(r"\bfor\s+\w+\s+in\s+[\w.]+\s*\.\.[.<]"), 4),  # for i in 0..<n
+    (re.compile(r"^\s*(?:let|var)\s+\w+\s*=", re.M), 1),
+    (re.compile(r"^\s*print\s*\(", re.M), 2),  # JavaScript has no print(); Python's code parses
+    (re.compile(r"\$0\b|\.(?:map|filter|forEach|reduce|sorted)\s*\{"), 4),  # closures: { $0 * 2 }
+)
 
 
 def _score(code: str, signs: tuple[tuple[re.Pattern[str], int], ...]) -> int:
@@ -127,6 +139,7 @@ def detect(code: str, hint: str = "") -> Guess:
         "python": py_signs + ((1 if trivial else 3) if parses else -8),
         "javascript": _score(code, JS_SIGNS),
         "bash": _score(code, SHELL_SIGNS),
+        "swift": _score(code, SWIFT_SIGNS),
     }
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     (best, top), (second, runner_up) = ranked[0], ranked[1]
