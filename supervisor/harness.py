@@ -43,13 +43,15 @@ import psutil
 
 from protocol import messages as m
 from protocol.client import Client
+from supervisor.policy.detect import ALIASES
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CASES = PROJECT_ROOT / "tests" / "harness" / "cases"
 SPLIT = "# ---- second run ----"
 MARKER = "cellblock-escape-marker"
+SPAWNED = {"swift-frontend"}  # what a warm worker of a spawned runtime holds beside its payload
 WATCHED = ("/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/etc", "/usr")
-LANGUAGES = {".py": "python", ".js": "javascript", ".sh": "bash"}
+LANGUAGES = {".py": "python", ".js": "javascript", ".sh": "bash", ".swift": "swift"}
 
 
 @dataclasses.dataclass
@@ -71,7 +73,7 @@ class Case:
 class Outcome:
     case: str
     category: str
-    verdict: str  # safe | escaped | inconclusive
+    verdict: str  # safe | escaped | inconclusive | skipped (its runtime is not offered here)
     detail: str
     seconds: float
 
@@ -171,7 +173,8 @@ class HostCheck:
             return None
 
     def leftovers(self) -> list[str]:
-        """Processes in a sandbox beyond a warm worker's two (monitor + payload)."""
+        """Processes in a sandbox beyond a warm worker's own: monitor and payload, and for
+        a spawned runtime (Swift) its waiting program."""
         problems = []
         launcher = self.launcher()
         inside: set[int] = set()
@@ -182,13 +185,15 @@ class HostCheck:
                 except psutil.Error:
                     continue
                 inside |= {monitor.pid, *(p.pid for p in tree)}
-                if len(tree) > 1:
+                waiting = [p for p in tree[1:] if _name(p) in SPAWNED]
+                if len(tree) > 1 + min(1, len(waiting)):
                     names = ", ".join(p.name() for p in tree[:5] if p.is_running())
                     problems.append(f"a finished sandbox still has {len(tree)} processes ({names})")
         if self.worker_uids is not None:
+            main = self.service_pids.get("main")
             for proc in psutil.process_iter(["uids", "name"]):
                 uid = proc.info["uids"].real if proc.info["uids"] else -1
-                if uid in self.worker_uids and proc.pid not in inside and not _in_a_sandbox(proc):
+                if uid in self.worker_uids and proc.pid not in inside and not _in_a_sandbox(proc, main):
                     problems.append(f"pid {proc.pid} ({proc.info['name']}) runs as a sandbox uid outside a sandbox")
         return problems
 
@@ -223,12 +228,26 @@ class HostCheck:
         return problems
 
 
-def _in_a_sandbox(proc: psutil.Process) -> bool:
-    """Under some cellblock launcher (this service's or another's on the host)."""
+def _name(proc: psutil.Process) -> str:
     try:
-        return any("cellblock-launcher" in " ".join(p.cmdline()) for p in proc.parents())
+        return str(proc.name())
+    except psutil.Error:
+        return ""
+
+
+def _in_a_sandbox(proc: psutil.Process, main: int | None) -> bool:
+    """Under some cellblock launcher, or under another service than ours (its sandboxes
+    being torn down: a payload whose monitor just died is reaped by that service's main)."""
+    try:
+        for parent in proc.parents():
+            line = " ".join(parent.cmdline())
+            if "cellblock-launcher" in line:
+                return True
+            if parent.pid != main and ("supervisor.cli serve" in line or "cellblock serve" in line):
+                return True
     except psutil.Error:
         return True  # gone while we looked
+    return False
 
 
 def _substitute(code: str, listeners: Listeners, rundir: str) -> str:
@@ -298,7 +317,16 @@ def run(
     checks = HostCheck(service_pids, worker_uids)
     try:
         with Client(socket_path) as client:
+            offered = {r.name: r for r in client.status(timeout=30).runtimes}
             for case in cases:
+                runtime = offered.get(ALIASES.get(case.language, case.language))
+                if case.kind != "client" and (runtime is None or not runtime.offered):
+                    why = runtime.reason if runtime is not None else "unknown to this service"
+                    outcome = Outcome(case.path.name, case.category, "skipped", f"{case.language}: {why}", 0.0)
+                    outcomes.append(outcome)
+                    if log:
+                        print(f"  [{'skipped':^12}] {case.category:<10} {case.name}: {outcome.detail}", file=sys.stderr)
+                    continue
                 before = _snapshot()
                 heard = len(listeners.heard)
                 started = time.monotonic()
@@ -322,20 +350,25 @@ def run(
 def scorecard(outcomes: list[Outcome]) -> dict[str, dict[str, int]]:
     card: dict[str, dict[str, int]] = {}
     for outcome in outcomes:
-        row = card.setdefault(outcome.category, {"cases": 0, "safe": 0, "escaped": 0, "inconclusive": 0})
+        row = card.setdefault(
+            outcome.category, {"cases": 0, "safe": 0, "escaped": 0, "inconclusive": 0, "skipped": 0}
+        )
         row["cases"] += 1
         row[outcome.verdict] += 1
     return card
 
 
 def print_scorecard(card: dict[str, dict[str, int]]) -> None:
-    print(f"{'category':<12} {'cases':>5} {'safe':>5} {'escaped':>8} {'inconclusive':>13}")
-    total = {"cases": 0, "safe": 0, "escaped": 0, "inconclusive": 0}
-    for category, row in sorted(card.items()):
-        print(f"{category:<12} {row['cases']:>5} {row['safe']:>5} {row['escaped']:>8} {row['inconclusive']:>13}")
-        for key in total:
-            total[key] += row[key]
-    print(f"{'all':<12} {total['cases']:>5} {total['safe']:>5} {total['escaped']:>8} {total['inconclusive']:>13}")
+    print(f"{'category':<12} {'cases':>5} {'safe':>5} {'escaped':>8} {'inconclusive':>13} {'skipped':>8}")
+    total = {"cases": 0, "safe": 0, "escaped": 0, "inconclusive": 0, "skipped": 0}
+    for category, row in [*sorted(card.items()), ("all", total)]:
+        print(
+            f"{category:<12} {row['cases']:>5} {row['safe']:>5} {row['escaped']:>8} {row['inconclusive']:>13} "
+            f"{row['skipped']:>8}"
+        )
+        if category != "all":
+            for key in total:
+                total[key] += row[key]
 
 
 def _service_pids(main_pid: int) -> dict[str, int]:
@@ -404,5 +437,5 @@ def main(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
-    failed = [o for o in outcomes if o.verdict != "safe"]
+    failed = [o for o in outcomes if o.verdict not in ("safe", "skipped")]
     return 1 if failed else 0
