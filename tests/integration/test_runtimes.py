@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 
@@ -10,9 +9,13 @@ import pytest
 
 from protocol import messages as m
 from protocol.client import Client
+from worker.runtimes.swift import find_frontend
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., m.ExecuteResult]
+needs_swift = pytest.mark.skipif(
+    find_frontend() is None, reason="no Swift toolchain on this host (PATH, /opt/swift): Swift runs are not exercised"
+)
 
 
 def js(run: Run, code: str, **kwargs: object) -> m.ExecuteResult:
@@ -90,20 +93,60 @@ def test_bash_is_not_a_login_shell(run: Run) -> None:
     assert result.stdout == "/work none\nplain\n"
 
 
-def test_swift_is_described_when_missing(service: object) -> None:
+def test_swift_is_offered_with_its_version_or_described(service: object) -> None:
     status = service.status()  # type: ignore[attr-defined]
     swift = {r.name: r for r in status.runtimes}["swift"]
-    if shutil.which("swift") is None:
-        assert not swift.offered and "no Swift toolchain" in swift.reason
+    if find_frontend() is None:
+        assert not swift.offered and "no Swift toolchain" in swift.reason and "swift.org" in swift.reason
     else:
-        assert swift.offered
+        assert swift.offered, swift.reason
+        assert swift.version.startswith("Swift version 6"), swift.version
 
 
-def test_swift_runs_where_a_toolchain_exists(run: Run) -> None:
-    if shutil.which("swift") is None:
-        pytest.skip("no Swift toolchain on this host: the adapter is exercised up to its probe only")
-    result = run('print("hi from swift")', language="swift")
-    assert result.status is m.Status.OK and result.stdout == "hi from swift\n"
+@needs_swift
+def test_swift_runs_the_seed_example(run: Run) -> None:
+    code = 'print("Hello from Swift")\nlet total = (1...10).reduce(0, +) * 2\nlet name = "cellblock"\n'
+    code += 'print("\\(name) counted \\(total)")\n'
+    result = run(code, language="swift")
+    assert result.status is m.Status.OK, (result.status, result.stderr)
+    assert result.stdout == "Hello from Swift\ncellblock counted 110\n"
+    assert result.runtime.startswith("Swift version")
+
+
+@needs_swift
+def test_swift_compile_errors_name_the_users_file_and_line(run: Run) -> None:
+    result = run('print("fine")\nlet n: Int = "text"\n', language="swift")
+    assert result.status is m.Status.ERROR and result.exit_code == 1
+    assert "main.swift:2:14: error: cannot convert value of type 'String' to specified type 'Int'" in result.stderr
+    assert "/dev/fd" not in result.stderr and "/opt/" not in result.stderr and result.stdout == ""
+
+
+@needs_swift
+def test_swift_trap_keeps_what_was_printed_and_cuts_the_toolchains_report(run: Run) -> None:
+    result = run('print("before")\nlet xs = [1, 2]\nprint(xs[5])\n', language="swift")
+    assert result.status is m.Status.ERROR and result.exit_code == 128 + 4  # SIGILL: a Swift trap
+    assert result.stdout == "before\n"  # line-buffered: nothing printed before the trap is lost
+    assert result.stderr == "Fatal error: Index out of range\n", result.stderr
+
+
+@needs_swift
+def test_swift_reads_stdin_and_imports_foundation(run: Run) -> None:
+    code = (
+        "import Foundation\n"
+        "var lines: [String] = []\n"
+        "while let line = readLine() { lines.append(line) }\n"
+        'print(lines.joined(separator: "+"), String(format: "%.3f", sqrt(2.0)))\n'
+    )
+    result = run(code, language="swift", stdin="a\nb\n")
+    assert result.status is m.Status.OK, result.stderr
+    assert result.stdout == "a+b 1.414\n"
+
+
+@needs_swift
+def test_swift_is_detected_from_its_code(run: Run) -> None:
+    result = run('struct Point { var x: Int }\nlet p = Point(x: 21)\nprint("\\(p.x * 2)")', language="auto")
+    assert result.status is m.Status.OK, (result.error, result.stderr)
+    assert result.language == "swift" and result.stdout == "42\n"
 
 
 def test_auto_language_runs_what_it_recognises_and_refuses_to_guess(run: Run) -> None:
