@@ -638,7 +638,9 @@ class Broker:
     def _maybe_ready(self) -> None:
         if self.ready_sent or self.cfg.ready_fd < 0 or not self.runtimes:
             return
-        pending = [v for v in self.runtimes.values() if v.info.available and v.self_test in ("pending", "running")]
+        # An unhealthy runtime's self-test cannot run (no worker of it gets ready): not waited for.
+        waiting = ("pending", "running")
+        pending = [v for v in self.runtimes.values() if v.info.available and v.healthy and v.self_test in waiting]
         if pending and time.monotonic() - self.started < 20:
             return
         try:

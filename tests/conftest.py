@@ -28,14 +28,18 @@ RELAXED_POLICY = "rate_per_minute = 100000\nconcurrency = 1000\n"
 
 
 def write_config(
-    directory: pathlib.Path, policy: str = RELAXED_POLICY, extra: str = "", state_dir: pathlib.Path | None = None
+    directory: pathlib.Path,
+    policy: str = RELAXED_POLICY,
+    extra: str = "",
+    state_dir: pathlib.Path | None = None,
+    service: str = "",
 ) -> str:
     """A config for a test service: private state, and (unless a test says
     otherwise) no rate or concurrency limit getting in the way."""
     path = directory / "cellblock.toml"
     state = state_dir or directory / "state"
     path.write_text(
-        f'[service]\nstate_dir = "{state}"\nqueue_wait_s = 60\n\n[policy]\n{policy}\n' + textwrap.dedent(extra)
+        f'[service]\nstate_dir = "{state}"\nqueue_wait_s = 60\n{service}\n[policy]\n{policy}\n' + textwrap.dedent(extra)
     )
     return str(path)
 
@@ -119,10 +123,11 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
         policy: str = RELAXED_POLICY,
         extra: str = "",
         state_dir: pathlib.Path | None = None,
+        service: str = "",
     ) -> Service:
         directory = tmp_path_factory.mktemp("svc")
         os.chmod(directory, 0o711)
-        config = write_config(directory, policy, extra, state_dir)
+        config = write_config(directory, policy, extra, state_dir, service)
         embedded = Embedded(config=config, pool=pool, profile=profile)
         socket = embedded.start()
         service = Service(embedded, socket, directory)

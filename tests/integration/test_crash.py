@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -16,6 +18,7 @@ from protocol import messages as m
 from protocol.client import Client
 
 pytestmark = pytest.mark.integration
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SLOW = "import time; time.sleep(3); print('finished')"
 
 
@@ -122,12 +125,44 @@ def test_sigkill_of_supervisor_main_stops_everything(fresh_service: object) -> N
     assert alive == [], f"left running after main was killed: {alive}"
 
 
-def test_crash_loop_budget_is_unit_tested() -> None:
-    # A broken host (every sandbox step failing) is covered by tests/unit/test_pool.py
-    # with a fake waitpid; here we only check the named exit codes exist end to end.
-    from worker.exits import WorkerExit
-
-    assert all(70 <= c.value <= 82 for c in WorkerExit if c is not WorkerExit.DONE)
+def test_a_runtime_whose_sandboxes_keep_failing_is_marked_unhealthy(
+    service_factory: Callable[..., object], tmp_path: pathlib.Path
+) -> None:
+    """A real crash loop: a Swift "toolchain" that answers its probe but whose compiler
+    dies in every sandbox. Each worker exits runtime_missing; after the budget (5 in
+    30 s) the launcher stops making them and the runtime is reported unhealthy, while
+    Python goes on serving."""
+    fake = tmp_path / "fake-swift"
+    (fake / "bin").mkdir(parents=True)
+    frontend = fake / "bin" / "swift-frontend"
+    # It answers --version and "builds" the module cache on the host; in a
+    # sandbox (its source is the pipe /dev/fd/3) it dies at once.
+    frontend.write_text(
+        '#!/bin/sh\ncase "$1 $4" in --version*) echo "Swift version 0.0 (fake)";; *" /dev/fd/"*) exit 3;; esac\n'
+    )
+    frontend.chmod(0o755)
+    for path in (tmp_path, fake, fake / "bin"):
+        path.chmod(0o755)
+    profile = tmp_path / "broken-swift.toml"
+    default = (ROOT / "profiles" / "default.toml").read_text()
+    profile.write_text(default.replace("[runtimes.swift]", f'[runtimes.swift]\ntoolchain = "{fake}"'))
+    service = service_factory(profile=str(profile), service=f'cache_dir = "{tmp_path / "cache"}"')
+    deadline = time.monotonic() + 60
+    while True:
+        swift = {r.name: r for r in service.status().runtimes}["swift"]  # type: ignore[attr-defined]
+        if swift.reason.startswith("runtime missing in the sandbox") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not swift.offered and swift.setup_failures >= 5, swift
+    with Client(service.socket) as client:  # type: ignore[attr-defined]
+        refused = client.execute('print("x")', "swift")
+        assert refused.status is m.Status.REJECTED and refused.error is not None
+        assert refused.error.code == "runtime_unavailable" and "runtime missing" in refused.error.message
+        assert client.execute("print('still here')").stdout == "still here\n"
+    # Backing off: one probe at most in the next second, not a respawn loop.
+    spawned = swift.setup_failures
+    time.sleep(1.0)
+    assert {r.name: r for r in service.status().runtimes}["swift"].setup_failures <= spawned + 1  # type: ignore[attr-defined]
 
 
 def test_an_embedded_service_stops_when_its_starter_is_killed() -> None:
