@@ -55,7 +55,10 @@ RUNTIME_CODE = {
     "python": "print(1)",
     "javascript": "console.log(1)",
     "bash": "echo 1",
+    "swift": "print(1)",
 }
+SWIFT_POOL = 2  # a warm Swift worker holds a 200 MiB frontend: fewer of them
+SLOW = {"swift": 0.2}  # share of the runs a runtime gets (a Swift run compiles: ~60 ms)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -364,15 +367,25 @@ def unique_to(pids: list[int]) -> int | None:
     return unique * PAGE
 
 
-def worker_memory(launcher_pid: int) -> dict[str, float]:
-    """Memory of each warm worker (monitor + payload): the pages only it maps,
-    the per-process USS summed, and its cgroup charge."""
+def _worker_runtime(group: list[psutil.Process]) -> str:
+    names = {p.name() for p in group}
+    for name, runtime in (("swift-frontend", "swift"), ("node", "javascript"), ("bash", "bash")):
+        if name in names:
+            return runtime
+    return "python"
+
+
+def worker_memory(launcher_pid: int, runtime: str = "python") -> dict[str, float]:
+    """Memory of each warm worker of ``runtime`` (monitor, payload and what the payload
+    holds): the pages only it maps, the per-process USS summed, and its cgroup charge."""
     unique_mib = []
     uss_sums = []
     charged = []
     for monitor in psutil.Process(launcher_pid).children():
         try:
-            group = [monitor, *monitor.children()]
+            group = [monitor, *monitor.children(recursive=True)]
+            if _worker_runtime(group) != runtime:
+                continue
             uss_sums.append(sum(p.memory_full_info().uss for p in group) / 2**20)
             try:
                 unique = unique_to([p.pid for p in group])
@@ -419,6 +432,29 @@ def output_path(client: Client, broker_pid: int) -> dict[str, float]:
     }
 
 
+def swift_baselines(runs: int) -> dict[str, object]:
+    """``print(1)`` with a fresh ``swift`` driver per run (its JIT), and compiled by
+    ``swiftc`` then run, each with its module cache warm, unsandboxed."""
+    from worker.runtimes.swift import find_frontend
+
+    frontend = find_frontend()
+    if frontend is None:
+        return {}
+    bindir = os.path.dirname(frontend)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="cellblock-bench-swift-"))
+    try:
+        (work / "main.swift").write_text("print(1)\n")
+        driver = [os.path.join(bindir, "swift"), str(work / "main.swift")]
+        compiled = ["sh", "-c", f"{bindir}/swiftc -o {work}/main {work}/main.swift && {work}/main"]
+        time_command(driver, 2)  # the module cache warm for both
+        return {
+            "swift_driver_latency_ms": summary(time_command(driver, runs)),
+            "swiftc_then_run_latency_ms": summary(time_command(compiled, runs)),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def redaction_cost() -> float:
     from supervisor.policy.redact import Redactor
 
@@ -463,7 +499,7 @@ def main() -> int:
         config = tmp / "bench.toml"
         config.write_text(
             f'[service]\nstate_dir = "{tmp / "state"}"\nqueue_limit = 10000\n'
-            f"pool = {{javascript = {JS_POOL}, bash = {BASH_POOL}}}\n\n"
+            f"pool = {{javascript = {JS_POOL}, bash = {BASH_POOL}, swift = {SWIFT_POOL}}}\n\n"
             "[policy]\nrate_per_minute = 10000000\nconcurrency = 1000\n"
         )
         embedded = Embedded(config=str(config), pool=args.pool)
@@ -488,7 +524,8 @@ def main() -> int:
                 if code is None:
                     continue
                 target = targets.get(runtime) or 1
-                lat = latency(client, code, runtime, int(200 * scale), max(1, target // 2), target)
+                runs = max(5, int(200 * scale * SLOW.get(runtime, 1.0)))
+                lat = latency(client, code, runtime, runs, max(1, target // 2), target)
                 service[f"latency_ms_{runtime}"] = summary(lat)
                 print(f"  {runtime}: p50 {statistics.median(lat):.3f} ms", file=sys.stderr, flush=True)
             via = LibzmqClient(socket)
@@ -514,13 +551,16 @@ def main() -> int:
                 wait_warm(client, "python", pool)
                 service["cpu_ms_per_run_8"] = cpu_per_run(socket, 8, seconds, launcher.pid, broker.pid)
             for runtime in runtimes:
-                if runtime != "python" and runtime in RUNTIME_CODE:
+                if runtime not in ("python", "swift") and runtime in RUNTIME_CODE:
                     wait_warm(client, runtime, targets.get(runtime) or 1)
                     service[f"throughput_8_{runtime}"] = throughput(socket, RUNTIME_CODE[runtime], runtime, 8, seconds)
             wait_warm(client, "python", pool)
             time.sleep(0.5)
             if launcher is not None:
                 service["worker_memory"] = worker_memory(launcher.pid)
+                if "swift" in runtimes:
+                    wait_warm(client, "swift", targets.get("swift") or 1)
+                    service["worker_memory_swift"] = worker_memory(launcher.pid, "swift")
             if broker is not None:
                 service["output_10mib"] = output_path(client, broker.pid)
         service["redaction_ms_per_mib"] = redaction_cost()
@@ -544,6 +584,8 @@ def main() -> int:
         baselines["bwrap_python_latency_ms"] = summary(time_command(bwrap, int(40 * scale) or 10))
         baselines["bwrap_python_runs_per_s"] = command_throughput(bwrap, seconds / 2, os.cpu_count() or 1)
     baselines["bare_sandboxes_per_s"] = bare_sandbox_rate(seconds / 2, os.cpu_count() or 1)
+    if "latency_ms_swift" in service:
+        baselines.update(swift_baselines(max(5, int(20 * scale))))
     node = shutil.which("node")
     if node and "latency_ms_javascript" in service:
         baselines["node_e_latency_ms"] = summary(time_command([node, "-e", "console.log(1)"], int(40 * scale) or 10))
@@ -564,6 +606,11 @@ def main() -> int:
         key = f"latency_ms_{runtime}"
         if key in service:
             ratios[f"{runtime}_p50_over_python_p50"] = service[key]["p50"] / p50  # type: ignore[index]
+    for key in ("swift_driver_latency_ms", "swiftc_then_run_latency_ms"):
+        if key in baselines:
+            ratios[f"{key[:-11]}_over_service_swift"] = (
+                baselines[key]["p50"] / service["latency_ms_swift"]["p50"]  # type: ignore[index]
+            )
     if "node_e_latency_ms" in baselines:
         node_p50 = baselines["node_e_latency_ms"]["p50"]  # type: ignore[index]
         ratios["node_e_latency_over_service_javascript"] = node_p50 / service["latency_ms_javascript"]["p50"]  # type: ignore[index]
@@ -618,6 +665,10 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
         if "cgroup_charge_mib_median" in w:
             text += f"; cgroup charge {w['cgroup_charge_mib_median']:.2f} MiB"
         rows.append(("memory per warm worker", text))
+    if "worker_memory_swift" in s:
+        w = s["worker_memory_swift"]
+        text = f"{w['unique_mib_median']:.1f} MiB only it maps; " if "unique_mib_median" in w else ""
+        rows.append(("memory per warm Swift worker", text + f"USS summed {w['uss_sum_mib_median']:.1f} MiB"))
     if "output_10mib" in s:
         o = s["output_10mib"]
         rows.append(
@@ -642,6 +693,9 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
     rows.append(("baseline: 6 wakeups, 3 relaying processes", f"p50 {chain['p50']:.3f} ms, p90 {chain['p90']:.3f} ms"))
     if "node_e_latency_ms" in b:
         rows.append(("baseline: node -e per run", f"p50 {b['node_e_latency_ms']['p50']:.1f} ms"))
+    for key, what in (("swift_driver_latency_ms", "swift per run"), ("swiftc_then_run_latency_ms", "swiftc, then run")):
+        if key in b:
+            rows.append((f"baseline: {what}", f"p50 {b[key]['p50']:.1f} ms"))
     for key, value in r.items():
         rows.append((f"ratio {key}", f"{value:.1f}x"))
     width = max(len(k) for k, _ in rows)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from worker import cgroups
+from worker.runtimes.swift import find_frontend
 
 OK, WARN, MISSING = "ok", "warn", "MISSING"
 
@@ -83,6 +84,18 @@ def checks() -> list[tuple[str, str, str, str]]:
     seccomp_mode = _read("/proc/self/status")
     if seccomp_mode and "NoNewPrivs:\t1" in seccomp_mode:
         rows.append(("privileges", WARN, "this shell already has no_new_privs", "fine; noted for debugging"))
+    frontend = find_frontend()
+    rows.append(
+        (
+            "swift",
+            OK if frontend else WARN,
+            f"toolchain at {os.path.dirname(os.path.dirname(frontend))}" if frontend else "no Swift toolchain",
+            ""
+            if frontend
+            else "optional: unpack a toolchain from https://www.swift.org/install/linux/ into /opt/swift "
+            "(or name it in the profile: [runtimes.swift] toolchain = ...); Swift runs are refused until then",
+        )
+    )
     bwrap = shutil.which("bwrap")
     rows.append(
         (
