@@ -18,8 +18,10 @@ and this process decides:
 
 Plain HTTP is one request per connection (``Connection: close``), so a
 second request on a kept-alive connection cannot pick another host; inside
-a CONNECT tunnel the bytes go to the granted host only. Each decision, with
-the bytes sent each way, is reported to the broker when the run closes.
+a CONNECT tunnel the bytes go to the granted host only. Each decision,
+counted when it repeats and with the bytes sent each way, is reported to
+the broker when the run closes; refusals for load (429) and connections cut
+off for a slow or oversized head are decisions too, with host "" and port 0.
 """
 
 from __future__ import annotations
@@ -190,10 +192,11 @@ def _target(text: str) -> tuple[IP, int]:
 
 
 class Flow:
-    """One decision, and the bytes that flowed while the connection lasted."""
+    """One decision, how often it was made, and the bytes that flowed under it."""
 
     def __init__(self, host: str, port: int, allowed: bool, reason: str) -> None:
         self.host, self.port, self.allowed, self.reason = host, port, allowed, reason
+        self.count = 0
         self.bytes_out = self.bytes_in = 0
 
     def decision(self) -> m.NetDecision:
@@ -204,6 +207,7 @@ class Flow:
             reason=self.reason,
             bytes_out=self.bytes_out,
             bytes_in=self.bytes_in,
+            count=self.count,
         )
 
 
@@ -212,15 +216,34 @@ class Run:
         self.run_id = run_id
         self.allow = allow
         self.path = path
-        self.flows: list[Flow] = []
+        self.flows: dict[tuple[str, int, bool, str], Flow] = {}
+        self.unrecorded = 0  # decisions made after the record was full
         self.server: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     def decided(self, host: str, port: int, allowed: bool, reason: str) -> Flow:
-        flow = Flow(host, port, allowed, reason)
-        if len(self.flows) < MAX_DECISIONS:
-            self.flows.append(flow)
+        """Record a decision; one made before (same host, port, verdict, reason) is counted again.
+
+        A decision about a connection rather than a request (a refusal for
+        load, a connection cut off before it named a host) has host "" and port 0.
+        """
+        key = (host, port, allowed, reason)
+        flow = self.flows.get(key)
+        if flow is None:
+            flow = Flow(host, port, allowed, reason)
+            if len(self.flows) < MAX_DECISIONS - 1:  # the last place is for the count of the rest
+                self.flows[key] = flow
+            else:
+                self.unrecorded += 1
+        flow.count += 1
         return flow
+
+    def decisions(self) -> list[m.NetDecision]:
+        recorded = [flow.decision() for flow in self.flows.values()]
+        if self.unrecorded:
+            why = f"not recorded: decisions beyond the first {MAX_DECISIONS - 1} different ones"
+            recorded.append(m.NetDecision(host="", port=0, allowed=False, reason=why, count=self.unrecorded))
+        return recorded
 
 
 class Proxy:
@@ -275,8 +298,16 @@ class Proxy:
     async def handle(self, run: Run, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            writer.close()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()  # the code closed its end
+            return
+        except asyncio.LimitOverrunError:
+            run.decided("", 0, False, f"cut off: a request head over {HEAD_LIMIT} bytes")
+            await self._refuse(writer, 431, f"a request head over {HEAD_LIMIT} bytes")
+            return
+        except TimeoutError:
+            run.decided("", 0, False, f"cut off: no whole request head within {HEAD_TIMEOUT_S:g} s")
+            await self._refuse(writer, 408, f"no whole request head within {HEAD_TIMEOUT_S:g} s")
             return
         lines = head.decode("latin-1").split("\r\n")
         try:
@@ -312,15 +343,15 @@ class Proxy:
             run.decided(host, port, False, reason)
             await self._refuse(writer, 403, f"{host}:{port}: {reason}")
             return
-        flow = run.decided(host, port, True, reason)
         try:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(address, port), self.policy.connect_timeout_s
             )
         except (OSError, TimeoutError) as exc:
-            flow.reason = f"{reason}; the connection failed"
+            run.decided(host, port, True, f"{reason}; the connection failed")
             await self._refuse(writer, 502, f"{host}:{port} did not answer ({exc.__class__.__name__})")
             return
+        flow = run.decided(host, port, True, reason)
         try:
             if forward:
                 up_writer.write(forward)
@@ -349,7 +380,14 @@ class Proxy:
 
     @staticmethod
     async def _refuse(writer: asyncio.StreamWriter, status: int, why: str) -> None:
-        reason = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests", 502: "Bad Gateway"}[status]
+        reason = {
+            400: "Bad Request",
+            403: "Forbidden",
+            408: "Request Timeout",
+            429: "Too Many Requests",
+            431: "Request Header Fields Too Large",
+            502: "Bad Gateway",
+        }[status]
         body = f"cellblock egress: {why}\n".encode()
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
@@ -372,6 +410,7 @@ class Proxy:
             task = asyncio.current_task()
             assert task is not None
             if len(run.tasks) >= MAX_CONNECTIONS:
+                run.decided("", 0, False, f"refused: more than {MAX_CONNECTIONS} connections open")
                 await self._refuse(writer, 429, f"more than {MAX_CONNECTIONS} connections at once")
                 return
             run.tasks.add(task)
@@ -399,7 +438,7 @@ class Proxy:
         await asyncio.gather(*run.tasks, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(run.path)
-        return [flow.decision() for flow in run.flows]
+        return run.decisions()
 
     # --- the control socket -----------------------------------------------------------------------
 
