@@ -54,9 +54,10 @@ from supervisor.config import EgressSection
 HEAD_LIMIT = 16 * 1024  # a request head from the sandbox
 RESPONSE_HEAD_LIMIT = 64 * 1024  # an upstream's answer head (cookies run long)
 HEAD_TIMEOUT_S = 10.0
-MAX_DECISIONS = 100  # recorded per run (the report fits one datagram); later ones are still decided
+MAX_DECISIONS = 100  # different ones recorded per run (the report fits one datagram); the rest counted in one
 _NAME = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_CONNECTIONS = 64  # open at once per run
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class EgressConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,7 +102,6 @@ def _host(raw: str) -> str | None:
     return host
 
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 _V4, _V6 = ipaddress.IPv4Network, ipaddress.IPv6Network
 
 # Not public, whatever Python's is_global says on this version (3.11 calls
