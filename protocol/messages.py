@@ -96,6 +96,7 @@ class NetDecision(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     bytes_out: int = 0
     bytes_in: int = 0
+    count: int = 1  # how many requests or connections got this same decision (bytes are their sum)
 
 
 # --- client -> broker ---------------------------------------------------------

@@ -8,8 +8,10 @@ import socket
 
 import pytest
 
+from protocol import messages as m
+from protocol.wire import MAX_LAUNCHER_DATAGRAM, egress_codec
 from supervisor.config import EgressSection
-from supervisor.egress import EgressConfig, Proxy, Run, matches
+from supervisor.egress import MAX_DECISIONS, EgressConfig, Proxy, Run, matches
 
 
 def proxy(tmp_path: pathlib.Path, **egress: object) -> Proxy:
@@ -86,12 +88,12 @@ def test_malformed_and_oversized_requests_get_an_answer(tmp_path: pathlib.Path) 
             answers.append(await reader.read())
             writer.close()
         decisions = await p.close("r1")
-        assert [(d.host, d.allowed) for d in decisions] == [("10.0.0.1", False)]
+        # A head over the limit names no host the record could trust: the cut-off is recorded without one.
+        assert [(d.host, d.allowed) for d in decisions] == [("10.0.0.1", False), ("", False)]
         return answers
 
     answers = asyncio.run(scenario())
-    assert [a.split(b" ", 2)[1] for a in answers[:4]] == [b"400", b"400", b"400", b"403"]
-    assert answers[4] == b""  # a head over the limit: the connection is closed
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"400", b"400", b"400", b"403", b"431"]
 
 
 def ask(tmp_path: pathlib.Path, requests: list[bytes], **egress: object) -> tuple[list[bytes], list[object]]:
@@ -139,3 +141,16 @@ def test_deny_list_covers_addresses_too(tmp_path: pathlib.Path) -> None:
 def test_permitted_ipv6_targets_match_in_any_spelling(tmp_path: pathlib.Path) -> None:
     p = proxy(tmp_path, resolve={"v6.test": "0:0:0:0:0:0:0:1"}, allow_targets=["[::1]:8080"])
     assert decide(p, ["v6.test"], "v6.test", 8080) == ("::1", "granted")
+
+
+def test_a_full_record_counts_the_rest_and_still_fits_one_datagram() -> None:
+    run = Run("r", [], "")
+    long_host = ("a" * 62 + ".") * 3 + "a" * 60  # 249 characters, as long as _host lets through
+    for i in range(MAX_DECISIONS + 20):
+        why = f"resolves to a non-public address (ffff:ffff:ffff:ffff:ffff:ffff:ffff:{i:x}: {'x' * 60}); refused"
+        run.decided(long_host, 65535, False, why)
+    decisions = run.decisions()
+    assert len(decisions) == MAX_DECISIONS
+    assert decisions[-1].host == "" and decisions[-1].count == 21 and "not recorded" in decisions[-1].reason
+    report = m.EgressReport(run="r" * 32, decisions=decisions)
+    assert len(egress_codec().encode_datagram(report)) <= MAX_LAUNCHER_DATAGRAM
