@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
-import prctl
 
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo, error_info
@@ -50,8 +49,10 @@ from protocol.wire import (
 from protocol.zmtp import Router
 from supervisor.config import Config, pool_targets
 from supervisor.dispatch import Dispatcher, Effects, Ticket
+from supervisor.identity import drop_privileges
 from supervisor.intake import Intake
 from supervisor.link import Outbox
+from supervisor.log import logger
 from supervisor.policy import Policy
 
 VERSION = "0.1.0"
@@ -106,9 +107,7 @@ def _limit_values(limits: RunLimits) -> dict[str, int]:
     }
 
 
-def _log(text: str) -> None:
-    sys.stderr.write(f"cellblock broker: {text}\n")
-    sys.stderr.flush()
+_log = logger("broker")
 
 
 class EgressLink:
@@ -744,21 +743,6 @@ def _drain_pipe(fd: int) -> None:
         os.read(fd, 512)
     except BlockingIOError:
         pass
-
-
-def drop_privileges(uid: int) -> None:
-    """Root mode: become the broker's own unprivileged user, for good.
-
-    Started as root only so that every module is imported, the database is
-    open and the sockets are bound before the drop (the checkout or the
-    state directory's parents may not be reachable by that uid).
-    """
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    prctl.set_no_new_privs(1)
-    if set(os.getresuid()) != {uid} or set(os.getresgid()) != {uid}:
-        raise PermissionError("could not drop to the broker uid")
 
 
 def main() -> int:

@@ -37,6 +37,7 @@ from protocol.errors import ErrorCode
 from protocol.profile import MiB, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
 from supervisor.link import Outbox
+from supervisor.log import logger
 from supervisor.pool import Pool, SpawnDeferred
 from worker import cgroups, monitor, mounts, namespaces, payload, privileges, sandbox, seccomp, syscalls
 from worker.runtimes import RUNTIMES
@@ -64,9 +65,7 @@ class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _log(text: str) -> None:
-    sys.stderr.write(f"cellblock launcher: {text}\n")
-    sys.stderr.flush()
+_log = logger("launcher")
 
 
 class Launcher:

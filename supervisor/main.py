@@ -32,6 +32,7 @@ from supervisor import broker as broker_mod
 from supervisor import egress as egress_mod
 from supervisor import launcher as launcher_mod
 from supervisor.config import Config, cache_dir, pool_targets, runtime_dir, state_dir
+from supervisor.log import logger
 
 PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": PROJECT_ROOT}
@@ -39,9 +40,7 @@ RESTARTS = 5  # per child within RESTART_WINDOW_S, then the service gives up
 RESTART_WINDOW_S = 60.0
 
 
-def log(text: str) -> None:
-    sys.stderr.write(f"cellblock: {text}\n")
-    sys.stderr.flush()
+log = logger("")
 
 
 class ServiceRunning(Exception):

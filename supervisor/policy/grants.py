@@ -11,9 +11,16 @@ from __future__ import annotations
 import posixpath
 
 from protocol import messages as m
-from supervisor.egress import matches
 
 K = m.CapabilityKind
+
+
+def matches(pattern: str, host: str) -> bool:
+    """A domain pattern against a host: ``example.com`` exactly, ``*.example.com`` any subdomain."""
+    pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and host != pattern[2:]
+    return host == pattern
 
 
 def path_covers(granted: str, wanted: str) -> bool:

@@ -11,7 +11,8 @@ import pytest
 from protocol import messages as m
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, egress_codec
 from supervisor.config import EgressSection
-from supervisor.egress import MAX_DECISIONS, EgressConfig, Proxy, Run, matches
+from supervisor.egress import MAX_DECISIONS, EgressConfig, Proxy, Run
+from supervisor.policy.grants import matches
 
 
 def proxy(tmp_path: pathlib.Path, **egress: object) -> Proxy:

@@ -21,7 +21,7 @@ import pytest
 
 from supervisor import egress
 from supervisor.config import EgressSection
-from supervisor.egress import EgressConfig, Proxy
+from supervisor.egress import EgressConfig, Proxy, proxy
 
 GRANTED = ["api.example.com"]
 
@@ -388,7 +388,7 @@ def test_refusals_for_load_are_recorded_with_a_count(tmp_path: pathlib.Path) -> 
 def test_connections_cut_off_for_a_slow_or_oversized_head_are_recorded(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(egress, "HEAD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(proxy, "HEAD_TIMEOUT_S", 0.2)
 
     async def scene(s: Scene) -> None:
         answers = [await s.exchange(b"GET http://api.example.com/ HTTP/1.1\r\n") for _ in range(2)]
@@ -414,7 +414,7 @@ def test_a_repeated_refusal_is_one_decision_with_a_count(tmp_path: pathlib.Path)
 def test_an_idle_kept_alive_connection_is_closed_without_a_record(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(egress, "HEAD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(proxy, "HEAD_TIMEOUT_S", 0.2)
 
     async def scene(s: Scene) -> None:
         answer = await s.exchange(get("api.example.com", s.upstream.port, "/"))  # read() waits for the close
