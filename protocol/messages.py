@@ -1,10 +1,11 @@
 """Every message cellblock puts on a wire, as tagged, frozen msgspec Structs.
 
-Three links carry them, each with its own union (see ``protocol.wire``):
+Four links carry them, each with its own union (see ``protocol.wire``):
 
 * client <-> broker  (ZeroMQ DEALER -> ROUTER, ``client.sock``)
 * worker <-> broker  (ZMTP DEALER -> ROUTER, ``workers.sock``)
 * broker <-> launcher (unix SOCK_SEQPACKET, ``launcher.sock``)
+* broker <-> egress proxy (unix SOCK_SEQPACKET, ``egress.ctl``)
 
 Evolution rules (see also ``protocol.wire.VERSION``):
 
@@ -272,6 +273,16 @@ class ErrorReply(Reply, tag="error", kw_only=True, frozen=True):
 # --- worker <-> broker ---------------------------------------------------------
 
 
+class JobLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's limits as the worker enforces them: one shape, in bytes and ms,
+    made once by the broker's policy from the request and the profile."""
+
+    timeout_ms: int
+    cpu_ms: int
+    memory_bytes: int
+    output_bytes: int
+
+
 class Ready(Internal, tag="ready", kw_only=True, frozen=True):
     worker: str
     runtime: str
@@ -283,10 +294,7 @@ class Job(Internal, tag="job", kw_only=True, frozen=True):
     id: str
     code: str
     stdin: str = ""
-    timeout_ms: int
-    cpu_ms: int
-    memory_bytes: int
-    output_bytes: int
+    limits: JobLimits
     stream: bool = False
     language: str = ""  # as the client named it (a runtime may care: "mjs" means an ES module)
 

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from protocol.messages import JobLimits
+
 Pos = Annotated[int, msgspec.Meta(ge=1)]
 MiB = 1024 * 1024
 
@@ -42,6 +44,15 @@ class RunLimits(Strict, frozen=True):
     cpu_ms: Pos = 10_000
     memory_mb: Pos = 256
     output_bytes: Pos = 1 * MiB
+
+    def in_bytes(self) -> JobLimits:
+        """The one shape limits travel in (memory in bytes): the only place MB become bytes."""
+        return JobLimits(
+            timeout_ms=self.timeout_ms,
+            cpu_ms=self.cpu_ms,
+            memory_bytes=self.memory_mb * MiB,
+            output_bytes=self.output_bytes,
+        )
 
 
 class FixedLimits(Strict, frozen=True):

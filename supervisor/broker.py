@@ -36,7 +36,7 @@ import msgspec
 
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo, error_info
-from protocol.profile import MiB, Profile, RunLimits
+from protocol.profile import Profile, RunLimits
 from protocol.wire import (
     MAX_CLIENT_FRAME,
     MAX_LAUNCHER_DATAGRAM,
@@ -99,12 +99,7 @@ class RuntimeView:
 
 
 def _limit_values(limits: RunLimits) -> dict[str, int]:
-    return {
-        "timeout_ms": limits.timeout_ms,
-        "cpu_ms": limits.cpu_ms,
-        "memory_bytes": limits.memory_mb * MiB,
-        "output_bytes": limits.output_bytes,
-    }
+    return msgspec.structs.asdict(limits.in_bytes())
 
 
 _log = logger("broker")
@@ -401,15 +396,8 @@ class Broker:
             return
         view.self_test = "running"
         run_id = "st-" + secrets.token_hex(6)
-        limits = self.profile.limits
-        job = m.Job(
-            id=run_id,
-            code=view.info.self_test,
-            timeout_ms=limits.timeout_ms,
-            cpu_ms=limits.cpu_ms,
-            memory_bytes=limits.memory_mb * MiB,
-            output_bytes=4096,
-        )
+        limits = msgspec.structs.replace(self.profile.limits.in_bytes(), output_bytes=4096)
+        job = m.Job(id=run_id, code=view.info.self_test, limits=limits)
         now = time.monotonic()
         self.dispatcher.submit(
             Ticket(

@@ -147,7 +147,7 @@ class Dispatcher:
         entry.job = ticket.run_id
         ticket.worker = entry.worker_id
         ticket.started = now
-        ticket.deadline = now + ticket.job.timeout_ms / 1000 + DEADLINE_MARGIN_S
+        ticket.deadline = now + ticket.job.limits.timeout_ms / 1000 + DEADLINE_MARGIN_S
         self.running[ticket.run_id] = ticket
         if not self.effects.send_job(entry.worker_id, ticket.job):
             # Gone between ready and now: forget it (the caller tries another).

@@ -174,10 +174,7 @@ class Intake:
             id=run_id,
             code=request.code,
             stdin=request.stdin,
-            timeout_ms=limits.timeout_ms,
-            cpu_ms=limits.cpu_ms,
-            memory_bytes=limits.memory_bytes,
-            output_bytes=limits.output_bytes,
+            limits=limits,
             stream=request.stream,
             language=request.language.lower(),
         )

@@ -34,7 +34,7 @@ import msgspec
 
 from protocol import messages as m
 from protocol.errors import ErrorCode
-from protocol.profile import MiB, Profile
+from protocol.profile import Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
 from supervisor.link import Outbox
 from supervisor.log import logger
@@ -288,7 +288,7 @@ class Launcher:
             dirs = self.slot_dirs[slot] = cgroups.prepare_slot(
                 self.layout,
                 slot,
-                self.profile.limits.memory_mb * MiB,
+                self.profile.limits.in_bytes().memory_bytes,
                 self.profile.fixed.pids,
                 self.profile.fixed.cpu_quota,
             )

@@ -194,9 +194,8 @@ class Monitor:
             self.dealer = Dealer(ours)
             self.job_w, self.stdin_w, self.stdout_r, self.stderr_r = job_p[1], stdin_p[1], out_p[0], err_p[0]
             self.report_r, self.pidfd = report_p[0], pid_p[0]
-            job = m.Job(
-                id="rehearsal", code="", stdin="x", timeout_ms=1000, cpu_ms=1000, memory_bytes=1, output_bytes=64
-            )
+            limits = m.JobLimits(timeout_ms=1000, cpu_ms=1000, memory_bytes=1, output_bytes=64)
+            job = m.Job(id="rehearsal", code="", stdin="x", limits=limits)
             theirs.sendall(frame_bytes(_codec.encode(job)))
             os.write(out_p[1], b"rehearsal\n")
             os.write(err_p[1], b"rehearsal\n")
@@ -288,19 +287,19 @@ class Monitor:
         rehearsal = self.rehearsing
         if rehearsal:
             self.arm()
-        if job.memory_bytes != self.limit and not rehearsal:
-            self.meter.set_limit(job.memory_bytes)
-            self.limit = job.memory_bytes
+        if job.limits.memory_bytes != self.limit and not rehearsal:
+            self.meter.set_limit(job.limits.memory_bytes)
+            self.limit = job.limits.memory_bytes
         oom_before, cpu_before, setup_ns = self.oom_before, self.cpu_before, self.setup_ns
         # With the worker's cgroup counting its cpu, the run can end at the
         # payload's report instead of waiting for its exit (tearing down a
         # forked interpreter's address space costs ~0.5-1 ms here).
         # (The rehearsal's report is written by the rehearsal itself, whatever the runtime.)
         fast = rehearsal or (cpu_before is not None and self.adapter.reports)
-        out, err = Capture(job.output_bytes), Capture(job.output_bytes)
+        out, err = Capture(job.limits.output_bytes), Capture(job.limits.output_bytes)
         outcome = Outcome()
         started = time.monotonic()
-        deadline = started + job.timeout_ms / 1000
+        deadline = started + job.limits.timeout_ms / 1000
         try:
             _write_all(self.job_w, self.adapter.encode_job(job))
         except BrokenPipeError:
@@ -529,16 +528,16 @@ def _classify(outcome: Outcome, job: m.Job, cpu_ms: float, oom: bool) -> tuple[S
     if outcome.output_killed:
         return Status.OUTPUT_LIMIT, "output over the kill threshold"
     if outcome.timed_out:
-        return Status.TIMEOUT, f"wall clock limit of {job.timeout_ms} ms"
+        return Status.TIMEOUT, f"wall clock limit of {job.limits.timeout_ms} ms"
     status = outcome.status
     if status is None:
         return Status.INTERNAL_ERROR, "payload status unknown"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if oom or outcome.memory_error:
-            return Status.MEMORY_LIMIT, f"memory limit of {job.memory_bytes} bytes"
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_ms >= job.cpu_ms):
-            return Status.TIMEOUT, f"cpu time limit of {job.cpu_ms} ms"
+            return Status.MEMORY_LIMIT, f"memory limit of {job.limits.memory_bytes} bytes"
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_ms >= job.limits.cpu_ms):
+            return Status.TIMEOUT, f"cpu time limit of {job.limits.cpu_ms} ms"
         if sig == signal.SIGSYS:
             return Status.KILLED, "seccomp"
         return Status.KILLED, f"signal {signal.Signals(sig).name}"
@@ -546,5 +545,5 @@ def _classify(outcome: Outcome, job: m.Job, cpu_ms: float, oom: bool) -> tuple[S
     if code == 0:
         return Status.OK, ""
     if oom or outcome.memory_error:
-        return Status.MEMORY_LIMIT, f"memory limit of {job.memory_bytes} bytes"
+        return Status.MEMORY_LIMIT, f"memory limit of {job.limits.memory_bytes} bytes"
     return Status.ERROR, f"exit code {code}"

@@ -18,7 +18,7 @@ from typing import NoReturn
 import msgspec
 import prctl
 
-from protocol.messages import Job
+from protocol.messages import Job, JobLimits
 from protocol.profile import Profile
 from worker import rlimits
 from worker import syscalls as sc
@@ -46,7 +46,9 @@ ENVIRONMENT = {
 }
 
 _job_decoder = msgspec.msgpack.Decoder(Job)
-_WARM_JOB = msgspec.msgpack.encode(Job(id="", code="", timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=1))
+_WARM_JOB = msgspec.msgpack.encode(
+    Job(id="", code="", limits=JobLimits(timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=1))
+)
 
 
 class PayloadFds(msgspec.Struct, frozen=True):
@@ -127,8 +129,8 @@ def become_payload(
         if not data:
             os._exit(WorkerExit.DONE)  # the monitor closed the pipe without a job
         job = _job_decoder.decode(data)
-        memory = job.memory_bytes + runtime.address_space_allowance
-        rlimits.apply_job(job.cpu_ms, memory, memory_fallback, child)
+        memory = job.limits.memory_bytes + runtime.address_space_allowance
+        rlimits.apply_job(job.limits.cpu_ms, memory, memory_fallback, child)
         code = runtime.run_child(child, job) if child else runtime.run(job)
         report = (MEMORY_ERROR if memory_fallback and runtime.memory_error else b"") + EXITED + b"%d" % code
         os.write(REPORT, report)

@@ -43,7 +43,7 @@ def apply_payload(profile: Profile, memory_fallback: bool, allowance: int = 0) -
     max_cpu = cpu_seconds(profile.max.cpu_ms)
     _set(resource.RLIMIT_CPU, max_cpu, max_cpu + 1)
     if memory_fallback:
-        _set(resource.RLIMIT_AS, profile.max.memory_mb * MiB + allowance)
+        _set(resource.RLIMIT_AS, profile.max.in_bytes().memory_bytes + allowance)
 
 
 def apply_job(cpu_ms: int, memory_bytes: int, memory_fallback: bool, pid: int = 0) -> None:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import msgspec
 
 from protocol.messages import HostBind
-from protocol.profile import MiB, Profile
+from protocol.profile import Profile
 from protocol.zmtp import Dealer
 from worker import cgroups, forwarder, mounts, namespaces, payload, privileges
 from worker import syscalls as sc
@@ -213,7 +213,7 @@ def _enter(spec: WorkerSpec, ctx: Context, runtime: Runtime, broker: int) -> int
         meter=meter,
         kill_grace_ms=profile.fixed.kill_grace_ms,
         output_kill_bytes=profile.fixed.output_kill_bytes,
-        idle_memory_bytes=profile.limits.memory_mb * MiB,
+        idle_memory_bytes=profile.limits.in_bytes().memory_bytes,
         adapter=runtime,
     )
     with step(WorkerExit.INTERNAL):

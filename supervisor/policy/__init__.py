@@ -25,7 +25,6 @@ from supervisor.policy import grants, validation
 from supervisor.policy.ratelimit import Limiter
 from supervisor.policy.redact import Redactor, StreamRedactor
 from supervisor.policy.store import Store
-from supervisor.policy.validation import Resolved
 
 K = m.CapabilityKind
 
@@ -33,7 +32,7 @@ K = m.CapabilityKind
 @dataclass
 class Admitted:
     client_key: str
-    limits: Resolved | None = None
+    limits: m.JobLimits | None = None
     reply: m.ExecuteResult | None = None  # a final refusal
     wait: bool = False  # the client is at its concurrency limit and waits its turn
     findings: list[m.Finding] = field(default_factory=list)

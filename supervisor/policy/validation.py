@@ -22,22 +22,6 @@ MINIMUM = {"memory_bytes": 16 * MiB, "timeout_ms": 10, "cpu_ms": 10, "output_byt
 _DOMAIN = re.compile(r"^(\*\.)?([a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}$")
 
 
-class Resolved(msgspec.Struct, frozen=True, kw_only=True):
-    timeout_ms: int
-    cpu_ms: int
-    memory_bytes: int
-    output_bytes: int
-
-
-def _profile_values(limits: object) -> dict[str, int]:
-    return {
-        "timeout_ms": limits.timeout_ms,  # type: ignore[attr-defined]
-        "cpu_ms": limits.cpu_ms,  # type: ignore[attr-defined]
-        "memory_bytes": limits.memory_mb * MiB,  # type: ignore[attr-defined]
-        "output_bytes": limits.output_bytes,  # type: ignore[attr-defined]
-    }
-
-
 def check_sizes(profile: Profile, request: m.ExecuteRequest) -> None:
     fixed = profile.fixed
     code_bytes = len(request.code.encode("utf-8", "surrogatepass"))
@@ -56,10 +40,10 @@ def check_sizes(profile: Profile, request: m.ExecuteRequest) -> None:
         )
 
 
-def resolve_limits(profile: Profile, asked: m.Limits) -> tuple[Resolved, list[m.Capability]]:
+def resolve_limits(profile: Profile, asked: m.Limits) -> tuple[m.JobLimits, list[m.Capability]]:
     """The limits a run gets, and the LIMITS capabilities needed above the defaults."""
-    defaults = _profile_values(profile.limits)
-    maxima = _profile_values(profile.max)
+    defaults = msgspec.structs.asdict(profile.limits.in_bytes())
+    maxima = msgspec.structs.asdict(profile.max.in_bytes())
     values = {}
     needed = []
     for name, default in defaults.items():
@@ -83,7 +67,7 @@ def resolve_limits(profile: Profile, asked: m.Limits) -> tuple[Resolved, list[m.
             needed.append(m.Capability(m.CapabilityKind.LIMITS, name))
         values[name] = value
     values["cpu_ms"] = min(values["cpu_ms"], maxima["cpu_ms"])
-    return Resolved(**values), needed
+    return m.JobLimits(**values), needed
 
 
 def check_grant_path(cap: m.Capability, roots: list[str], field: str) -> m.Capability:

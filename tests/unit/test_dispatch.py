@@ -50,7 +50,8 @@ def disp(rec: Recorder) -> Dispatcher:
 
 
 def ticket(run_id: str, timeout_ms: int = 1000, runtime: str = "python", now: float = 100.0) -> Ticket:
-    job = m.Job(id=run_id, code="1", timeout_ms=timeout_ms, cpu_ms=1000, memory_bytes=1, output_bytes=1)
+    limits = m.JobLimits(timeout_ms=timeout_ms, cpu_ms=1000, memory_bytes=1, output_bytes=1)
+    job = m.Job(id=run_id, code="1", limits=limits)
     return Ticket(run_id=run_id, runtime=runtime, job=job, context=None, queued_at=now, wait_deadline=now + 30)
 
 

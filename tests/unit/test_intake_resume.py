@@ -8,9 +8,8 @@ from protocol import messages as m
 from supervisor.dispatch import Dispatcher, Effects
 from supervisor.intake import Intake
 from supervisor.policy import Admitted
-from supervisor.policy.validation import Resolved
 
-LIMITS = Resolved(timeout_ms=1000, cpu_ms=1000, memory_bytes=1, output_bytes=100)
+LIMITS = m.JobLimits(timeout_ms=1000, cpu_ms=1000, memory_bytes=1, output_bytes=100)
 
 
 class OneAtATime:

@@ -149,7 +149,7 @@ class NodeRuntime(Runtime):
         return _json.encode(NodeJob(code=job.code, module=job.language in ("mjs", "esm"))) + b"\n"
 
     def exec_interpreter(self, profile: Profile) -> NoReturn:
-        heap_mb = max(16, int(profile.limits.memory_mb * HEAP_OF_MEMORY))
+        heap_mb = max(16, int(profile.limits.in_bytes().memory_bytes * HEAP_OF_MEMORY) >> 20)
         argv = ["node", f"--max-old-space-size={heap_mb}", "--no-warnings", "-e", BOOT]
         # Fd 5: a pipe holding a null job, its write end closed: the bootstrap
         # reads it as it will read the real job, to walk that path once.

@@ -21,7 +21,7 @@ import threading
 import traceback
 import types
 
-from protocol.messages import Job
+from protocol.messages import Job, JobLimits
 from worker.runtimes.base import Runtime
 
 FILENAME = "<cell>"
@@ -87,7 +87,8 @@ class PythonRuntime(Runtime):
         for name in ("stdin", "stdout", "stderr"):
             setattr(sys, f"__{name}__", getattr(sys, name))
         warm = "print(end=''); print('', end='', file=__import__('sys').stderr)"
-        self._execute(Job(id="", code=warm, timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=1), final=False)
+        limits = JobLimits(timeout_ms=1, cpu_ms=1, memory_bytes=1, output_bytes=1)
+        self._execute(Job(id="", code=warm, limits=limits), final=False)
 
     def run(self, job: Job) -> int:
         if job.stream:  # the stream was made without line buffering; leave it untouched otherwise
