@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from protocol import messages as m
-from protocol.errors import CellblockError, ErrorCode
+from protocol.errors import CellblockError, ErrorCode, ErrorInfo, error_info
 
 VERSION = b"CB/1"
 
@@ -104,6 +104,42 @@ def broker_egress_codec() -> Codec[m.EgressToBroker]:
 
 def egress_codec() -> Codec[m.BrokerToEgress]:
     return Codec(m.BrokerToEgress, MAX_LAUNCHER_DATAGRAM)
+
+
+_CLIENT_TAGS = {"execute", "status", "grant", "revoke", "grants", "history"}
+_ALL_TAGS = {
+    str(info.tag)
+    for cls in (m.Request, m.Reply, m.Internal)
+    for sub in cls.__subclasses__()
+    for info in [msgspec.inspect.type_info(sub)]
+    if isinstance(info, msgspec.inspect.StructType) and info.tag
+}
+
+
+def explain_bad_request(frames: list[bytes], exc: Exception) -> m.ErrorReply:
+    """The reply to a client frame the typed decoder refused: what was wrong, under the
+    request's own id whenever the body is a msgpack map that names one, so the client
+    can match it to its call (a bad field is not a lost reply)."""
+    info = error_info(exc)
+    raw: object = None
+    if len(frames) == 2 and frames[0] == VERSION and len(frames[1]) <= MAX_CLIENT_FRAME:
+        try:
+            raw = msgspec.msgpack.decode(frames[1])
+        except Exception:  # noqa: BLE001 - not msgpack: the error says so already
+            raw = None
+    request_id = ""
+    if isinstance(raw, dict):
+        rid = raw.get("id")
+        if isinstance(rid, str) and 0 < len(rid) <= 128:
+            request_id = rid
+        tag = raw.get("type")
+        if info.code == ErrorCode.BAD_MESSAGE and tag in _ALL_TAGS and tag not in _CLIENT_TAGS:
+            info = ErrorInfo(
+                code=ErrorCode.UNEXPECTED_MESSAGE,
+                message=f"message type {tag!r} is not accepted on the client socket",
+                field="type",
+            )
+    return m.ErrorReply(id=request_id, error=info)
 
 
 _json_encoder = msgspec.json.Encoder()

@@ -19,7 +19,7 @@ import collections
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import msgspec
 
@@ -52,6 +52,15 @@ class WorkerEntry:
     reserved_for: str = ""
 
 
+class Owner(Protocol):
+    """Who a job's output and its one final result go to: a client's request
+    (``supervisor.intake``) or a runtime's self-test (``supervisor.catalogue``)."""
+
+    def chunk(self, chunk: m.WorkerChunk) -> None: ...
+
+    def finish(self, ticket: Ticket, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None: ...
+
+
 @dataclass
 class Ticket:
     """One job from the moment it is accepted until its one final reply."""
@@ -59,7 +68,7 @@ class Ticket:
     run_id: str
     runtime: str
     job: m.Job
-    context: Any  # the broker's per-request state (client, request, stream state)
+    owner: Owner
     queued_at: float
     wait_deadline: float
     worker: str | None = None

@@ -21,8 +21,7 @@ from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo
 from supervisor import results
 from supervisor.dispatch import Dispatcher, Ticket
-from supervisor.policy import Admitted, Policy, Streams
-from supervisor.policy.detect import detect
+from supervisor.policy import Admitted, Policy, Refused, Streams, Wait
 
 Reply = Callable[[bytes, m.Reply], None]
 Resolve = Callable[[str], str]  # language -> runtime name, or raises CellblockError
@@ -40,8 +39,9 @@ class Egress(Protocol):
 
 @dataclass
 class Request:
-    """The broker's state for one admitted execute request."""
+    """The broker's state for one admitted execute request: the owner of its ticket."""
 
+    intake: Intake
     client: bytes
     request: m.ExecuteRequest
     client_key: str
@@ -52,6 +52,12 @@ class Request:
     findings: list[m.Finding] = field(default_factory=list)
     capabilities: list[m.Capability] = field(default_factory=list)
     egress: bool = False  # the egress proxy holds a socket for this run
+
+    def chunk(self, chunk: m.WorkerChunk) -> None:
+        self.intake.chunk(self, chunk)
+
+    def finish(self, ticket: Ticket, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
+        self.intake.finish(self, ticket, raw, error)
 
 
 @dataclass
@@ -125,85 +131,52 @@ class Intake:
             message = "a request with this id is already running"
             self._fail(client, request, run_id, ErrorCode.INVALID_REQUEST, message, field="id")
             return
-        detected = None
-        if request.language.lower() in ("", "auto"):
-            detected = detect(request.code)
-            if detected.language is None:
-                choices = f" ({' or '.join(detected.alternatives)})" if detected.alternatives else ""
-                message = f"cannot tell which language this is: {detected.reason}{choices}; set language"
-                self._fail(client, request, run_id, ErrorCode.INVALID_REQUEST, message, field="language")
-                return
-            request = msgspec.structs.replace(request, language=detected.language)
-        try:
-            runtime = self.resolve(request.language)
-            admitted = self.policy.admit(client.hex(), request, runtime)
-        except CellblockError as exc:
-            self.counters[f"rejected_{exc.code.value}"] += 1
-            key_of = self.policy.client_key(client.hex(), request)
-            self._fail(client, request, run_id, exc.code, exc.message, key_of, exc.field)
-            return
-        if admitted.reply is not None:
-            self._refuse(client, request, run_id, admitted.reply, admitted.client_key)
-            return
-        if detected is not None:
-            admitted.findings.insert(
-                0,
-                m.Finding(
-                    rule="language_detected",
-                    line=0,
-                    severity="info",
-                    message=f"ran as {detected.language} ({detected.confidence}: {detected.reason})",
-                ),
-            )
-        if admitted.wait:
-            self.active[key] = run_id
-            now = time.monotonic()
-            self.waiting[admitted.client_key].append(
-                Waiting(client, request, run_id, received, waited.deadline if waited else now + self.queue_wait_s)
-            )
-            self.counters["waited_for_concurrency"] += 1
-            return
-        self._dispatch(client, request, run_id, runtime, admitted, received)
+        match self.policy.admit(client.hex(), request, self.resolve):
+            case Refused(client_key=client_key, result=result):
+                if result.status is m.Status.REJECTED and result.error is not None:
+                    self.counters[f"rejected_{result.error.code.value}"] += 1
+                self._refuse(client, request, run_id, result, client_key)
+            case Wait(client_key=client_key):
+                self.active[key] = run_id
+                deadline = waited.deadline if waited else time.monotonic() + self.queue_wait_s
+                self.waiting[client_key].append(Waiting(client, request, run_id, received, deadline))
+                self.counters["waited_for_concurrency"] += 1
+            case Admitted() as admitted:
+                self._dispatch(client, run_id, admitted, received)
 
-    def _dispatch(
-        self, client: bytes, request: m.ExecuteRequest, run_id: str, runtime: str, admitted: Admitted, received: float
-    ) -> None:
-        limits = admitted.limits
-        assert limits is not None  # admitted without a reply means limits were resolved
+    def _dispatch(self, client: bytes, run_id: str, admitted: Admitted, received: float) -> None:
+        request = admitted.request
         job = m.Job(
             id=run_id,
             code=request.code,
             stdin=request.stdin,
-            limits=limits,
+            limits=admitted.limits,
             stream=request.stream,
             language=request.language.lower(),
         )
         state = Request(
+            intake=self,
             client=client,
             request=request,
             client_key=admitted.client_key,
-            runtime=runtime,
+            runtime=admitted.runtime,
             received=received,
             findings=admitted.findings,
             capabilities=admitted.capabilities,
         )
-        reserve = None
-        if admitted.reserve:
-            try:
-                path = self.egress.open(run_id, admitted.net) if admitted.net else ""
-            except CellblockError as exc:
-                self.policy.released(admitted.client_key)
-                self._fail(client, request, run_id, exc.code, exc.message, admitted.client_key, exc.field)
-                self._resume(admitted.client_key)
-                return
-            state.egress = bool(path)
-            reserve = m.Reserve(run=run_id, runtime=runtime, binds=admitted.binds, egress=path)
+        try:
+            reserve = self._reserve(state, run_id, admitted)
+        except CellblockError as exc:
+            self.policy.released(admitted.client_key)
+            self._fail(client, request, run_id, exc.code, exc.message, admitted.client_key, exc.field)
+            self._resume(admitted.client_key)
+            return
         now = time.monotonic()
         ticket = Ticket(
             run_id=run_id,
-            runtime=runtime,
+            runtime=admitted.runtime,
             job=job,
-            context=state,
+            owner=state,
             queued_at=now,
             wait_deadline=now + self.queue_wait_s,
             reserve=reserve,
@@ -222,7 +195,16 @@ class Intake:
         # walk of ~0.1 ms for a line and more for long code, runs while the
         # worker runs the code instead of before it. Nothing can finish the
         # run before this returns: the broker has one thread.
-        state.findings.extend(self.policy.analyse(runtime, request.code))
+        state.findings.extend(self.policy.analyse(admitted.runtime, request.code))
+
+    def _reserve(self, state: Request, run_id: str, admitted: Admitted) -> m.Reserve | None:
+        """A run with grants gets a worker of its own: the Reserve for it, its egress
+        socket opened (CellblockError when the proxy cannot); None when it needs none."""
+        if not admitted.reserve:
+            return None
+        path = self.egress.open(run_id, admitted.net) if admitted.net else ""
+        state.egress = bool(path)
+        return m.Reserve(run=run_id, runtime=admitted.runtime, binds=admitted.binds, egress=path)
 
     # --- output and the end of a run -----------------------------------------------------------
 
@@ -236,8 +218,7 @@ class Intake:
             self.reply(state.client, m.OutputChunk(id=state.request.id, stream=stream, seq=state.seq, data=text))  # type: ignore[arg-type]
             state.seq += 1
 
-    def finish(self, ticket: Ticket, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
-        state: Request = ticket.context
+    def finish(self, state: Request, ticket: Ticket, raw: m.WorkerResult | None, error: ErrorInfo | None) -> None:
         request = state.request
         self.active.pop((state.client, request.id), None)
         if request.stream:  # what the line-wise stream redactor still holds

@@ -18,7 +18,6 @@ every worker inherits its specialised bytecode). Then the loop: signals
 
 from __future__ import annotations
 
-import collections
 import gc
 import os
 import selectors
@@ -36,9 +35,10 @@ from protocol import messages as m
 from protocol.errors import ErrorCode
 from protocol.profile import Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
-from supervisor.link import Outbox
+from supervisor.link import Outbox, read_datagram
 from supervisor.log import logger
 from supervisor.pool import Pool, SpawnDeferred
+from supervisor.signals import SignalQueue
 from worker import cgroups, monitor, mounts, namespaces, payload, privileges, sandbox, seccomp, syscalls
 from worker.runtimes import RUNTIMES
 from worker.runtimes.base import Runtime
@@ -73,7 +73,7 @@ class Launcher:
         self.config = config
         self.profile = config.profile
         self.generation = 0
-        self.signals: collections.deque[int] = collections.deque()
+        self.signals = SignalQueue(self)
         self.broker: socket.socket | None = None
         self.codec = launcher_codec()
         self.layers: list[m.LayerStatus] = []
@@ -355,7 +355,7 @@ class Launcher:
         except BlockingIOError:
             return
         for offset in range(0, len(records), 128):
-            self.signals.append(struct.unpack_from("I", records, offset)[0])
+            self.signals.push(struct.unpack_from("I", records, offset)[0])
 
     def run(self) -> int:
         cfg = self.config
@@ -410,16 +410,11 @@ class Launcher:
                         self._flush()
                     if mask & selectors.EVENT_READ and self.broker is not None:
                         self._from_broker()
-            while self.signals:
-                self._dispatch_signal(self.signals.popleft())
+            self.signals.dispatch()
             if self.orphaned_until and (self.broker is None or time.monotonic() > self.orphaned_until):
                 self.stopping = True
             self.pool.fill()
         return self._shutdown()
-
-    def _dispatch_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name.lower()
-        getattr(self, f"handle_{name}", self.handle_sigterm)()
 
     def handle_sigchld(self) -> None:
         self.pool.reap()
@@ -485,10 +480,8 @@ class Launcher:
             _log("broker closed the link")
             self._drop_broker()
             return
-        try:
-            message = self.codec.decode_datagram(data)
-        except Exception as exc:  # noqa: BLE001 - a bad datagram is dropped, not fatal
-            _log(f"dropped a bad datagram from the broker: {exc}")
+        message = read_datagram(self.codec, data, lambda why: _log(f"dropped a bad datagram from the broker: {why}"))
+        if message is None:
             return
         match message:
             case m.Taken(worker=worker_id):

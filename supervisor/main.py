@@ -33,6 +33,7 @@ from supervisor import egress as egress_mod
 from supervisor import launcher as launcher_mod
 from supervisor.config import Config, cache_dir, pool_targets, runtime_dir, state_dir
 from supervisor.log import logger
+from supervisor.signals import SignalQueue, drain_wakeup
 
 PROJECT_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": PROJECT_ROOT}
@@ -75,7 +76,7 @@ class Supervisor:
         self.ready_fd = ready_fd
         self.lifeline_fd = lifeline_fd  # embedded: EOF when the process that started us is gone
         self.instance = uuid.uuid4().hex[:12]
-        self.signals: collections.deque[int] = collections.deque()
+        self.signals = SignalQueue(self)
         self.launcher = Child("launcher")
         self.broker = Child("broker")
         self.egress = Child("egress")
@@ -189,15 +190,9 @@ class Supervisor:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.signals.append(signum)
-
     def run(self) -> int:
         prctl.set_child_subreaper(1)  # orphaned workers come back to us to be reaped
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        wake_r = self.signals.install((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP))
         self.start_launcher()
         self.start_egress()
         self.start_broker()
@@ -215,10 +210,7 @@ class Supervisor:
                 self.lifeline_fd = -1
                 self.stopping = True
             if wake_r in readable:
-                try:
-                    os.read(wake_r, 512)
-                except BlockingIOError:
-                    pass
+                drain_wakeup(wake_r)
             if ready_pending and self.ready_r >= 0 and self.ready_r in readable:
                 ready = os.read(self.ready_r, 1) == b"R"
                 os.close(self.ready_r)
@@ -235,9 +227,7 @@ class Supervisor:
                     os.write(self.ready_fd, b"R")
                     os.close(self.ready_fd)
                     self.ready_fd = -1
-            while self.signals:
-                name = signal.Signals(self.signals.popleft()).name.lower()
-                getattr(self, f"handle_{name}", self.handle_sigterm)()
+            self.signals.dispatch()
             if self.stopping:
                 return self._shutdown()
 

@@ -39,6 +39,7 @@ from supervisor.egress.http import (
 )
 from supervisor.egress.record import Flow, Run
 from supervisor.identity import drop_privileges
+from supervisor.link import read_datagram
 from supervisor.log import logger
 from supervisor.policy.grants import matches
 
@@ -385,10 +386,8 @@ class Proxy:
         opened: set[str] = set()  # runs opened over this link, closed with it
         try:
             while data := await loop.sock_recv(conn, MAX_LAUNCHER_DATAGRAM):
-                try:
-                    message = self.codec.decode_datagram(data)
-                except Exception as exc:  # noqa: BLE001 - a bad datagram is dropped, not fatal
-                    _log(f"dropped a bad datagram: {exc}")
+                message = read_datagram(self.codec, data, lambda why: _log(f"dropped a bad datagram: {why}"))
+                if message is None:
                     continue
                 match message:
                     case m.EgressOpen(run=run_id, allow=allow):

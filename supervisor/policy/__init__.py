@@ -4,8 +4,10 @@
 ``validation`` (sizes, limits, capability syntax), ``ratelimit`` (per-client
 rate and concurrency), ``grants`` (which grant covers which need),
 ``findings`` (static analysis), ``redact`` (secrets in output) and ``store``
-(SQLite: history and grants). Admission order: validate, check capabilities
-against grants, rate, concurrency, then analyse.
+(SQLite: history and grants). Admission (``admit``, one call, one
+answer: Admitted, Refused or Wait): the language, sizes, capabilities
+against grants, limits, rate, concurrency; the static analysis runs after
+the job has gone out.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo
 from protocol.profile import Profile
+from supervisor import results
 from supervisor.config import Config
 from supervisor.policy import findings as findings_mod
 from supervisor.policy import grants, validation
+from supervisor.policy.detect import detect
 from supervisor.policy.ratelimit import Limiter
 from supervisor.policy.redact import Redactor, StreamRedactor
 from supervisor.policy.store import Store
@@ -31,10 +37,12 @@ K = m.CapabilityKind
 
 @dataclass
 class Admitted:
+    """The run may start: everything the intake needs to make its job."""
+
     client_key: str
-    limits: m.JobLimits | None = None
-    reply: m.ExecuteResult | None = None  # a final refusal
-    wait: bool = False  # the client is at its concurrency limit and waits its turn
+    request: m.ExecuteRequest  # with the language detected, when it asked for "auto"
+    runtime: str
+    limits: m.JobLimits
     findings: list[m.Finding] = field(default_factory=list)
     capabilities: list[m.Capability] = field(default_factory=list)
     binds: list[m.HostBind] = field(default_factory=list)  # granted host paths to bind
@@ -47,6 +55,24 @@ class Admitted:
 
 
 @dataclass
+class Refused:
+    """The run may not start: its one reply (id and run id filled in by the intake)."""
+
+    client_key: str
+    result: m.ExecuteResult
+
+
+@dataclass
+class Wait:
+    """The client is at its concurrency limit: the request waits its turn."""
+
+    client_key: str
+
+
+Admission = Admitted | Refused | Wait
+
+
+@dataclass
 class Streams:
     """Per streamed request: an incremental decoder and a redactor per stream."""
 
@@ -56,6 +82,39 @@ class Streams:
 
 def _refusal(status: m.Status, error: ErrorInfo, **extra: object) -> m.ExecuteResult:
     return m.ExecuteResult(id="", status=status, error=error, **extra)  # type: ignore[arg-type]
+
+
+def _permission_required(key: str, request: m.ExecuteRequest, lacking: list[m.Capability]) -> m.ExecuteResult:
+    names = ", ".join(grants.describe(c) for c in lacking)
+    scope = f" --conversation {request.conversation_id}" if request.conversation_id else ""
+    return _refusal(
+        m.Status.PERMISSION_REQUIRED,
+        ErrorInfo(
+            code=ErrorCode.PERMISSION_REQUIRED,
+            message=f"this run needs {names}, which client {key!r} does not hold; "
+            f"grant it with: cellblock grant {key} {grants.describe(lacking[0])}{scope}",
+            field="capabilities" if request.capabilities else "limits",
+        ),
+        required=lacking,
+    )
+
+
+def _language(request: m.ExecuteRequest) -> tuple[m.ExecuteRequest, m.Finding | None]:
+    """The request with its language detected when it asked for "auto" (or none), and the finding saying how."""
+    if request.language.lower() not in ("", "auto"):
+        return request, None
+    guess = detect(request.code)
+    if guess.language is None:
+        choices = f" ({' or '.join(guess.alternatives)})" if guess.alternatives else ""
+        message = f"cannot tell which language this is: {guess.reason}{choices}; set language"
+        raise CellblockError(ErrorCode.INVALID_REQUEST, message, "language")
+    finding = m.Finding(
+        rule="language_detected",
+        line=0,
+        severity="info",
+        message=f"ran as {guess.language} ({guess.confidence}: {guess.reason})",
+    )
+    return msgspec.structs.replace(request, language=guess.language), finding
 
 
 def _rate_limited(message: str, retry_after_s: float) -> m.ExecuteResult:
@@ -82,9 +141,20 @@ class Policy:
     def client_key(self, connection: str, request: m.ExecuteRequest) -> str:
         return request.client_id or f"conn:{connection}"
 
-    def admit(self, connection: str, request: m.ExecuteRequest, runtime: str) -> Admitted:
-        """Decide; raises CellblockError for a request that is simply wrong."""
+    def admit(self, connection: str, request: m.ExecuteRequest, resolve: Callable[[str], str]) -> Admission:
+        """Decide, in one call: the language (detected for "auto"), the runtime (``resolve``),
+        sizes, capabilities against grants, limits, rate and concurrency. Never raises for
+        a request that is wrong: that is a Refused with the reason."""
         key = self.client_key(connection, request)
+        try:
+            request, detected = _language(request)
+            runtime = resolve(request.language)
+            return self._admit(key, request, runtime, detected)
+        except CellblockError as exc:
+            error = ErrorInfo(code=exc.code, message=exc.message, field=exc.field)
+            return Refused(key, results.from_error("", "", request.language, error))
+
+    def _admit(self, key: str, request: m.ExecuteRequest, runtime: str, detected: m.Finding | None) -> Admission:
         validation.check_sizes(self.profile, request)
         asked = []
         for i, cap in enumerate(request.capabilities):
@@ -98,38 +168,25 @@ class Policy:
             held = grants.usable(self.store.grants(key), request.conversation_id)
             lacking = [need for need in needs if grants.covering(held, need) is None]
             if lacking:
-                names = ", ".join(grants.describe(c) for c in lacking)
-                scope = f" --conversation {request.conversation_id}" if request.conversation_id else ""
-                return Admitted(
-                    key,
-                    reply=_refusal(
-                        m.Status.PERMISSION_REQUIRED,
-                        ErrorInfo(
-                            code=ErrorCode.PERMISSION_REQUIRED,
-                            message=f"this run needs {names}, which client {key!r} does not hold; "
-                            f"grant it with: cellblock grant {key} {grants.describe(lacking[0])}{scope}",
-                            field="capabilities" if request.capabilities else "limits",
-                        ),
-                        required=lacking,
-                    ),
-                )
+                return Refused(key, _permission_required(key, request, lacking))
         rate, concurrency = self.limiter.limits(key)
         retry = self.limiter.retry_after(key)
         if retry is not None:
             why = f"client {key!r} started {rate} runs in the last minute; retry in {retry:.1f} s"
-            return Admitted(key, reply=_rate_limited(why, round(retry, 3)))
+            return Refused(key, _rate_limited(why, round(retry, 3)))
         if self.limiter.busy(key):
             if self.config.policy.over_concurrency == "wait":
-                return Admitted(key, wait=True)
+                return Wait(key)
             why = f"client {key!r} already has {concurrency} runs going; retry when one ends"
-            return Admitted(key, reply=_rate_limited(why, 1.0))
+            return Refused(key, _rate_limited(why, 1.0))
         try:
             binds = grants.plan_binds(held, needs)
         except ValueError as exc:
             raise CellblockError(ErrorCode.INVALID_REQUEST, str(exc), "capabilities") from None
         net = [c.target for c in needs if c.kind is K.NET]
         self.limiter.start(key)
-        return Admitted(key, limits=limits, capabilities=needs, binds=binds, net=net)
+        findings = [detected] if detected is not None else []
+        return Admitted(key, request, runtime, limits, findings, needs, binds, net)
 
     def analyse(self, runtime: str, code: str) -> list[m.Finding]:
         """Static findings about the code: reported with the result, never a reason to refuse."""

@@ -7,7 +7,7 @@ import time
 from protocol import messages as m
 from supervisor.dispatch import Dispatcher, Effects
 from supervisor.intake import Intake
-from supervisor.policy import Admitted
+from supervisor.policy import Admission, Admitted, Wait
 
 LIMITS = m.JobLimits(timeout_ms=1000, cpu_ms=1000, memory_bytes=1, output_bytes=100)
 
@@ -20,12 +20,12 @@ class OneAtATime:
     def __init__(self) -> None:
         self.running: dict[str, int] = {}
 
-    def admit(self, client: bytes, request: m.ExecuteRequest, runtime: str) -> Admitted:
+    def admit(self, client: str, request: m.ExecuteRequest, resolve: object) -> Admission:
         key = request.client_id
         if self.running.get(key, 0) >= 1:
-            return Admitted(key, wait=True)
+            return Wait(key)
         self.running[key] = self.running.get(key, 0) + 1
-        return Admitted(key, limits=LIMITS)
+        return Admitted(key, request, "python", LIMITS)
 
     def released(self, key: str) -> None:
         self.running[key] -= 1
@@ -45,7 +45,7 @@ def setup(queue_limit: int) -> tuple[Intake, Dispatcher, OneAtATime, list[m.Repl
         send_job=lambda worker, job: True,
         taken=lambda worker: None,
         kill=lambda worker, reason: None,
-        finish=lambda ticket, raw, error: intake.finish(ticket, raw, error),
+        finish=lambda ticket, raw, error: ticket.owner.finish(ticket, raw, error),
         reserve=lambda reservation: None,
     )
     dispatcher = Dispatcher(effects=effects, clock=time.monotonic, queue_limit=queue_limit, queue_wait_s=30)

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 
 from protocol import messages as m
 from protocol.errors import ErrorCode, ErrorInfo
-from supervisor.broker import Broker, RuntimeView
+from protocol.profile import Profile
+from supervisor.catalogue import Catalogue, RuntimeView
 
 
-class Dispatcher:
-    def __init__(self) -> None:
-        self.failed: list[tuple[str, ErrorInfo]] = []
-
-    def fail_queued(self, runtime: str, error: ErrorInfo) -> None:
-        self.failed.append((runtime, error))
-
-
-def broker_with(view: RuntimeView) -> types.SimpleNamespace:
-    return types.SimpleNamespace(runtimes={"python": view}, dispatcher=Dispatcher())
+def catalogue_with(view: RuntimeView) -> Catalogue:
+    failed: list[tuple[str, ErrorInfo]] = []
+    catalogue = Catalogue(Profile(), lambda runtime, error: failed.append((runtime, error)))
+    catalogue.runtimes["python"] = view
+    catalogue.failed = failed  # type: ignore[attr-defined]
+    return catalogue
 
 
 def view() -> RuntimeView:
@@ -35,21 +30,21 @@ def view() -> RuntimeView:
 def test_no_result_leaves_the_self_test_pending_not_failed(code: ErrorCode) -> None:
     # e.g. OVERLOADED: it waited out its time in a queue full of clients' runs at start-up.
     v = view()
-    broker = broker_with(v)
-    Broker._self_test_done(broker, "python", None, ErrorInfo(code=code, message="m"))  # type: ignore[arg-type]
-    assert v.self_test == "pending" and not broker.dispatcher.failed
+    catalogue = catalogue_with(v)
+    catalogue.self_test_done("python", None, ErrorInfo(code=code, message="m"))
+    assert v.self_test == "pending" and not catalogue.failed  # type: ignore[attr-defined]
 
 
 def test_a_wrong_answer_fails_it_and_the_queued_runs() -> None:
     v = view()
-    broker = broker_with(v)
+    catalogue = catalogue_with(v)
     raw = m.WorkerResult(id="st", status=m.Status.OK, stdout_head=b"no\n")
-    Broker._self_test_done(broker, "python", raw, None)  # type: ignore[arg-type]
-    assert v.self_test == "failed" and broker.dispatcher.failed[0][0] == "python"
+    catalogue.self_test_done("python", raw, None)
+    assert v.self_test == "failed" and catalogue.failed[0][0] == "python"  # type: ignore[attr-defined]
 
 
 def test_the_right_answer_passes_it() -> None:
     v = view()
     raw = m.WorkerResult(id="st", status=m.Status.OK, stdout_head=b"ok\n")
-    Broker._self_test_done(broker_with(v), "python", raw, None)  # type: ignore[arg-type]
+    catalogue_with(v).self_test_done("python", raw, None)
     assert v.self_test == "passed" and v.offered
