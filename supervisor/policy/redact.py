@@ -507,9 +507,12 @@ class StreamRedactor:
         # Parts of secrets split across streams, with their type: the run's
         # final result holds each stream whole and must hide them too.
         self.fragments: list[tuple[str, str]] = []
+        self.recent = ""  # the start of the last chunk, as it came: a late first half may meet it
 
     def feed(self, text: str) -> str:
-        text = self.pending + self._meet_peers(text)
+        text = self._meet_peers(text)
+        self.recent = text[:JUNCTION]
+        text = self.pending + text
         self.pending = ""
         if self.open_key:
             text = self._close_key(text)
@@ -560,20 +563,27 @@ class StreamRedactor:
         return _ENDS_IN_PREFIX.search(tail.encode("utf-8", "surrogatepass")) is not None
 
     def _meet_peers(self, text: str) -> str:
-        """Read where this chunk meets another stream's unfinished line, as a
-        terminal would show them: a secret across the meeting is hidden in both.
-        Both orders are read: two writes at nearly the same time may reach the
-        broker in either order."""
+        """Read where this chunk meets another stream's output, as a terminal
+        would show them: a secret across the meeting is hidden in both. Two
+        writes at nearly the same time may reach the broker in either order,
+        so both orders are read: the other stream's unfinished line, then
+        this chunk; this chunk, then the other's unfinished line or (already
+        sent on) the start of its last chunk. A part already sent cannot be
+        called back; it is still hidden in the run's final result."""
         for peer in self.peers.values():
-            if peer is self or not peer.pending or not text:
+            if peer is self or not text:
                 continue
-            text = self._meet(peer, text, peer_first=True)
-            text = self._meet(peer, text, peer_first=False)
+            if peer.pending:
+                text = self._meet(peer, text, peer_first=True)
+            if peer.pending or peer.recent:
+                text = self._meet(peer, text, peer_first=False)
         return text
 
     def _meet(self, peer: StreamRedactor, text: str, peer_first: bool) -> str:
-        left = peer.pending[-JUNCTION:] if peer_first else text[-JUNCTION:]
-        right = text[:JUNCTION] if peer_first else peer.pending[:JUNCTION]
+        if peer_first:
+            left, right = peer.pending[-JUNCTION:], text[:JUNCTION]
+        else:
+            left, right = text[-JUNCTION:], (peer.pending or peer.recent)[:JUNCTION]
         for start, end, kind in self.redactor.spans(left + right):
             if start < len(left) < end:
                 head, tail = left[start:], right[: end - len(left)]
@@ -583,7 +593,8 @@ class StreamRedactor:
                 if peer_first:
                     peer.pending = peer.pending[: len(peer.pending) - len(head)] + marker(kind)
                     return marker(kind) + text[len(tail) :]
-                peer.pending = marker(kind) + peer.pending[len(tail) :]
+                if peer.pending:
+                    peer.pending = marker(kind) + peer.pending[len(tail) :]
                 return text[: len(text) - len(head)] + marker(kind)
         return text
 

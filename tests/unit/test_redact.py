@@ -318,3 +318,16 @@ def test_hostile_floods_cost_bounded_time(redactor: Redactor, line: str) -> None
     started = time.perf_counter()
     redactor.redact(text)
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_first_half_arriving_after_the_second_was_sent_is_hidden_and_marked_for_the_result(
+    redactor: Redactor,
+) -> None:
+    streams: dict[str, StreamRedactor] = {}
+    out = {name: streams.setdefault(name, redactor.stream(streams)) for name in ("stdout", "stderr")}
+    sent = out["stdout"].feed(GITHUB[18:] + " end\n")  # already on its way to the client: cannot be called back
+    late = out["stderr"].feed("key=" + GITHUB[:18]) + out["stderr"].flush()
+    assert sent == GITHUB[18:] + " end\n" and late == "key=[REDACTED:github_token]"
+    result = ResultRedactor(redactor, out["stdout"].fragments)
+    assert result.redact(GITHUB[18:] + " end\n")[0] == "[REDACTED:github_token] end\n"
+    assert result.redact("key=" + GITHUB[:18])[0] == "key=[REDACTED:github_token]"
