@@ -25,9 +25,8 @@ Python's ``re`` took 25-400 ms per MiB for the old, smaller rule set and can
 backtrack on hostile input; detect-secrets (Python ``re``, line by line,
 through plugin objects) is slower still. The broker reads output chosen by
 the code it sandboxes, so linear time is a security property, not only a
-speed one. Each text is bounded too: past ``MAX_MATCHES`` secrets or
-``MAX_CHECKS`` candidates the rest of it is withheld, not scanned (fails
-closed).
+speed one. Each text is bounded too: past ``MAX_MATCHES`` secrets or a
+budget of candidates the rest of it is withheld, not scanned (fails closed).
 
 Streaming: ``StreamRedactor`` emits text up to its last line break. It holds
 back an open private key block (until its END line or a blank line; one held
@@ -58,10 +57,14 @@ MAX_HOLD = 64 * 1024  # a line longer than this is emitted at its last space
 # further: each costs the broker some microseconds, and output chosen by
 # hostile code must not buy seconds of broker time. Failing closed keeps it safe.
 MAX_MATCHES = 1000
-MAX_CHECKS = 10 * MAX_MATCHES  # candidates judged (most are rejected) before the rest is withheld
+# Candidates judged (most are rejected: password=None) before the rest is
+# withheld: one per 256 bytes, at least 2000. Ordinary output has about one per
+# 1000 bytes at most; a flood of them costs the broker ~100 ms per MiB.
+MIN_CHECKS, CHECK_EVERY = 2000, 256
 PEM_HOLD = 32 * 1024  # an open private key block is held back at most this long
 DECODE_WINDOW = 2048  # encoded characters decoded after an encoded prefix
 JUNCTION = 1024  # characters of each stream read where two streams meet
+AWS_REACH = 256  # bytes either side of an AWS context read for a secret key
 WITHHELD = "withheld_too_many_secrets"
 
 Span = tuple[int, int, str]
@@ -136,7 +139,7 @@ def _placeholder(value: str) -> bool:
 def password_value(value: str, bare: bool, prose_follows: bool) -> bool:
     """A value given to a password-like name: a secret whatever its entropy,
     unless it is a placeholder, or (unquoted) code, a path or a word of prose."""
-    if _placeholder(value):
+    if _placeholder(value) or not any(c.isalnum() for c in value):
         return False
     if bare:
         if value[0] in "=!" or value.startswith(("/", "./", "../", "~/")):
@@ -230,11 +233,11 @@ class Redactor:
 
     def find(self, data: bytes) -> list[Span]:
         """Byte spans of the secrets in UTF-8 ``data``: sorted, not overlapping."""
-        budget = [MAX_CHECKS]
+        budget = [max(MIN_CHECKS, len(data) // CHECK_EVERY)]
         found, contexts = self._primary(data, budget)
         found += self._aws_lines(data, contexts)
         if len(found) < MAX_MATCHES:
-            found += self._secondary(data, found, budget)
+            found += self._secondary(data, found, [MAX_MATCHES])  # each costs a decode: fewer
         return _merge(found, len(data))
 
     def _rule_at(self, data: bytes, start: int, end: int) -> tuple[int, re2._Match] | None:
@@ -308,16 +311,18 @@ class Redactor:
         return (start, end, kind), start
 
     def _aws_lines(self, data: bytes, contexts: list[int]) -> list[Span]:
+        """40-character secret keys on the line of an AWS context, within
+        ``AWS_REACH`` bytes of it."""
         found: list[Span] = []
-        done = -1
+        done = 0
         for pos in contexts:
-            if pos <= done:
+            begin = max(done, data.rfind(b"\n", max(0, pos - AWS_REACH), pos) + 1, pos - AWS_REACH)
+            stop = data.find(b"\n", pos, pos + AWS_REACH)
+            stop = min(len(data), pos + AWS_REACH) if stop < 0 else stop
+            if begin >= stop:
                 continue
-            begin = data.rfind(b"\n", 0, pos) + 1
-            done = data.find(b"\n", pos)
-            if done < 0:
-                done = len(data)
-            for match in self.aws_candidate.finditer(data, begin, done):
+            done = stop
+            for match in self.aws_candidate.finditer(data, begin, stop):
                 value = match.group(1).decode()
                 if _aws_secret(value):
                     found.append((match.start(1), match.end(1), "aws_secret_key"))
@@ -397,6 +402,8 @@ class Redactor:
                 out = []
                 for s, e, kind in spans:
                     a, b = first + 4 * (s + skip) // 3, min(end, first + -(-4 * (e + skip) // 3))
+                    if e == len(decoded):
+                        b = end  # reached the end of what was decoded: the token (a key block) goes on
                     out.append((run if a - run < 4 else a, end if end - b < 4 else b, kind))
                 return out
         return []

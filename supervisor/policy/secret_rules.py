@@ -50,9 +50,11 @@ class Rule:
 
 
 # A value after a name: quoted (double or single) or bare.
+# A value that starts with < or { is a placeholder or markup (<pad>, {{ x }}):
+# left out here, so the many of them in ordinary output cost nothing.
 VALUE = (
-    r"""(?:"(?P<q>(?:[^"\\\r\n]|\\.)+)"|'(?P<s>(?:[^'\\\r\n]|\\.)+)'"""
-    r"""|(?P<u>[^\s"'`,;&|)}\]<>]+))"""
+    r"""(?:"(?P<q>(?:[^"\\\r\n<{]|\\.)(?:[^"\\\r\n]|\\.)*)"|'(?P<s>(?:[^'\\\r\n<{]|\\.)(?:[^'\\\r\n]|\\.)*)'"""
+    r"""|(?P<u>[^\s"'`,;&|)}\]<>{]+))"""
 )
 # name ... operator: `name = v`, `name: v`, `"name": v`, `name => v`, `name := v`, `--name=v`, `--name v`.
 ASSIGN = r"""["'`]?\]?[ \t]{0,3}(?:=>|:=|\?=|=|:)[ \t]{0,3}"""

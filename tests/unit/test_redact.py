@@ -234,7 +234,8 @@ def test_a_percent_encoded_url_with_credentials_is_found(redactor: Redactor) -> 
 
 
 def test_a_base64_private_key_as_kubernetes_prints_it(redactor: Redactor) -> None:
-    key = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(KEY_BODY) + "\n-----END RSA PRIVATE KEY-----\n"
+    body = "\n".join(KEY_BODY[:2] * 40)  # longer than what is decoded after the prefix
+    key = "-----BEGIN RSA PRIVATE KEY-----\n" + body + "\n-----END RSA PRIVATE KEY-----\n"
     encoded = base64.b64encode(key.encode()).decode()
     out, counts = redactor.redact(f"data:\n  tls.key: {encoded}\n  tls.crt: LS0tLS1CRUdJTiBDRVJU\n")
     assert encoded[:60] not in out and encoded[-60:] not in out and counts == {"private_key": 1}
