@@ -9,8 +9,9 @@ text and counts it caught when the secret no longer appears in the output
 (and says when the type named differs from the label). On the negative
 corpus (ordinary program output) every redaction is a false positive. Speed
 is ms per MiB over the negative corpus and over the bench's plain text,
-median of 5, beside the rules at ``--baseline`` (default: main) measured in
-the same run, loaded from ``git show REV:supervisor/policy/redact.py``.
+median of 5, beside the rules at ``--baseline`` (default: the commit before
+issue 17) measured in the same run, loaded from ``git show
+REV:supervisor/policy/redact.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CORPUS = ROOT / "tests" / "data" / "secrets"
+BASELINE = "c206a64"  # the rules before issue 17
 
 
 def load_positives() -> list[dict[str, str]]:
@@ -107,7 +109,9 @@ def score(redactor: Any, positives: list[dict[str, str]], negatives: str) -> dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", default="main", help="git revision whose rules to time beside (default main)")
+    parser.add_argument(
+        "--baseline", default=BASELINE, help=f"git revision whose rules to score beside (default {BASELINE})"
+    )
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--show-misses", action="store_true")
     args = parser.parse_args()
@@ -124,7 +128,9 @@ def main() -> int:
             speed[f"{name} negatives ms/MiB"] = ms_per_mib(redactor, negatives)
             speed[f"{name} plain text ms/MiB"] = ms_per_mib(redactor, plain)
     if old is not None:
-        result["baseline"] = {k: v for k, v in score(old, positives, negatives).items() if k in ("families", "recall")}
+        before = score(old, positives, negatives)
+        result["baseline"] = {k: before[k] for k in ("families", "recall")}
+        result["baseline"]["false_positive_lines"] = len(before["false_positive_lines"])
     result["speed"] = speed
 
     print(f"redaction scorecard: {result['examples']} positive examples, {speed['negatives_mib']:.2f} MiB of negatives")
@@ -141,6 +147,7 @@ def main() -> int:
     print(
         f"  false positives on the negatives: {len(result['false_positive_lines'])} lines, "
         f"whole text {result['false_positives_whole']}"
+        + (f" (old: {result['baseline']['false_positive_lines']} lines)" if old else "")
     )
     for key, value in speed.items():
         if key != "negatives_mib":
