@@ -594,6 +594,8 @@ class StreamRedactor:
         for start, end, kind in self.redactor.spans(left + right):
             if start < len(left) < end:
                 head, tail = left[start:], right[: end - len(left)]
+                if self._whole(head.rstrip("\r\n")) or self._whole(tail):
+                    continue  # a secret by itself, met by more text: redacted in its own stream
                 self.fragments += [(head, kind), (tail, kind)]
                 peer.fragments += [(head, kind), (tail, kind)]
                 self.counts[kind] += 1
@@ -604,6 +606,9 @@ class StreamRedactor:
                     peer.pending = marker(kind) + peer.pending[len(tail) :]
                 return text[: len(text) - len(head)] + marker(kind)
         return text
+
+    def _whole(self, part: str) -> bool:
+        return any(s == 0 and e == len(part) for s, e, _ in self.redactor.spans(part)) if part else False
 
     def _emit(self, text: str) -> str:
         if not text:

@@ -170,7 +170,7 @@ RULES: tuple[Rule, ...] = (
     _format(
         "github_token",
         "vcs",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{22,})\b",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_\w{22,})\b",
         "ghp_",
         "gho_",
         "ghu_",

@@ -19,7 +19,7 @@ from protocol.client import Client
 from tests.conftest import Service
 
 pytestmark = pytest.mark.integration
-GITHUB = "ghp_" + "FAKEdE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5"
+GITHUB = "ghp_" + "FAKEdE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY"  # 36 after the prefix, as GitHub makes them
 KEY_LINES = [
     "MIIEpAIBAAKCAQEAFAKEm2KqWQv3Xn8ykfJQvBf3aB3dE5fG7hI9jK1lM3nO5pQ7",
     "FAKEr8HBudxQylLM3O0JMMEGpRzpCKBtlYWOUSxQKNX0bmFVj8N6YplekEawg0qB",

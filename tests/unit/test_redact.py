@@ -332,3 +332,12 @@ def test_a_first_half_arriving_after_the_second_was_sent_is_hidden_and_marked_fo
     result = ResultRedactor(redactor, out["stdout"].fragments)
     assert result.redact(GITHUB[18:] + " end\n")[0] == "[REDACTED:github_token] end\n"
     assert result.redact("key=" + GITHUB[:18])[0] == "key=[REDACTED:github_token]"
+
+
+def test_a_whole_token_on_one_stream_does_not_eat_the_start_of_the_other(redactor: Redactor) -> None:
+    streams: dict[str, StreamRedactor] = {}
+    out = {name: streams.setdefault(name, redactor.stream(streams)) for name in ("stdout", "stderr")}
+    jwt = SECRETS["jwt"]
+    shown = out["stderr"].feed(f"gh {GITHUB}\n") + out["stdout"].feed("jwt " + jwt[:30])
+    shown += out["stdout"].feed(jwt[30:] + " end\n") + out["stdout"].flush() + out["stderr"].flush()
+    assert "jwt [REDACTED:jwt] end\n" in shown and "gh [REDACTED:github_token]\n" in shown
