@@ -59,6 +59,11 @@ VALUE = (
 # name ... operator: `name = v`, `name: v`, `"name": v`, `name => v`, `name := v`, `--name=v`, `--name v`.
 ASSIGN = r"""["'`]?\]?[ \t]{0,3}(?:=>|:=|\?=|=|:)[ \t]{0,3}"""
 FLAG_SPACE = r"""[ \t]{1,3}"""
+# A name is not the end of a path: /etc/passwd: ..., /var/run/secrets/.../token
+NOT_A_PATH = r"(?:^|[^/])"
+# f("password", "value"): the name and the value as the first two arguments of a call
+# (not any two strings in a row: ["passwd", "group"] is a list of file names).
+QUOTED_ARGUMENT = r"""["'][ \t]{0,3},[ \t]{0,3}(?:"(?P<q>[^"\r\n]+)"|'(?P<s>[^'\r\n]+)')"""
 
 PASSWORD_NAMES = r"(?i:passw(?:or)?d|passphrase|pwd|password_?plain|cleartextpassword)"  # noqa: S105 - names
 KEY_NAMES = (
@@ -353,22 +358,19 @@ RULES: tuple[Rule, ...] = (
         Check.PASSWORD,
         family="generic",
     ),
-    Rule("password_assignment", PASSWORD_NAMES + ASSIGN + VALUE, Check.PASSWORD, family="generic"),
+    Rule("password_assignment", NOT_A_PATH + PASSWORD_NAMES + ASSIGN + VALUE, Check.PASSWORD, family="generic"),
     Rule("password_assignment", r"--[\w-]*" + PASSWORD_NAMES + FLAG_SPACE + VALUE, Check.PASSWORD, family="generic"),
     Rule(
         "password_assignment",
-        r"""["']"""
-        + r"[\w.-]*"
-        + PASSWORD_NAMES
-        + r"""["'][ \t]{0,3},[ \t]{0,3}(?:"(?P<q>[^"\r\n]+)"|'(?P<s>[^'\r\n]+)')""",
+        r"""\([ \t]*["'][\w.-]*""" + PASSWORD_NAMES + QUOTED_ARGUMENT,
         Check.PASSWORD,
         family="generic",
     ),
-    Rule("generic_secret", KEY_NAMES + ASSIGN + VALUE, Check.ENTROPY, family="generic"),
+    Rule("generic_secret", NOT_A_PATH + KEY_NAMES + ASSIGN + VALUE, Check.ENTROPY, family="generic"),
     Rule("generic_secret", r"--[\w-]*" + KEY_NAMES + FLAG_SPACE + VALUE, Check.ENTROPY, family="generic"),
     Rule(
         "generic_secret",
-        r"""["'][\w.-]*""" + KEY_NAMES + r"""["'][ \t]{0,3},[ \t]{0,3}(?:"(?P<q>[^"\r\n]+)"|'(?P<s>[^'\r\n]+)')""",
+        r"""\([ \t]*["'][\w.-]*""" + KEY_NAMES + QUOTED_ARGUMENT,
         Check.ENTROPY,
         family="generic",
     ),

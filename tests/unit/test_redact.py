@@ -341,3 +341,15 @@ def test_a_whole_token_on_one_stream_does_not_eat_the_start_of_the_other(redacto
     shown = out["stderr"].feed(f"gh {GITHUB}\n") + out["stdout"].feed("jwt " + jwt[:30])
     shown += out["stdout"].feed(jwt[30:] + " end\n") + out["stdout"].flush() + out["stderr"].flush()
     assert "jwt [REDACTED:jwt] end\n" in shown and "gh [REDACTED:github_token]\n" in shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"append /etc/passwd": "EROFS", "append /etc/hosts": "EROFS"}\n',
+        '["group", "hosts", "passwd", "shadow"]\n',
+        "cat: /var/run/secrets/kubernetes.io/serviceaccount/token: No such file or directory\n",
+    ],
+)
+def test_paths_and_lists_that_name_a_password_file_are_left(redactor: Redactor, text: str) -> None:
+    assert redactor.redact(text) == (text, {})
