@@ -696,6 +696,11 @@ def section_prose(out: io.StringIO) -> None:
         "    api_key = os.environ['API_KEY']",
         "    secret = settings.SECRET",
         "def login(user: str, password: str) -> Session:",
+        # found by the sandbox tests: paths and file lists that name password files
+        '{"append /etc/passwd": "EROFS", "append /etc/hosts": "EROFS", "rename /etc/shadow": "EACCES"}',
+        str(sorted(["passwd", "group", "hosts", "shadow", "gshadow", "hostname", "resolv.conf"])),
+        "cat: /var/run/secrets/kubernetes.io/serviceaccount/token: No such file or directory",
+        "-rw-r--r-- 1 root root 1.2K Dec  1 10:00 /etc/passwd",
     ):
         out.write(line + "\n")
 
