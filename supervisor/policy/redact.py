@@ -22,8 +22,9 @@ How a text is read, all in linear time (google-re2, over UTF-8 bytes):
    that cost, so hashes and image blobs in ordinary output are not decoded.
 
 Python's ``re`` took 25-400 ms per MiB for the old, smaller rule set and can
-backtrack on hostile input; detect-secrets (Python ``re``, line by line,
-through plugin objects) is slower still. The broker reads output chosen by
+backtrack on hostile input; detect-secrets 1.5 (Python ``re``, line by line,
+through plugin objects) took 5.4 s per MiB of the scorecard's ordinary output
+and flagged 252 things in it, so the rules are our own. The broker reads output chosen by
 the code it sandboxes, so linear time is a security property, not only a
 speed one. Each text is bounded too: past ``MAX_MATCHES`` secrets or a
 budget of candidates the rest of it is withheld, not scanned (fails closed).
@@ -36,7 +37,9 @@ may come with the next line). The stream redactors of one run see each
 other: when a chunk arrives on one stream while the other holds an
 unfinished line, the place where the two meet (as a terminal shows them) is
 read too, so a token whose halves go to stdout and stderr back to back is
-redacted in both.
+redacted in both. If the second half reached the broker first, it has gone
+out already; the first is hidden, and ``ResultRedactor`` hides both in the
+run's final result.
 """
 
 from __future__ import annotations
