@@ -455,18 +455,31 @@ def swift_baselines(runs: int) -> dict[str, object]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def redaction_cost() -> float:
+# The rules before issue 17 (the commit this work started from), timed beside
+# today's in the same run.
+REDACTION_BASELINE = "c206a64"
+
+
+def redaction_cost(baseline: str = REDACTION_BASELINE) -> dict[str, float]:
+    """ms per MiB: the plain words of before, and the scorecard's negative corpus
+    (ordinary program output: hashes, base64 images, reprs, logs), for today's
+    rules and for those at ``baseline`` (from git, when it can be had)."""
+    import importlib.util
+
     from supervisor.policy.redact import Redactor
 
-    words = "the result is value print error line data x count 42 3.14159 hello world id name".split()
-    text = "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(20000))[: 1 << 20]
-    redactor = Redactor()
-    runs = []
-    for _ in range(5):
-        t = time.perf_counter()
-        redactor.redact(text)
-        runs.append((time.perf_counter() - t) * 1000)
-    return statistics.median(runs)
+    spec = importlib.util.spec_from_file_location("scorecard", ROOT / "scripts" / "secrets_scorecard.py")
+    assert spec is not None and spec.loader is not None
+    scorecard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scorecard)
+    texts = {"plain": scorecard.plain_text(), "corpus": scorecard.load_negatives()}
+    out = {}
+    for name, redactor in (("new", Redactor()), ("baseline", scorecard.baseline_redactor(baseline))):
+        if redactor is not None:
+            for label, text in texts.items():
+                redactor.redact(text)  # warm: the DFA is built as it reads
+                out[f"{name}_{label}"] = scorecard.ms_per_mib(redactor, text)
+    return out
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -563,7 +576,9 @@ def main() -> int:
                     service["worker_memory_swift"] = worker_memory(launcher.pid, "swift")
             if broker is not None:
                 service["output_10mib"] = output_path(client, broker.pid)
-        service["redaction_ms_per_mib"] = redaction_cost()
+        cost = redaction_cost()
+        service["redaction_ms_per_mib"] = cost["new_plain"]
+        service["redaction"] = cost
         report["service"] = service
     except BaseException:
         if embedded is not None:  # what the service said, or a failed bench cannot be understood
@@ -674,7 +689,13 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
         rows.append(
             ("10 MiB of stdout", f"{o['mib_per_s']:.0f} MiB/s, broker cpu {o['broker_cpu_ms']:.1f} ms ({o['status']})")
         )
-    rows.append(("redaction", f"{s['redaction_ms_per_mib']:.2f} ms per MiB"))
+    r17 = s.get("redaction", {})
+    text = f"{s['redaction_ms_per_mib']:.2f} ms per MiB"
+    if "new_corpus" in r17:
+        text += f", {r17['new_corpus']:.2f} on ordinary output (scorecard corpus)"
+    if "baseline_plain" in r17:
+        text += f"; rules at {REDACTION_BASELINE}, same run: {r17['baseline_plain']:.2f} / {r17['baseline_corpus']:.2f}"
+    rows.append(("redaction", text))
     rows.append(
         (
             "baseline: python3 -c per run",

@@ -232,7 +232,7 @@ class Intake:
                 self.version(state.runtime),
                 (ticket.worker or "")[:8],
                 raw,
-                self.policy.redactor,
+                state.streams.result_redactor(self.policy.redactor),
             )
             result = msgspec.structs.replace(result, findings=state.findings)
         else:

@@ -29,7 +29,7 @@ from supervisor.policy import findings as findings_mod
 from supervisor.policy import grants, validation
 from supervisor.policy.detect import detect
 from supervisor.policy.ratelimit import Limiter
-from supervisor.policy.redact import Redactor, StreamRedactor
+from supervisor.policy.redact import Redactor, ResultRedactor, StreamRedactor
 from supervisor.policy.store import Store
 
 K = m.CapabilityKind
@@ -78,6 +78,13 @@ class Streams:
 
     decoders: dict[str, codecs.IncrementalDecoder] = field(default_factory=dict)
     redactors: dict[str, StreamRedactor] = field(default_factory=dict)
+
+    def result_redactor(self, redactor: Redactor | None) -> Redactor | ResultRedactor | None:
+        """For the run's final result: also hides the parts of secrets these streams showed split."""
+        fragments = [f for r in self.redactors.values() for f in r.fragments]
+        if redactor is None or not fragments:
+            return redactor
+        return ResultRedactor(redactor, fragments)
 
 
 def _refusal(status: m.Status, error: ErrorInfo, **extra: object) -> m.ExecuteResult:
@@ -266,7 +273,9 @@ class Policy:
         text = decoder.decode(data, final=final)
         if self.redactor is None:
             return text
-        redactor = streams.redactors.setdefault(name, self.redactor.stream())
+        redactor = streams.redactors.get(name)
+        if redactor is None:  # the run's stream redactors see each other (a secret split across them)
+            redactor = streams.redactors[name] = self.redactor.stream(streams.redactors)
         out = redactor.feed(text)
         return out + redactor.flush() if final else out
 

@@ -54,7 +54,8 @@ NETWORK_MODULES = {
     "paramiko",
 }
 NATIVE_MODULES = {"ctypes", "cffi", "mmap"}
-URL = re.compile(r"\b(?:https?|ftp|wss?)://([A-Za-z0-9.-]+)")
+# The host of a URL; its userinfo (``deploy:pw@``) is skipped, never taken for a host.
+URL = re.compile(r"\b(?:https?|ftp|wss?)://(?:[^\s/?#@]*@)?([A-Za-z0-9.-]+)")
 SANDBOX_PATHS = ("/work", "/tmp", "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/proc/self")
 
 
