@@ -12,7 +12,7 @@ setup: $(VENV)/.setup-done
 
 # Sets up, then runs an example through the sandbox with an embedded service.
 run: setup
-	$(PY) -m supervisor.cli run examples/hello.py
+	$(PY) -m supervisor.tools.cli run examples/hello.py
 
 # Every test, as root and again as an unprivileged user (user namespaces).
 test: setup lint test-root test-unprivileged
@@ -31,7 +31,7 @@ bench: setup
 	$(PY) scripts/bench.py
 
 harness: setup
-	$(PY) -m supervisor.cli harness
+	$(PY) -m supervisor.tools.cli harness
 
 clean:
 	rm -rf $(VENV) bench-results harness-results

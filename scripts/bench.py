@@ -45,7 +45,7 @@ import psutil  # noqa: E402
 
 from protocol import messages as m  # noqa: E402
 from protocol.client import Client  # noqa: E402
-from supervisor.embedded import Embedded  # noqa: E402
+from supervisor.tools.embedded import Embedded  # noqa: E402
 
 PRINT1 = "print(1)"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable

@@ -62,7 +62,7 @@ echo "$deps" | tr '\n' '\0' | xargs -0 "$VENV/bin/python" -m pip install -q
 root=$(pwd)
 cat > "$VENV/bin/cellblock" <<SH
 #!/bin/sh
-PYTHONPATH="$root\${PYTHONPATH:+:\$PYTHONPATH}" exec "$root/$VENV/bin/python" -m supervisor.cli "\$@"
+PYTHONPATH="$root\${PYTHONPATH:+:\$PYTHONPATH}" exec "$root/$VENV/bin/python" -m supervisor.tools.cli "\$@"
 SH
 chmod 755 "$VENV/bin/cellblock"
 touch "$VENV/.setup-done"

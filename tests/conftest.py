@@ -19,7 +19,7 @@ import pytest
 
 from protocol import messages as m
 from protocol.client import Client
-from supervisor.embedded import Embedded
+from supervisor.tools.embedded import Embedded
 
 ROOT = os.geteuid() == 0
 

@@ -176,7 +176,7 @@ def test_an_embedded_service_stops_when_its_starter_is_killed() -> None:
             sys.executable,
             "-c",
             "import os, sys, time\n"
-            "from supervisor.embedded import Embedded\n"
+            "from supervisor.tools.embedded import Embedded\n"
             "e = Embedded()\n"
             "e.start()\n"
             "print(e.proc.pid, flush=True)\n"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from supervisor.harness import DEFAULT_CASES, load_cases
+from supervisor.tools.harness import DEFAULT_CASES, load_cases
 
 pytestmark = pytest.mark.integration
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ CATEGORIES = {
 def harness(tmp_path: pathlib.Path, *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     out = tmp_path / "harness.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "harness", "--json", str(out), *args],
+        [sys.executable, "-m", "supervisor.tools.cli", "harness", "--json", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

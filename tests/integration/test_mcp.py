@@ -56,7 +56,7 @@ def check(out: dict[str, Any]) -> None:
 def test_over_stdio(service: object) -> None:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "supervisor.cli", "mcp", "--socket", service.socket],  # type: ignore[attr-defined]
+        args=["-m", "supervisor.tools.cli", "mcp", "--socket", service.socket],  # type: ignore[attr-defined]
         env={"PYTHONPATH": str(ROOT)},
         cwd=str(ROOT),
     )
@@ -74,7 +74,7 @@ def http_server(service: object) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "mcp", "--http", str(port), "--socket", service.socket],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "supervisor.tools.cli", "mcp", "--http", str(port), "--socket", service.socket],  # type: ignore[attr-defined]
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

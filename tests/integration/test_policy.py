@@ -189,7 +189,7 @@ def test_bad_config_refuses_to_start_with_file_key_and_reason(tmp_path: pathlib.
 
     def serve(text: str) -> subprocess.CompletedProcess[str]:
         config.write_text(text)
-        command = [sys.executable, "-m", "supervisor.cli", "serve", "--config", str(config)]
+        command = [sys.executable, "-m", "supervisor.tools.cli", "serve", "--config", str(config)]
         return subprocess.run(
             [*command, "--runtime-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=30
         )

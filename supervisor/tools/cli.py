@@ -182,7 +182,7 @@ def _with_service(args: argparse.Namespace, action: Callable[[Client], int]) -> 
         if args.socket:
             print(f"cellblock: no service answers on {path}", file=sys.stderr)
             return EXIT_NOT_RUN
-        from supervisor.embedded import Embedded, EmbeddedError
+        from supervisor.tools.embedded import Embedded, EmbeddedError
 
         embedded = Embedded(config=args.config)
         try:
@@ -329,20 +329,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_harness(args: argparse.Namespace) -> int:
-    from supervisor import harness
+    from supervisor.tools import harness
 
     return harness.main(args.cases, args.socket, args.profile, args.json, args.category, args.config)
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from supervisor import mcp_server
+    from supervisor.tools import mcp_server
 
     default = args.socket or _socket_path(args)
     return mcp_server.main(args.socket, default, args.http, args.config)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from supervisor.doctor import run_doctor
+    from supervisor.tools.doctor import run_doctor
 
     return run_doctor(_socket_path(args))
 

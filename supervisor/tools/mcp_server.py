@@ -177,7 +177,7 @@ def main(socket_path: str | None, default_socket: str, http_port: int | None, co
     import anyio
 
     from protocol.client import Client, ServiceError, service_answers
-    from supervisor.embedded import Embedded
+    from supervisor.tools.embedded import Embedded
 
     embedded = None
     path = socket_path or default_socket

@@ -55,7 +55,7 @@ class Embedded:
         cmd = [
             sys.executable,
             "-m",
-            "supervisor.cli",
+            "supervisor.tools.cli",
             "serve",
             "--runtime-dir",
             rundir,

@@ -45,7 +45,7 @@ from protocol import messages as m
 from protocol.client import Client
 from supervisor.policy.detect import ALIASES
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CASES = PROJECT_ROOT / "tests" / "harness" / "cases"
 SPLIT = "# ---- second run ----"
 MARKER = "cellblock-escape-marker"
@@ -243,7 +243,7 @@ def _in_a_sandbox(proc: psutil.Process, main: int | None) -> bool:
             line = " ".join(parent.cmdline())
             if "cellblock-launcher" in line:
                 return True
-            if parent.pid != main and ("supervisor.cli serve" in line or "cellblock serve" in line):
+            if parent.pid != main and ("supervisor.tools.cli serve" in line or "cellblock serve" in line):
                 return True
     except psutil.Error:
         return True  # gone while we looked
@@ -391,7 +391,7 @@ def main(
     config: str | None,
 ) -> int:
     from supervisor.config import ServiceSection
-    from supervisor.embedded import Embedded
+    from supervisor.tools.embedded import Embedded
 
     cases = load_cases(pathlib.Path(cases_dir) if cases_dir else DEFAULT_CASES)
     if categories:
