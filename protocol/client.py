@@ -85,6 +85,17 @@ def _execute_request(
     )
 
 
+def _as_result(request_id: str, reply: m.ClientReply | None, lost_message: str) -> m.ExecuteResult:
+    """What an execute call returns for what came back: the result, a refusal, or a lost reply."""
+    if reply is None:
+        return lost(request_id, lost_message)
+    if isinstance(reply, m.ErrorReply):
+        return m.ExecuteResult(id=request_id, status=m.Status.REJECTED, error=reply.error)
+    if not isinstance(reply, m.ExecuteResult):
+        return lost(request_id, f"the service answered with {type(reply).__name__}, not a result")
+    return reply
+
+
 def _reply_wait(limits: m.Limits | None) -> float:
     timeout_ms = (limits.timeout_ms if limits and limits.timeout_ms else None) or 60_000
     return timeout_ms / 1000 + REPLY_MARGIN_S
@@ -198,12 +209,7 @@ class Client:
         if not self._send(request):
             return lost(request.id, f"no cellblock service answers on {self.path}")
         reply = self._wait(request.id, _reply_wait(limits), on_chunk)
-        if reply is None:
-            return lost(request.id, "the connection to the service was lost before the result arrived")
-        if isinstance(reply, m.ErrorReply):
-            return m.ExecuteResult(id=request.id, status=m.Status.REJECTED, error=reply.error)
-        assert isinstance(reply, m.ExecuteResult)
-        return reply
+        return _as_result(request.id, reply, "the connection to the service was lost before the result arrived")
 
     def request(self, request: m.Request, expect: type[R], timeout: float = DEFAULT_TIMEOUT_S) -> R:
         request_id = request.id  # type: ignore[attr-defined]
@@ -335,12 +341,7 @@ class AsyncClient:
             code, language, stdin, limits, capabilities, client_id, conversation_id, False, profile
         )
         reply = await self._call(request, _reply_wait(limits))
-        if reply is None:
-            return lost(request.id, "no reply from the cellblock service (is it running?)")
-        if isinstance(reply, m.ErrorReply):
-            return m.ExecuteResult(id=request.id, status=m.Status.REJECTED, error=reply.error)
-        assert isinstance(reply, m.ExecuteResult)
-        return reply
+        return _as_result(request.id, reply, "no reply from the cellblock service (is it running?)")
 
     async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
         reply = await self._call(m.StatusRequest(id=_new_id()), timeout)

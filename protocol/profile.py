@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import pathlib
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -133,10 +133,30 @@ class Profile(Strict, frozen=True):
                 raise ConfigError(path, f"mounts[{i}].dst", "must not contain '..'")
 
 
+T = TypeVar("T")
+
+
+def decode_toml(data: bytes, path: str, into: type[T]) -> T:
+    """TOML into ``into`` (Structs that refuse unknown keys), or ConfigError naming the
+    file, the key (a misspelt section as clearly as a misspelt key) and the reason."""
+    try:
+        return msgspec.toml.decode(data, type=into)
+    except msgspec.ValidationError as exc:
+        key, reason = _key_from(str(exc))
+        if reason == "unknown key" and "." not in key:
+            known = ", ".join(getattr(into, "__struct_fields__", ()))
+            reason = f"unknown section or key (known: {known})"
+        raise ConfigError(path, key, reason) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+
+
 def _key_from(message: str) -> tuple[str, str]:
     marker = " - at `$"
     at = message.rfind(marker)
     if at < 0:
+        if message.startswith("Object contains unknown field"):
+            return message.split("`")[1], "unknown key"
         return "", message
     key = message[at + len(marker) :].rstrip("`").lstrip(".")
     reason = message[:at]
@@ -147,13 +167,7 @@ def _key_from(message: str) -> tuple[str, str]:
 
 
 def decode_profile(data: bytes, path: str, name: str) -> Profile:
-    try:
-        profile = msgspec.toml.decode(data, type=Profile)
-    except msgspec.ValidationError as exc:
-        key, reason = _key_from(str(exc))
-        raise ConfigError(path, key, reason) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+    profile = decode_toml(data, path, Profile)
     profile.check(path)
     return msgspec.structs.replace(profile, name=profile.name or name)
 

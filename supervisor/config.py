@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.profile import ConfigError, Profile, _key_from, load_profile
+from protocol.profile import ConfigError, Profile, decode_toml, load_profile
 
 Pos = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -123,13 +123,7 @@ def load_config(path: str | None) -> Config:
         data = pathlib.Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read ({exc.strerror})") from None
-    try:
-        config = msgspec.toml.decode(data, type=Config)
-    except msgspec.ValidationError as exc:
-        key, reason = _key_from(str(exc))
-        raise ConfigError(path, key, reason) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+    config = decode_toml(data, path, Config)
     _check(config, path)
     return config
 

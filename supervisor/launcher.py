@@ -25,7 +25,6 @@ import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
 import time
 
@@ -39,8 +38,7 @@ from supervisor.link import Outbox, read_datagram
 from supervisor.log import logger
 from supervisor.pool import Pool, SpawnDeferred
 from supervisor.signals import SignalQueue
-from worker import cgroups, monitor, mounts, namespaces, payload, privileges, sandbox, seccomp, syscalls
-from worker.runtimes import RUNTIMES
+from worker import sandbox
 from worker.runtimes.base import Runtime
 
 SANDBOX_UID_IN_USERNS = 1000
@@ -87,178 +85,26 @@ class Launcher:
 
     def setup(self) -> None:
         cfg = self.config
-        profile = self.profile
-        namespaces.enter_launcher_namespaces(cfg.unprivileged)
-        self.layers.append(
-            m.LayerStatus(
-                name="namespaces",
-                active=True,
-                detail="pid, mount, net, ipc, uts, cgroup" + (", user" if cfg.unprivileged else ""),
+        uids = (SANDBOX_UID_IN_USERNS, SANDBOX_UID_IN_USERNS + 1)
+        if not cfg.unprivileged:
+            uids = (cfg.worker_uid_base, cfg.worker_uid_base + cfg.slots)
+        prepared = sandbox.prepare(
+            sandbox.Host(
+                rundir=cfg.rundir,
+                profile=self.profile,
+                unprivileged=cfg.unprivileged,
+                instance=cfg.instance,
+                cgroup_parent=cfg.cgroup_parent,
+                cache_dir=cfg.cache_dir,
+                uids=uids,
+                grant_roots=cfg.grant_roots,
             )
         )
-        # Runtimes the profile enables and the host has.
-        for name, policy in profile.runtimes.items():
-            cls = RUNTIMES.get(name)
-            if cls is None or not policy.enabled:
-                continue
-            runtime = cls.for_policy(policy)
-            ok, detail = runtime.probe()
-            if ok:
-                try:
-                    runtime.prepare_host(cfg.cache_dir)
-                except (OSError, subprocess.SubprocessError) as exc:
-                    ok, detail = False, f"could not prepare {name}: {exc}"
-            self.runtime_info.append(
-                m.RuntimeInfo(
-                    name=name,
-                    version=detail if ok else "",
-                    languages=list(cls.languages),
-                    available=ok,
-                    reason="" if ok else detail,
-                    self_test=cls.self_test[0],
-                    self_test_expect=cls.self_test[1],
-                )
-            )
-            if ok:
-                self.runtimes[name] = runtime
-        # cgroups, or the rlimit fallback.
-        layout = None
-        if profile.layers.cgroups != "off":
-            layout, reason = cgroups.detect(cfg.instance, not cfg.unprivileged, cfg.cgroup_parent)
-            if layout is not None:
-                try:
-                    cgroups.create_parents(layout)
-                    cgroups.place_launcher(layout)
-                except OSError as exc:
-                    layout, reason = None, f"cannot create cgroups ({exc.strerror})"
-            if layout is None and profile.layers.cgroups == "required":
-                self._unavailable(f"cgroups are required by the profile but {reason}")
-            self.layers.append(
-                m.LayerStatus(name="cgroups", active=True, detail=layout.detail)
-                if layout
-                else m.LayerStatus(name="cgroups", active=False, detail=f"fell back to rlimits: {reason}")
-            )
-        else:
-            self.layers.append(m.LayerStatus(name="cgroups", active=False, detail="off in the profile; rlimits only"))
-        self.layout = layout
-        self.layers.append(
-            m.LayerStatus(
-                name="rlimits",
-                active=True,
-                detail="cpu, nofile, fsize, nproc, core"
-                + ("" if layout and layout.version("memory") else ", as (memory)"),
-            )
-        )
-        # The template roots: one for the interpreters that see /usr, and one
-        # of its own for each runtime that names the few programs it needs.
-        operator = [mounts.Bind(x.src, x.target, x.optional) for x in profile.mounts]
-        uids = (
-            range(SANDBOX_UID_IN_USERNS, SANDBOX_UID_IN_USERNS + 1)
-            if cfg.unprivileged
-            else range(cfg.worker_uid_base, cfg.worker_uid_base + cfg.slots)
-        )
-        etc = mounts.etc_files(profile.sandbox.hostname, uids)
-        shared = os.path.join(cfg.rundir, "root")
-        binds = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS]
-        templates: dict[str, str] = {}
-        details = []
-        for name, runtime in self.runtimes.items():
-            tools = runtime.tools()
-            extra = [mounts.Bind(src, dst) for src, dst in runtime.host_paths()]
-            if tools is None and not extra:
-                templates[name] = shared
-                continue
-            # A root of its own: what this runtime needs beyond /usr (Swift's
-            # toolchain) is never in another runtime's sandbox.
-            own = os.path.join(cfg.rundir, f"root-{name}")
-            if tools is None:
-                mounts.build_template(own, binds + extra + operator, etc)
-                details.append(f"{name}: /usr and {', '.join(b.dst for b in extra)}")
-            else:
-                system = [mounts.Bind(src, src, optional) for src, optional in mounts.SYSTEM_BINDS if src != "/usr"]
-                system = [b for b in system if b.src != "/etc/alternatives"]  # recreated per tool as needed
-                mounts.build_template(own, system + extra + operator, etc, tools)
-                details.append(f"{name}: {len(tools)} programs, no /usr")
-            templates[name] = own
-        template = mounts.build_template(shared, binds + operator, etc)
-        self.layers.append(
-            m.LayerStatus(
-                name="filesystem",
-                active=True,
-                detail=f"read-only template root, {len(template.binds)} binds"
-                + "".join(f"; {d}" for d in details)
-                + ", tmpfs /tmp and /work, pivot_root",
-            )
-        )
-        self.layers.append(
-            m.LayerStatus(
-                name="network",
-                active=True,
-                detail={
-                    "loopback": "own network namespace, loopback only",
-                    "none": "own network namespace, no interfaces up",
-                }[profile.sandbox.network],
-            )
-        )
-        self.layers.append(
-            m.LayerStatus(
-                name="privileges",
-                active=True,
-                detail=(
-                    "user namespace, sandbox uid 1000 inside" if cfg.unprivileged else f"uid {cfg.worker_uid_base}+slot"
-                )
-                + "; no capabilities, no_new_privs, securebits locked",
-            )
-        )
-        # seccomp, compiled once in a helper so libseccomp never enters this heap.
-        filters = None
-        if profile.layers.seccomp != "off":
-            policies = [seccomp.monitor_policy()]
-            for name, runtime in self.runtimes.items():
-                policy = profile.runtimes[name]
-                policies.append(
-                    seccomp.Policy(
-                        name=name,
-                        extra_allow=runtime.extra_syscalls,
-                        exec=policy.exec or runtime.needs_exec_syscall,
-                        socket_families=tuple(policy.socket_families),
-                    )
-                )
-            try:
-                compiled = seccomp.build_in_helper(policies).filters
-                # The monitor's allowlist already leaves out every never-allowed
-                # call; the payload also gets the deny filter (argument checks).
-                filters = {
-                    name: [syscalls.CompiledFilter(allow)]
-                    if name == "@monitor"
-                    else [syscalls.CompiledFilter(allow), syscalls.CompiledFilter(deny)]
-                    for name, (allow, deny) in compiled.items()
-                }
-                self.layers.append(
-                    m.LayerStatus(
-                        name="seccomp",
-                        active=True,
-                        detail="allowlist per runtime + deny filter; x32 and foreign arches killed",
-                    )
-                )
-            except RuntimeError as exc:
-                if profile.layers.seccomp == "required":
-                    self._unavailable(f"seccomp is required by the profile but {exc}")
-                self.layers.append(m.LayerStatus(name="seccomp", active=False, detail=str(exc)))
-        else:
-            self.layers.append(m.LayerStatus(name="seccomp", active=False, detail="off in the profile"))
-        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
-        self.context = sandbox.Context(
-            profile=profile,
-            templates=templates,
-            broker_socket=os.path.join(cfg.rundir, "workers.sock"),
-            user_namespace=cfg.unprivileged,
-            layout=layout,
-            filters=filters,
-            last_cap=privileges.cap_last(),
-            lifeline=self.lifeline_r,
-            grant_roots=[os.path.realpath(root) for root in cfg.grant_roots],
-        )
+        self.context = prepared.context
+        self.runtimes = prepared.runtimes
+        self.runtime_info = prepared.info
+        self.layers = prepared.layers
+        self.lifeline_w = prepared.lifeline_w
         targets = {name: cfg.pools.get(name, 2) for name in self.runtimes}
         self.pool = Pool(
             targets,
@@ -269,29 +115,15 @@ class Launcher:
             slots=cfg.slots,
         )
 
-    def _unavailable(self, reason: str) -> None:
-        self.runtime_info = [
-            msgspec.structs.replace(info, available=False, reason=reason) for info in self.runtime_info
-        ]
-        self.runtimes.clear()
-
     # --- effects the pool asks for ---------------------------------------------------
 
     def _spawn(self, runtime: str, slot: int, reservation: m.Reserve | None = None) -> tuple[str, int]:
         cfg = self.config
         worker_id = os.urandom(8).hex()
         uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base + slot
-        dirs: dict[str, str] = self.slot_dirs.get(slot, {})
-        if self.layout is not None and not dirs:
-            # Once per slot: later workers of the slot reuse it (each run sets
-            # its own memory limit, and resets it before its worker exits).
-            dirs = self.slot_dirs[slot] = cgroups.prepare_slot(
-                self.layout,
-                slot,
-                self.profile.limits.in_bytes().memory_bytes,
-                self.profile.fixed.pids,
-                self.profile.fixed.cpu_quota,
-            )
+        dirs = self.slot_dirs.get(slot)
+        if dirs is None:
+            dirs = self.slot_dirs[slot] = sandbox.prepare_slot(self.context, slot)
         spec = sandbox.WorkerSpec(
             worker_id=worker_id,
             runtime=runtime,
@@ -373,20 +205,15 @@ class Launcher:
         # Signals come through a signalfd, not Python handlers: a worker is a
         # clone of this process, and with no handler of ours installed it only
         # has to unblock them (see worker.sandbox).
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's own KeyboardInterrupt handler
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-        signals = syscalls.signalfd(SIGNALS)
+        signals = sandbox.signal_source(SIGNALS)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, "listen")
         self.selector.register(signals, selectors.EVENT_READ, "signal")
         if cfg.supervisor_fd >= 0:
             self.selector.register(cfg.supervisor_fd, selectors.EVENT_READ, "supervisor")
         self.listener = listener
-        for runtime in self.runtimes.values():
-            try:
-                monitor.warm_job_path(runtime)
-            except Exception as exc:  # noqa: BLE001 - an optimisation: workers rehearse on their own too
-                _log(f"could not warm the {runtime.name} job path: {exc!r}")
+        for failure in sandbox.rehearse(self.runtimes):
+            _log(failure)
         gc.freeze()  # forks then share the heap instead of copying pages the GC touched
         while not self.stopping:
             wake = self.pool.next_wakeup()
@@ -499,7 +326,7 @@ class Launcher:
             if reason:
                 break
             try:
-                os.close(mounts.open_granted(bind, self.context.grant_roots))
+                sandbox.check_bind(bind, self.context.grant_roots)
             except PermissionError as exc:
                 code, reason = ErrorCode.PERMISSION_REQUIRED, str(exc)
             except OSError as exc:
@@ -522,10 +349,7 @@ class Launcher:
         while self.pool.workers and time.monotonic() < deadline:
             self.pool.reap()
             time.sleep(0.01)
-        if self.layout is not None:
-            for slot in range(self.config.slots):
-                cgroups.remove_slot(cgroups.slot_dirs(self.layout, slot))
-            cgroups.remove_parents(self.layout)
+        sandbox.release(self.context, self.config.slots)
         return 0
 
 
@@ -536,7 +360,7 @@ def main() -> int:
     # Every worker is a fork of this process: its environment is already the
     # sandbox's, and nothing of how it was started (paths, variables) stays
     # readable in /proc/<pid>/cmdline or environ.
-    syscalls.scrub_start_block(payload.ENVIRONMENT)
+    sandbox.become_launcher()
     launcher = Launcher(config)
     try:
         launcher.setup()

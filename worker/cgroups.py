@@ -146,6 +146,24 @@ def detect(
     return Layout(parents=parents, detail=detail), ""
 
 
+def prepare_host(setting: str, instance: str, is_root: bool, parent: str) -> tuple[Layout | None, str, str]:
+    """Parents for the slots' cgroups, made and the caller placed among them:
+    (layout or None, what the layer is, why it is missing). ``setting`` is the
+    profile's cgroups layer: required, optional or off."""
+    if setting == "off":
+        return None, "off in the profile; rlimits only", ""
+    layout, reason = detect(instance, is_root, parent)
+    if layout is not None:
+        try:
+            create_parents(layout)
+            place_launcher(layout)
+        except OSError as exc:
+            layout, reason = None, f"cannot create cgroups ({exc.strerror})"
+    if layout is None:
+        return None, f"fell back to rlimits: {reason}", reason
+    return layout, layout.detail, ""
+
+
 def create_parents(layout: Layout) -> None:
     for version, parent in {p for p in layout.parents.values()}:
         os.makedirs(parent, mode=0o755, exist_ok=True)

@@ -242,6 +242,38 @@ def build_template(root: str, binds: list[Bind], etc: dict[str, str], tools: lis
     return Template(root=root, binds=binds, skipped=skipped)
 
 
+def build_templates(
+    rundir: str, needs: dict[str, tuple[list[str] | None, list[Bind]]], operator: list[Bind], etc: dict[str, str]
+) -> tuple[dict[str, str], str]:
+    """Every runtime's read-only root: (runtime -> root, what the layer is).
+
+    ``needs`` is each runtime's (tools, binds beyond /usr). Runtimes that need
+    only /usr share one root. One that names binds of its own (Swift's
+    toolchain) gets a root of its own with /usr and them, so no other runtime's
+    sandbox sees them; one that names tools (bash) gets a root holding only
+    those programs and the libraries they link, and no /usr.
+    """
+    shared = os.path.join(rundir, "root")
+    system = [Bind(src, src, optional) for src, optional in SYSTEM_BINDS]
+    templates: dict[str, str] = {}
+    details = []
+    for name, (tools, extra) in needs.items():
+        if tools is None and not extra:
+            templates[name] = shared
+            continue
+        own = templates[name] = os.path.join(rundir, f"root-{name}")
+        if tools is None:
+            build_template(own, system + extra + operator, etc)
+            details.append(f"{name}: /usr and {', '.join(b.dst for b in extra)}")
+        else:  # /etc/alternatives is recreated per tool as needed
+            bare = [b for b in system if b.src not in ("/usr", "/etc/alternatives")]
+            build_template(own, bare + extra + operator, etc, tools)
+            details.append(f"{name}: {len(tools)} programs, no /usr")
+    template = build_template(shared, system + operator, etc)
+    detail = f"read-only template root, {len(template.binds)} binds" + "".join(f"; {d}" for d in details)
+    return templates, detail + ", tmpfs /tmp and /work, pivot_root"
+
+
 def inodes(size_mb: int) -> int:
     """Files a scratch tmpfs may hold: one per 4 KiB of its size, at least 1024."""
     return max(1024, size_mb * 256)

@@ -29,6 +29,10 @@ from collections.abc import Iterable
 
 import msgspec
 
+from protocol.profile import Profile
+from worker.runtimes.base import Runtime
+from worker.syscalls import CompiledFilter
+
 # Everything a CPython (or node, or bash) process needs to run ordinary code.
 BASE_ALLOW = frozenset(
     """
@@ -226,6 +230,17 @@ def build_programs(policies: Iterable[Policy]) -> Programs:
     return Programs({p.name: (_allow_filter(p), deny) for p in policies})
 
 
+def runtime_policy(profile: Profile, name: str, runtime: Runtime) -> Policy:
+    """What a runtime's payload may call, from its adapter and the profile."""
+    policy = profile.runtimes[name]
+    return Policy(
+        name=name,
+        extra_allow=runtime.extra_syscalls,
+        exec=policy.exec or runtime.needs_exec_syscall,
+        socket_families=tuple(policy.socket_families),
+    )
+
+
 def monitor_policy() -> Policy:
     return Policy(
         name="@monitor",
@@ -262,3 +277,19 @@ def build_in_helper(policies: list[Policy]) -> Programs:
     if os.waitstatus_to_exitcode(status) != 0 or not data:
         raise RuntimeError("building the seccomp filters failed (is libseccomp installed?)")
     return msgspec.msgpack.decode(data, type=Programs)
+
+
+def compile_filters(
+    policies: list[Policy],
+) -> tuple[dict[str, list[CompiledFilter]] | None, str]:
+    """Every runtime's filters (and the monitor's), compiled once in a helper, ready
+    to load: (filters, "") or (None, why not). The monitor's allowlist already
+    leaves out every never-allowed call; a payload also gets the deny filter."""
+    try:
+        compiled = build_in_helper([monitor_policy(), *policies]).filters
+    except RuntimeError as exc:
+        return None, str(exc)
+    return {
+        name: [CompiledFilter(allow)] if name == "@monitor" else [CompiledFilter(allow), CompiledFilter(deny)]
+        for name, (allow, deny) in compiled.items()
+    }, ""

@@ -350,14 +350,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", help="client socket of a running service")
+    p.add_argument("--config", help="service config file (to find its socket)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellblock", description="Run untrusted code in a sandbox.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_service(sub)
+    _add_admin(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--socket", help="client socket of a running service")
-        p.add_argument("--config", help="service config file (to find its socket)")
 
+def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="run a file (or - for stdin) in the sandbox")
     run.add_argument("file")
     run.add_argument("--language", "-l")
@@ -375,9 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND:TARGET",
         help="a capability the run uses (granted beforehand): net:example.com, fs_read:/srv/data, fs_write:/srv/out",
     )
-    common(run)
+    _common(run)
     run.set_defaults(func=cmd_run)
 
+
+def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The service itself and the tools around it."""
     serve = sub.add_parser("serve", help="run the service in the foreground")
     serve.add_argument("--config")
     serve.add_argument("--profile", help="profile name or path (overrides the config)")
@@ -389,9 +399,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="pool, queue, counters and sandbox layers")
     status.add_argument("--json", action="store_true")
-    common(status)
+    _common(status)
     status.set_defaults(func=cmd_status)
 
+    harness = sub.add_parser("harness", help="attack a service with hostile programs and score it")
+    harness.add_argument("--cases", help="a folder of cases (default: tests/harness/cases)")
+    harness.add_argument("--profile", help="profile of the embedded service (name or path)")
+    harness.add_argument("--category", action="append", help="only these categories")
+    harness.add_argument("--json", help="where to write the report (default harness-results/harness.json)")
+    _common(harness)
+    harness.set_defaults(func=cmd_harness)
+
+    mcp = sub.add_parser("mcp", help="MCP server with the execute_code tool (stdio, or --http PORT)")
+    mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on 127.0.0.1:PORT instead of stdio")
+    _common(mcp)
+    mcp.set_defaults(func=cmd_mcp)
+
+    doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
+    _common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
+
+def _add_admin(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Grants, history and export."""
     grant = sub.add_parser("grant", help="grant a capability to a client (optionally one conversation)")
     grant.add_argument("client")
     grant.add_argument(
@@ -399,18 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grant.add_argument("--conversation")
     grant.add_argument("--expires", type=int, metavar="SECONDS")
-    common(grant)
+    _common(grant)
     grant.set_defaults(func=cmd_grant)
 
     revoke = sub.add_parser("revoke", help="revoke a grant by its id")
     revoke.add_argument("grant_id", type=int)
-    common(revoke)
+    _common(revoke)
     revoke.set_defaults(func=cmd_revoke)
 
     grants = sub.add_parser("grants", help="list grants")
     grants.add_argument("client", nargs="?")
     grants.add_argument("--json", action="store_true")
-    common(grants)
+    _common(grants)
     grants.set_defaults(func=cmd_grants)
 
     history = sub.add_parser("history", help="past runs (metadata only: never code, never output)")
@@ -421,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--since", type=float, metavar="SECONDS", help="only runs from the last SECONDS")
     history.add_argument("--limit", type=int, default=50)
     history.add_argument("--json", action="store_true")
-    common(history)
+    _common(history)
     history.set_defaults(func=cmd_history)
 
     export = sub.add_parser("export", help="write a saved result (from run --json) as JSON or Markdown")
@@ -429,24 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["json", "markdown"], default="markdown")
     export.add_argument("--output", "-o")
     export.set_defaults(func=cmd_export)
-
-    harness = sub.add_parser("harness", help="attack a service with hostile programs and score it")
-    harness.add_argument("--cases", help="a folder of cases (default: tests/harness/cases)")
-    harness.add_argument("--profile", help="profile of the embedded service (name or path)")
-    harness.add_argument("--category", action="append", help="only these categories")
-    harness.add_argument("--json", help="where to write the report (default harness-results/harness.json)")
-    common(harness)
-    harness.set_defaults(func=cmd_harness)
-
-    mcp = sub.add_parser("mcp", help="MCP server with the execute_code tool (stdio, or --http PORT)")
-    mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on 127.0.0.1:PORT instead of stdio")
-    common(mcp)
-    mcp.set_defaults(func=cmd_mcp)
-
-    doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
-    common(doctor)
-    doctor.set_defaults(func=cmd_doctor)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

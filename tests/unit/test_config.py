@@ -78,3 +78,10 @@ def test_config_not_toml(tmp_path: pathlib.Path) -> None:
 def test_empty_config_gives_defaults() -> None:
     config = load_config(None)
     assert config.policy.rate_per_minute == 10 and config.policy.concurrency == 3
+
+
+def test_config_misspelt_section_is_named_like_a_key(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[servce]\nprofile = 'strict'\n"))
+    assert err.value.key == "servce" and err.value.reason.startswith("unknown section or key")
+    assert "service" in err.value.reason and "Object contains" not in str(err.value)

@@ -111,3 +111,19 @@ def test_launcher_holds_no_zeromq() -> None:
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not any(x.split(".")[0] == "zmq" for x in names), name
+
+
+def test_roles_stay_small() -> None:
+    """No function in the service or the worker over 80 lines; the broker and the launcher
+    under 450 each (what grows there belongs in a module of its own)."""
+    long = []
+    for package in ("supervisor", "worker"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > 80:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} is {lines} lines")
+    assert long == []
+    for name in ("supervisor/broker.py", "supervisor/launcher.py"):
+        assert len((ROOT / name).read_text().splitlines()) < 450, name
