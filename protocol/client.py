@@ -17,7 +17,7 @@ import select
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import zmq
 import zmq.asyncio
@@ -60,28 +60,29 @@ class ServiceError(Exception):
         self.error = error
 
 
-def _execute_request(
-    code: str,
-    language: str,
-    stdin: str,
-    limits: m.Limits | None,
-    capabilities: Iterable[m.Capability],
-    client_id: str,
-    conversation_id: str,
-    stream: bool,
-    profile: str,
-) -> m.ExecuteRequest:
+class RunOptions(TypedDict, total=False):
+    """Everything an execute call may set beside the code and its language (both clients)."""
+
+    stdin: str
+    limits: m.Limits | None
+    capabilities: Iterable[m.Capability]
+    client_id: str
+    conversation_id: str
+    profile: str
+
+
+def _execute_request(code: str, language: str, stream: bool, options: RunOptions) -> m.ExecuteRequest:
     return m.ExecuteRequest(
         id=_new_id(),
         code=code,
         language=language,
-        stdin=stdin,
-        limits=limits or m.Limits(),
-        capabilities=list(capabilities),
-        client_id=client_id,
-        conversation_id=conversation_id,
+        stdin=options.get("stdin", ""),
+        limits=options.get("limits") or m.Limits(),
+        capabilities=list(options.get("capabilities", ())),
+        client_id=options.get("client_id", ""),
+        conversation_id=options.get("conversation_id", ""),
         stream=stream,
-        profile=profile,
+        profile=options.get("profile", ""),
     )
 
 
@@ -96,8 +97,8 @@ def _as_result(request_id: str, reply: m.ClientReply | None, lost_message: str) 
     return reply
 
 
-def _reply_wait(limits: m.Limits | None) -> float:
-    timeout_ms = (limits.timeout_ms if limits and limits.timeout_ms else None) or 60_000
+def _reply_wait(limits: m.Limits) -> float:
+    timeout_ms = limits.timeout_ms or 60_000
     return timeout_ms / 1000 + REPLY_MARGIN_S
 
 
@@ -195,20 +196,14 @@ class Client:
         code: str,
         language: str = "python",
         *,
-        stdin: str = "",
-        limits: m.Limits | None = None,
-        capabilities: Iterable[m.Capability] = (),
-        client_id: str = "",
-        conversation_id: str = "",
         on_chunk: Callable[[m.OutputChunk], None] | None = None,
-        profile: str = "",
+        **options: Unpack[RunOptions],
     ) -> m.ExecuteResult:
-        request = _execute_request(
-            code, language, stdin, limits, capabilities, client_id, conversation_id, on_chunk is not None, profile
-        )
+        """Run ``code``; with ``on_chunk``, output is streamed to it as the run goes."""
+        request = _execute_request(code, language, on_chunk is not None, options)
         if not self._send(request):
             return lost(request.id, f"no cellblock service answers on {self.path}")
-        reply = self._wait(request.id, _reply_wait(limits), on_chunk)
+        reply = self._wait(request.id, _reply_wait(request.limits), on_chunk)
         return _as_result(request.id, reply, "the connection to the service was lost before the result arrived")
 
     def request(self, request: m.Request, expect: type[R], timeout: float = DEFAULT_TIMEOUT_S) -> R:
@@ -325,22 +320,9 @@ class AsyncClient:
         finally:
             self._waiters.pop(request_id, None)
 
-    async def execute(
-        self,
-        code: str,
-        language: str = "python",
-        *,
-        stdin: str = "",
-        limits: m.Limits | None = None,
-        capabilities: Iterable[m.Capability] = (),
-        client_id: str = "",
-        conversation_id: str = "",
-        profile: str = "",
-    ) -> m.ExecuteResult:
-        request = _execute_request(
-            code, language, stdin, limits, capabilities, client_id, conversation_id, False, profile
-        )
-        reply = await self._call(request, _reply_wait(limits))
+    async def execute(self, code: str, language: str = "python", **options: Unpack[RunOptions]) -> m.ExecuteResult:
+        request = _execute_request(code, language, False, options)
+        reply = await self._call(request, _reply_wait(request.limits))
         return _as_result(request.id, reply, "no reply from the cellblock service (is it running?)")
 
     async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
