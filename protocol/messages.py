@@ -81,6 +81,18 @@ class Capability(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: CapabilityKind
     target: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
+    @classmethod
+    def parse(cls, text: str) -> Capability:
+        """``KIND:TARGET`` as people write it (``net:example.com``); ValueError saying what is wrong."""
+        kind, _, target = text.partition(":")
+        if not target:
+            raise ValueError(f"{text!r}: a capability is KIND:TARGET, e.g. net:example.com or limits:memory_bytes")
+        try:
+            return cls(CapabilityKind(kind), target)
+        except ValueError:
+            kinds = ", ".join(k.value for k in CapabilityKind)
+            raise ValueError(f"{text!r}: a capability is KIND:TARGET with KIND one of {kinds}") from None
+
 
 class Finding(msgspec.Struct, frozen=True, kw_only=True):
     rule: str

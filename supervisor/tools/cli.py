@@ -202,14 +202,10 @@ def _with_service(args: argparse.Namespace, action: Callable[[Client], int]) -> 
 
 
 def parse_capability(text: str) -> m.Capability:
-    kind, _, target = text.partition(":")
-    if not target:
-        raise argparse.ArgumentTypeError("a capability is KIND:TARGET, e.g. limits:memory_bytes")
     try:
-        return m.Capability(m.CapabilityKind(kind), target)
-    except ValueError:
-        kinds = ", ".join(k.value for k in m.CapabilityKind)
-        raise argparse.ArgumentTypeError(f"a capability is KIND:TARGET with KIND one of {kinds}") from None
+        return m.Capability.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print_grants(grants: list[m.Grant]) -> None:
@@ -338,7 +334,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from supervisor.tools import mcp_server
 
     default = args.socket or _socket_path(args)
-    return mcp_server.main(args.socket, default, args.http, args.config)
+    return mcp_server.main(args.socket, default, args.http, args.config, args.client_id)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -412,6 +408,11 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     mcp = sub.add_parser("mcp", help="MCP server with the execute_code tool (stdio, or --http PORT)")
     mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on 127.0.0.1:PORT instead of stdio")
+    mcp.add_argument(
+        "--client-id",
+        default="",
+        help="the cellblock client every call is (grants survive restarts); default: one per MCP session",
+    )
     _common(mcp)
     mcp.set_defaults(func=cmd_mcp)
 

@@ -3,8 +3,9 @@
 Over stdio by default, or streamable HTTP on loopback (``--http PORT``).
 It is one more cellblock client: it talks to a running service, or starts an
 embedded one for its own lifetime. Each MCP session is its own cellblock
-client id (``mcp-<session>``), so rate limits, grants and history apply per
-session. A run that failed, timed out or was refused comes back with
+client id (see ``Identity``), so rate limits, grants and history apply per
+session, and a grant the user makes for the id a refusal names reaches the
+session's next call. A run that failed, timed out or was refused comes back with
 ``isError`` set and a message a model can act on; ``permission_required``
 says exactly what the user must grant.
 """
@@ -12,18 +13,21 @@ says exactly what the user must grant.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import uuid
-import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict
 
 import msgspec
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent
+from pydantic import Field
 
 from protocol import messages as m
 from protocol.client import AsyncClient
+from protocol.errors import ErrorCode, ErrorInfo
 from protocol.profile import MiB
+from supervisor.policy.validation import MINIMUM
 
 OK = m.Status.OK
 SHOWN_BYTES = 16 * 1024  # per stream in the text block; the structured content has it all
@@ -112,8 +116,81 @@ def _describe(status: m.StatusReply) -> str:
     )
 
 
-def build(socket_path: str, description: str) -> MCPServer:
+class RunResult(TypedDict, total=False):
+    """The structured content of an execute_code result (the service's ExecuteResult)."""
+
+    status: str  # ok, error, timeout, memory_limit, output_limit, killed, rejected, rate_limited, ...
+    exit_code: int | None
+    signal: int | None
+    reason: str
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    wall_ms: float
+    cpu_ms: float
+    memory_peak_bytes: int
+    language: str
+    runtime: str
+    error: dict[str, Any] | None  # {code, message, field}: why it was refused or lost
+    retry_after_s: float | None
+    required: list[dict[str, str]]  # capabilities the user must grant first: [{kind, target}]
+    findings: list[dict[str, Any]]
+    redactions: dict[str, int]
+    network: list[dict[str, Any]]
+    run_id: str
+
+
+class Identity:
+    """Which cellblock client an MCP call belongs to: it must last the whole MCP session,
+    or a grant made for it (``cellblock grant <id> ...``) would not reach the next call.
+
+    * an id the operator fixed (``cellblock mcp --client-id NAME``): every call;
+    * streamable HTTP with a session (the handshake era's ``mcp-session-id``): one
+      id per transport session;
+    * otherwise (stdio, where the process is the session; or a stateless HTTP
+      client of the 2026 protocol, which has no session at all): this server's own id.
+
+    The SDK makes a new session object per request on some transports, so the
+    object is never the key.
+    """
+
+    def __init__(self, fixed: str = "") -> None:
+        self.fixed = fixed
+        self.own = fixed or f"mcp-{uuid.uuid4().hex[:12]}"
+
+    def of(self, ctx: Context) -> str:
+        if self.fixed:
+            return self.fixed
+        session = (ctx.headers or {}).get("mcp-session-id", "")
+        if session:
+            return f"mcp-{hashlib.sha256(session.encode()).hexdigest()[:12]}"
+        return self.own
+
+
+def _refused(field: str, message: str) -> m.ExecuteResult:
+    error = ErrorInfo(code=ErrorCode.INVALID_REQUEST, message=message, field=field)
+    return m.ExecuteResult(id="", status=m.Status.REJECTED, error=error)
+
+
+def _limits(timeout: float | None, floor_ms: int) -> m.Limits | m.ExecuteResult:
+    if timeout is None:
+        return m.Limits()
+    if timeout * 1000 < floor_ms:
+        return _refused("timeout", f"timeout {timeout:g} s is below the least a run needs ({floor_ms / 1000:g} s)")
+    return m.Limits(timeout_ms=round(timeout * 1000))
+
+
+def _capabilities(asked: list[str]) -> list[m.Capability] | m.ExecuteResult:
+    try:
+        return [m.Capability.parse(text) for text in asked]
+    except ValueError as exc:
+        return _refused("capabilities", str(exc))
+
+
+def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPServer:
     client = AsyncClient(socket_path)
+    identity = Identity(client_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
@@ -127,53 +204,83 @@ def build(socket_path: str, description: str) -> MCPServer:
         instructions="Use execute_code to run code safely; call list_runtimes for languages and limits.",
         lifespan=lifespan,
     )
+    offered = [rt.name for rt in status.runtimes if rt.offered] or ["python"]
+    Language = Literal[tuple([*offered, "auto"])]  # type: ignore[valid-type]  # an enum of what is offered
+    floor_ms = MINIMUM["timeout_ms"]
 
-    sessions: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
-
-    def client_id(ctx: Context) -> str:
-        """One cellblock client per MCP session (stdio: the process; HTTP: each session)."""
-        session = ctx.request_context.session
-        if session not in sessions:
-            sessions[session] = f"mcp-{uuid.uuid4().hex[:12]}"
-        return sessions[session]
-
-    @server.tool(name="execute_code", description=description)
     async def execute_code(
-        code: str, ctx: Context, language: str = "python", timeout: float | None = None, stdin: str = ""
-    ) -> CallToolResult:
-        """code: the program; language: python (default); timeout: seconds; stdin: its input."""
-        limits = m.Limits(timeout_ms=max(1, int(timeout * 1000)) if timeout else None)
-        result = await client.execute(code, language, stdin=stdin, limits=limits, client_id=client_id(ctx))
+        code: Annotated[str, Field(description="The whole program to run, as source text.")],
+        ctx: Context,
+        language: str = "python",  # its schema (an enum of what is offered) is set below
+        timeout: Annotated[
+            float | None,
+            Field(
+                description="Wall-clock limit in seconds. Default: the service's (see list_runtimes); "
+                "more than the default needs the user's permission."
+            ),
+        ] = None,
+        stdin: Annotated[str, Field(description="Text given to the program on its standard input.")] = "",
+        capabilities: Annotated[
+            list[str],
+            Field(
+                description="What the run needs beyond a bare sandbox, each granted by the user beforehand: "
+                "'net:api.example.com' (or 'net:*.example.com') to reach that host through the proxy, "
+                "'fs_read:/path' or 'fs_write:/path' for a host folder (seen at /mnt/host/<path>). "
+                "Without a grant the result says exactly what the user must grant."
+            ),
+        ] = [],  # noqa: B006 - never mutated; the schema shows the default
+    ) -> Annotated[CallToolResult, RunResult]:
+        limits = _limits(timeout, floor_ms)
+        caps = _capabilities(capabilities)
+        if isinstance(limits, m.ExecuteResult):
+            return tool_result(limits)
+        if isinstance(caps, m.ExecuteResult):
+            return tool_result(caps)
+        result = await client.execute(
+            code, language, stdin=stdin, limits=limits, capabilities=caps, client_id=identity.of(ctx)
+        )
         return tool_result(result)
+
+    # The enum is built from what this service offers, so it is set here, not written above.
+    execute_code.__annotations__["language"] = Annotated[
+        Language,  # type: ignore[valid-type]
+        Field(description="Its language; 'auto' detects it from a code fence, a shebang or the code itself."),
+    ]
+    server.tool(name="execute_code", description=_describe(status))(execute_code)
 
     @server.tool(name="list_runtimes", description="Languages this sandbox runs, their versions and the limits.")
     async def list_runtimes() -> CallToolResult:
-        status = await client.status()
-        data: dict[str, Any] = {
-            "runtimes": [
-                {
-                    "name": rt.name,
-                    "version": rt.version,
-                    "available": rt.offered,
-                    **({"reason": rt.reason} if not rt.offered and rt.reason else {}),
-                }
-                for rt in status.runtimes
-            ],
-            "default_limits": status.limits,
-            "max_limits_with_permission": status.max_limits,
-            "network": "none unless granted",
-        }
-        lines = [
-            f"{r['name']} {r['version']}" + ("" if r["available"] else f" (not available: {r.get('reason')})")
-            for r in data["runtimes"]
-        ]
-        lines.append(f"limits: {status.limits}; with the user's permission up to {status.max_limits}")
-        return CallToolResult(content=[TextContent(type="text", text="\n".join(lines))], structured_content=data)
+        return _runtimes(await client.status())
 
     return server
 
 
-def main(socket_path: str | None, default_socket: str, http_port: int | None, config: str | None) -> int:
+def _runtimes(status: m.StatusReply) -> CallToolResult:
+    data: dict[str, Any] = {
+        "runtimes": [
+            {
+                "name": rt.name,
+                "version": rt.version,
+                "available": rt.offered,
+                **({"reason": rt.reason} if not rt.offered and rt.reason else {}),
+            }
+            for rt in status.runtimes
+        ],
+        "default_limits": status.limits,
+        "max_limits_with_permission": status.max_limits,
+        "network": "none unless granted",
+    }
+    lines = [
+        f"{r['name']} {r['version']}" + ("" if r["available"] else f" (not available: {r.get('reason')})")
+        for r in data["runtimes"]
+    ]
+    lines.append(f"limits: {status.limits}; with the user's permission up to {status.max_limits}")
+    return CallToolResult(content=[TextContent(type="text", text="\n".join(lines))], structured_content=data)
+
+
+def main(
+    socket_path: str | None, default_socket: str, http_port: int | None, config: str | None, client_id: str = ""
+) -> int:
     import anyio
 
     from protocol.client import Client, ServiceError, service_answers
@@ -192,7 +299,7 @@ def main(socket_path: str | None, default_socket: str, http_port: int | None, co
                 status = client.status()
             except ServiceError as exc:
                 raise SystemExit(f"cellblock mcp: {exc.error.message}") from None
-        server = build(path, _describe(status))
+        server = build(path, status, client_id)
         if http_port is None:
             anyio.run(server.run_stdio_async)
         else:

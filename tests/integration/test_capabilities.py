@@ -9,14 +9,20 @@ configuration (no map, no permitted targets) is tested too.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import pathlib
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from mcp.client.stdio import StdioServerParameters
 
 from protocol import messages as m
 from protocol.client import Client, ServiceError
@@ -419,3 +425,62 @@ print(urllib.request.urlopen("http://allowed.test:{web.port}/both", timeout=10).
     plain = cl.execute("import os; print(os.listdir('/mnt'))", client_id="netter")
     assert plain.stdout.strip() == "[]", plain
     assert os.path.exists(roots / "data" / "readme.txt")
+
+
+# --- the same through MCP ---------------------------------------------------------------
+
+
+def _mcp_over(transport: str, socket_path: str) -> Iterator[Any]:
+    """The MCP SDK's client (stdio parameters, or an HTTP URL) to ``cellblock mcp`` on ``socket_path``."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "supervisor.tools.cli", "mcp", "--socket", socket_path]
+    if transport == "stdio":
+        yield StdioServerParameters(command=command[0], args=command[1:], env={"PYTHONPATH": str(root)}, cwd=str(root))
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen([*command, "--http", str(port)], cwd=root, stdout=quiet, stderr=quiet)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the MCP HTTP server did not start"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_an_mcp_client_asks_for_a_net_capability_and_reaches_the_host_once_granted(
+    svc: Service, web: Server, transport: str
+) -> None:
+    from mcp import Client as McpClient
+
+    code = f"""
+import urllib.request
+print(urllib.request.urlopen("http://allowed.test:{web.port}/via-mcp", timeout=10).read().decode())
+"""
+    asked = {"code": code, "capabilities": ["net:allowed.test"]}
+
+    async def go(server: Any) -> tuple[Any, Any]:
+        async with McpClient(server) as client:
+            refused = await client.call_tool("execute_code", asked)
+            who = str(refused.structured_content["error"]["message"]).split("client '")[1].split("'")[0]
+            with svc.client() as admin:
+                admin.grant(who, m.Capability(K.NET, "allowed.test"))
+            return refused, await client.call_tool("execute_code", asked)
+
+    for server in _mcp_over(transport, svc.socket):
+        refused, granted = asyncio.run(go(server))
+    assert refused.structured_content["status"] == "permission_required"
+    assert refused.structured_content["required"] == [{"kind": "net", "target": "allowed.test"}]
+    assert granted.is_error is False, granted.content[0].text
+    assert granted.structured_content["stdout"].strip() == "hello from web /via-mcp"
+    assert granted.structured_content["network"][0]["host"] == "allowed.test"

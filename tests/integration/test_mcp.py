@@ -16,6 +16,8 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from protocol import messages as m
+
 pytestmark = pytest.mark.integration
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -27,14 +29,30 @@ async def exercise(client: Client) -> dict[str, Any]:
     out["timeout"] = await client.call_tool("execute_code", {"code": "while True: pass", "timeout": 1})
     out["syntax"] = await client.call_tool("execute_code", {"code": "print(2+"})
     out["refused"] = await client.call_tool("execute_code", {"code": "print(1)", "timeout": 30})
+    out["too_short"] = await client.call_tool("execute_code", {"code": "print(1)", "timeout": 0.001})
     out["runtimes"] = await client.call_tool("list_runtimes", {})
     return out
 
 
+def named_id(result: Any) -> str:
+    """The cellblock client id a permission_required refusal names."""
+    message = str(result.structured_content["error"]["message"])
+    return message.split("client '")[1].split("'")[0]
+
+
 def check(out: dict[str, Any]) -> None:
     assert set(out["tools"]) == {"execute_code", "list_runtimes"}
-    description = out["tools"]["execute_code"].description
+    tool = out["tools"]["execute_code"]
+    description = tool.description
     assert "no network" in description.lower() and "survive" in description and "10 s" in description
+    # Every input field is described; language is an enum of what runs here; the output has a schema.
+    properties = tool.input_schema["properties"]
+    assert set(properties) == {"code", "language", "timeout", "stdin", "capabilities"}
+    assert all(p.get("description") for p in properties.values()), properties
+    language = properties["language"]
+    assert {"python", "javascript", "bash", "auto"} <= set(language["enum"]), language
+    assert "net:api.example.com" in properties["capabilities"]["description"]
+    assert tool.output_schema is not None and "status" in tool.output_schema["properties"]
     ok = out["ok"]
     assert ok.is_error is False
     assert "status: ok" in ok.content[0].text and ok.content[0].text.rstrip().endswith("4")
@@ -49,8 +67,20 @@ def check(out: dict[str, Any]) -> None:
     text = refused.content[0].text
     assert "permission_required" in text and "limits:timeout_ms" in text and "cellblock grant mcp-" in text
     assert refused.structured_content["required"] == [{"kind": "limits", "target": "timeout_ms"}]
+    # Below the floor: the message says what was asked, not a clamped value.
+    too_short = out["too_short"].structured_content["error"]
+    assert too_short["message"] == "timeout 0.001 s is below the least a run needs (0.01 s)", too_short
     runtimes = {r["name"]: r for r in out["runtimes"].structured_content["runtimes"]}
     assert runtimes["python"]["available"] and "javascript" in runtimes
+
+
+async def grant_then_run(client: Client, service: Any) -> tuple[list[str], Any]:
+    """Three refused calls name one id; a grant to it lets the session's next call run."""
+    asked = {"code": "print('granted')", "timeout": 30}
+    ids = [named_id(await client.call_tool("execute_code", asked)) for _ in range(3)]
+    with service.client() as admin:
+        admin.grant(ids[0], m.Capability(m.CapabilityKind.LIMITS, "timeout_ms"), expires_in_s=600)
+    return ids, await client.call_tool("execute_code", asked)
 
 
 def test_over_stdio(service: object) -> None:
@@ -105,12 +135,44 @@ def test_over_streamable_http(http_server: str) -> None:
     check(asyncio.run(go()))
 
 
-def test_each_session_is_its_own_client(http_server: str, service: object) -> None:
-    async def who() -> str:
-        async with Client(http_server) as client:
-            result = await client.call_tool("execute_code", {"code": "print(1)", "timeout": 30})
-            return str(result.structured_content["error"]["message"])
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+def test_a_grant_to_the_id_a_refusal_names_reaches_the_next_call_over_stdio(service: object, mode: str) -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "supervisor.tools.cli", "mcp", "--socket", service.socket],  # type: ignore[attr-defined]
+        env={"PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+    )
+
+    async def go() -> tuple[list[str], Any]:
+        async with Client(params, mode=mode) as client:
+            return await grant_then_run(client, service)
+
+    ids, after = asyncio.run(go())
+    assert len(set(ids)) == 1 and ids[0].startswith("mcp-"), ids
+    assert after.is_error is False and after.structured_content["stdout"] == "granted\n", after.content
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+def test_a_grant_to_the_id_a_refusal_names_reaches_the_next_call_over_http(
+    http_server: str, service: object, mode: str
+) -> None:
+    async def go() -> tuple[list[str], Any]:
+        async with Client(http_server, mode=mode) as client:
+            return await grant_then_run(client, service)
+
+    ids, after = asyncio.run(go())
+    assert len(set(ids)) == 1 and ids[0].startswith("mcp-"), ids
+    assert after.is_error is False and after.structured_content["stdout"] == "granted\n", after.content
+
+
+def test_each_http_session_is_its_own_client(http_server: str) -> None:
+    """Sessions of the handshake era (mcp-session-id) are separate clients; within one, one id."""
+
+    async def who() -> list[str]:
+        async with Client(http_server, mode="legacy") as client:
+            asked = {"code": "print(1)", "timeout": 30}
+            return [named_id(await client.call_tool("execute_code", asked)) for _ in range(2)]
 
     first, second = asyncio.run(who()), asyncio.run(who())
-    ids = [text.split("client ")[1].split(" ")[0] for text in (first, second)]
-    assert ids[0] != ids[1] and all(i.startswith("'mcp-") for i in ids)
+    assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0]
