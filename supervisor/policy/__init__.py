@@ -27,7 +27,7 @@ from supervisor import results
 from supervisor.config import Config
 from supervisor.policy import findings as findings_mod
 from supervisor.policy import grants, validation
-from supervisor.policy.detect import detect
+from supervisor.policy.detect import detect, unfence
 from supervisor.policy.ratelimit import Limiter
 from supervisor.policy.redact import Redactor, ResultRedactor, StreamRedactor
 from supervisor.policy.store import Store
@@ -107,10 +107,15 @@ def _permission_required(key: str, request: m.ExecuteRequest, lacking: list[m.Ca
 
 
 def _language(request: m.ExecuteRequest) -> tuple[m.ExecuteRequest, m.Finding | None]:
-    """The request with its language detected when it asked for "auto" (or none), and the finding saying how."""
+    """The request with a pasted code fence taken off (whatever language it asks for), its
+    language detected when it asked for "auto" (or none; the fence's tag first), and the
+    finding saying how."""
+    code, tag = unfence(request.code)
+    if code != request.code:
+        request = msgspec.structs.replace(request, code=code)
     if request.language.lower() not in ("", "auto"):
         return request, None
-    guess = detect(request.code)
+    guess = detect(code, tag)
     if guess.language is None:
         choices = f" ({' or '.join(guess.alternatives)})" if guess.alternatives else ""
         message = f"cannot tell which language this is: {guess.reason}{choices}; set language"

@@ -107,6 +107,25 @@ def _python_parses(code: str) -> bool:
     return True
 
 
+_FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n")
+
+
+def unfence(code: str) -> tuple[str, str]:
+    """A Markdown code block as pasted: (the code inside, the fence's info string), or
+    (the code as it was, "") when it is not fenced. The closing fence may be missing
+    (an answer cut short); the first line of the code then stays line 1."""
+    text = code.strip("\n")
+    match = _FENCE.match(text.lstrip(" "))
+    if match is None:
+        return code, ""
+    body = text.lstrip(" ")[match.end() :]
+    lines = body.split("\n")
+    fence = match["fence"]
+    if lines and lines[-1].strip().startswith(fence[0] * len(fence)) and not lines[-1].strip().strip(fence[0]):
+        lines.pop()
+    return "\n".join(lines) + "\n", match["info"].strip()
+
+
 def detect(code: str, hint: str = "") -> Guess:
     if hint:
         tag = hint.strip().lower().split()[0].split(",")[0].lstrip("{.").rstrip("}")

@@ -157,3 +157,12 @@ def test_auto_language_runs_what_it_recognises_and_refuses_to_guess(run: Run) ->
     ambiguous = run("x=1", language="auto")
     assert ambiguous.status is m.Status.REJECTED and ambiguous.error is not None
     assert ambiguous.error.field == "language" and "python or bash" in ambiguous.error.message
+
+
+def test_a_pasted_code_fence_runs_as_what_it_says(run: Run) -> None:
+    """A block copied from a chat, fence and all: the tag picks the runtime, the fence is not code."""
+    python = run("```python\nprint(6 * 7)\n```", language="auto")
+    assert python.status is m.Status.OK and python.stdout == "42\n" and python.language == "python", python.error
+    assert "code fence says python" in python.findings[0].message
+    node = run("```js\nconsole.log([1, 2].map(x => x * 2).join(','))\n```\n", language="javascript")
+    assert node.status is m.Status.OK and node.stdout == "2,4\n", node.stderr

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
+
 import pytest
 
+from protocol import messages as m
+from protocol.profile import Profile
+from supervisor.config import Config
+from supervisor.policy import Admitted, Policy, Refused
 from supervisor.policy.detect import detect
 
 PYTHON = [
@@ -52,8 +59,23 @@ def test_shell(code: str) -> None:
     assert guess.language == "bash", guess
 
 
+def admitted_language(code: str, language: str = "auto") -> tuple[str | None, str]:
+    """Through the real caller: what the broker's policy makes of a pasted block."""
+    with tempfile.TemporaryDirectory() as state:
+        policy = Policy(Config(), Profile(), state, time.time)
+        try:
+            request = m.ExecuteRequest(id="r", code=code, language=language, client_id="t")
+            decision = policy.admit("conn", request, lambda lang: lang)
+        finally:
+            policy.close()
+    if isinstance(decision, Admitted):
+        return decision.runtime, decision.request.code
+    assert isinstance(decision, Refused)
+    return None, decision.result.error.message if decision.result.error else ""
+
+
 @pytest.mark.parametrize(
-    ("hint", "language"),
+    ("fence", "language"),
     [
         ("py", "python"),
         ("js", "javascript"),
@@ -63,9 +85,20 @@ def test_shell(code: str) -> None:
         ("{.swift}", "swift"),
     ],
 )
-def test_fence_info_string_wins(hint: str, language: str) -> None:
-    guess = detect("echo this would look like shell", hint)
-    assert (guess.language, guess.confidence) == (language, "certain")
+def test_a_fence_says_the_language_and_is_taken_off(fence: str, language: str) -> None:
+    runtime, code = admitted_language(f"```{fence}\necho this would look like shell\n```\n")
+    assert (runtime, code) == (language, "echo this would look like shell\n")
+
+
+def test_a_fence_is_taken_off_when_the_language_is_given_too() -> None:
+    assert admitted_language("```js\nconsole.log(1)\n```", "javascript") == ("javascript", "console.log(1)\n")
+    assert admitted_language("~~~\nprint(1)\n~~~", "python") == ("python", "print(1)\n")
+
+
+def test_an_unclosed_fence_and_code_that_only_mentions_one() -> None:
+    assert admitted_language("```python\nprint(1)\n") == ("python", "print(1)\n")
+    inner = "print('```')\n"
+    assert admitted_language(inner, "python") == ("python", inner)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +124,7 @@ def test_python_one_liner_that_is_also_valid_shell_is_ambiguous() -> None:
 
 
 def test_a_bare_command_is_shell_even_though_python_parses_it() -> None:
-    assert detect("ls").language is None or detect("ls").language == "bash"
+    assert (detect("ls").language, detect("ls").confidence) == ("bash", "likely")
     assert detect("ls -la").language == "bash"  # not valid Python at all
 
 
@@ -102,4 +135,5 @@ def test_json_is_not_a_program() -> None:
 
 def test_empty_and_prose() -> None:
     assert detect("   ").confidence == "unknown"
-    assert detect("This is just an English sentence about nothing in particular.").language != "javascript"
+    prose = detect("This is just an English sentence about nothing in particular.")
+    assert (prose.language, prose.confidence) == (None, "unknown")
