@@ -24,7 +24,7 @@ import zmq.asyncio
 
 from protocol import messages as m
 from protocol.errors import ErrorCode, ErrorInfo
-from protocol.wire import client_codec
+from protocol.wire import MAX_CLIENT_FRAME, client_codec
 from protocol.zmtp import Dealer, ZmtpError
 
 R = TypeVar("R")
@@ -86,6 +86,16 @@ def _execute_request(code: str, language: str, stream: bool, options: RunOptions
     )
 
 
+def _over_cap(request: m.Request, frames: list[bytes]) -> m.ErrorReply | None:
+    """A request the service could never read (over its hard frame cap, where it drops
+    the connection): refused here, naming the cap, instead of looking like a lost service."""
+    size = sum(len(frame) for frame in frames)
+    if size <= MAX_CLIENT_FRAME:
+        return None
+    message = f"the request is {size} bytes; the service reads at most {MAX_CLIENT_FRAME} bytes in one frame"
+    return m.ErrorReply(id=request.id, error=ErrorInfo(code=ErrorCode.TOO_LARGE, message=message))  # type: ignore[attr-defined]
+
+
 def _as_result(request_id: str, reply: m.ClientReply | None, lost_message: str) -> m.ExecuteResult:
     """What an execute call returns for what came back: the result, a refusal, or a lost reply."""
     if reply is None:
@@ -141,9 +151,9 @@ class Client:
                 return False
             time.sleep(self.RECONNECT_S)
 
-    def _send(self, request: m.Request) -> bool:
+    def _send(self, request: m.Request, frames: list[bytes] | None = None) -> bool:
         deadline = time.monotonic() + self._connect_timeout
-        frames = self._codec.encode(request)
+        frames = frames or self._codec.encode(request)
         for _ in range(2):  # a connection the service has since closed: once more on a new one
             if self._dealer is None and not self._connect(deadline):
                 return False
@@ -201,7 +211,11 @@ class Client:
     ) -> m.ExecuteResult:
         """Run ``code``; with ``on_chunk``, output is streamed to it as the run goes."""
         request = _execute_request(code, language, on_chunk is not None, options)
-        if not self._send(request):
+        frames = self._codec.encode(request)
+        refused = _over_cap(request, frames)
+        if refused is not None:
+            return _as_result(request.id, refused, "")
+        if not self._send(request, frames):
             return lost(request.id, f"no cellblock service answers on {self.path}")
         reply = self._wait(request.id, _reply_wait(request.limits), on_chunk)
         return _as_result(request.id, reply, "the connection to the service was lost before the result arrived")
@@ -322,7 +336,8 @@ class AsyncClient:
 
     async def execute(self, code: str, language: str = "python", **options: Unpack[RunOptions]) -> m.ExecuteResult:
         request = _execute_request(code, language, False, options)
-        reply = await self._call(request, _reply_wait(request.limits))
+        refused = _over_cap(request, self._codec.encode(request))
+        reply = refused or await self._call(request, _reply_wait(request.limits))
         return _as_result(request.id, reply, "no reply from the cellblock service (is it running?)")
 
     async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:

@@ -46,9 +46,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# Dependencies from pyproject.toml (runtime, dev and mcp extras). The project
-# itself runs from this checkout (PYTHONPATH), not from an install, so the
-# same tree can be copied and run by another user in the tests.
+# Dependencies from pyproject.toml (runtime, dev and mcp extras).
 deps=$("$VENV/bin/python" - <<'PYEOF'
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
@@ -59,11 +57,9 @@ print("\n".join(deps))
 PYEOF
 )
 echo "$deps" | tr '\n' '\0' | xargs -0 "$VENV/bin/python" -m pip install -q
-root=$(pwd)
-cat > "$VENV/bin/cellblock" <<SH
-#!/bin/sh
-PYTHONPATH="$root\${PYTHONPATH:+:\$PYTHONPATH}" exec "$root/$VENV/bin/python" -m supervisor.tools.cli "\$@"
-SH
-chmod 755 "$VENV/bin/cellblock"
+# The project itself, editable: `from protocol.client import Client` and the
+# `cellblock` command work from any directory, and run this checkout's code.
+"$VENV/bin/python" -m pip install -q --no-deps -e . >/dev/null 2>&1 \
+    || "$VENV/bin/python" -m pip install --no-deps -e .
 touch "$VENV/.setup-done"
 echo "setup: ready ($("$VENV/bin/python" --version))"

@@ -184,12 +184,18 @@ class Policy:
         rate, concurrency = self.limiter.limits(key)
         retry = self.limiter.retry_after(key)
         if retry is not None:
-            why = f"client {key!r} started {rate} runs in the last minute; retry in {retry:.1f} s"
+            why = (
+                f"client {key!r} started {rate} runs in the last minute; retry in {retry:.1f} s "
+                f"(the service's [policy] rate_per_minute, or [policy.clients.<id>] for one client, raises it)"
+            )
             return Refused(key, _rate_limited(why, round(retry, 3)))
         if self.limiter.busy(key):
             if self.config.policy.over_concurrency == "wait":
                 return Wait(key)
-            why = f"client {key!r} already has {concurrency} runs going; retry when one ends"
+            why = (
+                f"client {key!r} already has {concurrency} runs going; retry when one ends "
+                f"(the service's [policy] concurrency raises it)"
+            )
             return Refused(key, _rate_limited(why, 1.0))
         try:
             binds = grants.plan_binds(held, needs)

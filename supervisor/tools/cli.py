@@ -98,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             limits=limits,
             capabilities=args.cap,
             client_id=args.client_id or "cli",
+            conversation_id=args.conversation,
             on_chunk=on_chunk,
         )
         if args.json:
@@ -148,6 +149,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             status = client.status()
         except ServiceError as exc:
             print(f"cellblock: {exc.error.message}", file=sys.stderr)
+            if exc.error.code == "connection_lost":
+                print(
+                    "cellblock: start one with `cellblock serve` (as root: `sudo .venv/bin/cellblock serve`), "
+                    "`cellblock run` starts its own for one call",
+                    file=sys.stderr,
+                )
             return 1
     if args.json:
         sys.stdout.buffer.write(to_json(status) + b"\n")
@@ -346,6 +353,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 (got {text}); leave it out for the service's default")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", help="client socket of a running service")
     p.add_argument("--config", help="service config file (to find its socket)")
@@ -364,8 +381,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="run a file (or - for stdin) in the sandbox")
     run.add_argument("file")
     run.add_argument("--language", "-l")
-    run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
-    run.add_argument("--memory", type=float, help="memory limit in MiB")
+    run.add_argument("--timeout", type=_positive, help="wall-clock limit in seconds")
+    run.add_argument("--memory", type=_positive, help="memory limit in MiB")
+    run.add_argument("--conversation", default="", help="the conversation the run belongs to (its grants apply)")
     run.add_argument("--stdin", help="file to feed as stdin")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--stream", action="store_true", help="print output as it is produced")

@@ -23,7 +23,10 @@ from protocol.profile import Profile
 from worker.runtimes.base import Runtime
 
 BASH = shutil.which("bash") or "/bin/bash"
-BOOT = 'printf R >&4; trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
+# Debian's `which` is a /bin/sh script, and there is no sh in this root: the
+# same answer from bash itself (`type -P`), as a function scripts can call.
+WHICH = 'which() { local found=0 name; for name; do type -P "$name" || found=1; done; return $found; }'
+BOOT = WHICH + '; printf R >&4; trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
 # coreutils a script reaches for, the text tools around them, and curl for
 # runs holding a network grant (HTTP_PROXY points it at the egress proxy)
 TOOLS = (
