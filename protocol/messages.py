@@ -1,10 +1,11 @@
 """Every message cellblock puts on a wire, as tagged, frozen msgspec Structs.
 
-Four links carry them, each with its own union (see ``protocol.wire``):
+Five links carry them, each with its own union (see ``protocol.wire``):
 
 * client <-> broker  (ZeroMQ DEALER -> ROUTER, ``client.sock``)
 * worker <-> broker  (ZMTP DEALER -> ROUTER, ``workers.sock``)
 * broker <-> launcher (unix SOCK_SEQPACKET, ``launcher.sock``)
+* launcher <-> zygote (unix SOCK_SEQPACKET, a socket pair made at the zygote's start)
 * broker <-> egress proxy (unix SOCK_SEQPACKET, ``egress.ctl``)
 
 Evolution rules (see also ``protocol.wire.VERSION``):
@@ -126,6 +127,9 @@ class ExecuteRequest(Request, tag="execute", kw_only=True, frozen=True):
     conversation_id: Small = ""
     stream: bool = False
     profile: Small = ""
+    # A package environment by name; "" is the profile's default for the
+    # runtime, "none" is none (the runtime's own library only).
+    environment: Small = ""
 
 
 class StatusRequest(Request, tag="status", kw_only=True, frozen=True):
@@ -205,9 +209,11 @@ class LayerStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RuntimeStatus(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
+    name: str  # "python", or "python:data" for the python runtime in the data environment
     version: str = ""
     offered: bool = False
+    environment: str = ""
+    packages: list[str] = []
     reason: str = ""
     warm: int = 0
     busy: int = 0
@@ -347,13 +353,16 @@ class ExitKind(enum.StrEnum):
 
 
 class RuntimeInfo(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
+    name: str  # the kind of worker: a runtime ("python"), or a runtime in an environment ("python:data")
     version: str
     languages: list[str]
     available: bool
     reason: str = ""
     self_test: str = ""  # a tiny program the broker runs before offering the runtime
     self_test_expect: str = ""  # its exact stdout
+    environment: str = ""  # the package environment its workers see, if any
+    packages: list[str] = []  # what it holds: "numpy 2.1.3", ...
+    modules: list[str] = []  # the top-level modules it provides, for hints
 
 
 class LauncherHello(Internal, tag="launcher_hello", kw_only=True, frozen=True):
@@ -424,6 +433,30 @@ class Kill(Internal, tag="kill", kw_only=True, frozen=True):
 
     worker: str
     reason: str
+
+
+# --- launcher <-> zygote -----------------------------------------------------------
+
+
+class Spawn(Internal, tag="spawn", kw_only=True, frozen=True):
+    """Launcher -> zygote: make one worker of the zygote's kind."""
+
+    worker_id: str
+    runtime: str
+    uid: int  # inside the worker's user namespace, if any
+    gid: int
+    cgroup_dirs: dict[str, str]
+    binds: list[HostBind] = []  # a run's own worker: its granted host paths
+    egress: str = ""  # and the host path of its egress proxy socket
+
+
+class SpawnReply(Internal, tag="spawn_reply", kw_only=True, frozen=True):
+    """Zygote -> launcher: the worker's pid (its parent is the launcher), or why there is none."""
+
+    worker_id: str
+    pid: int = 0
+    error: str = ""
+    retry: bool = False  # not the sandbox's fault (the broker's worker socket did not answer)
 
 
 ClientRequest = ExecuteRequest | StatusRequest | GrantRequest | RevokeRequest | GrantsRequest | HistoryRequest

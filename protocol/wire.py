@@ -98,6 +98,14 @@ def launcher_codec() -> Codec[m.BrokerToLauncher]:
     return Codec(m.BrokerToLauncher, MAX_LAUNCHER_DATAGRAM)
 
 
+def launcher_zygote_codec() -> Codec[m.SpawnReply]:
+    return Codec(m.SpawnReply, MAX_LAUNCHER_DATAGRAM)
+
+
+def zygote_codec() -> Codec[m.Spawn]:
+    return Codec(m.Spawn, MAX_LAUNCHER_DATAGRAM)
+
+
 def broker_egress_codec() -> Codec[m.EgressToBroker]:
     return Codec(m.EgressToBroker, MAX_LAUNCHER_DATAGRAM)
 

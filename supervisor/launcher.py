@@ -32,14 +32,13 @@ import msgspec
 
 from protocol import messages as m
 from protocol.errors import ErrorCode
-from protocol.profile import Profile
+from protocol.profile import Environment, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_codec
 from supervisor.link import Outbox, read_datagram
 from supervisor.log import logger
 from supervisor.pool import Pool, SpawnDeferred
 from supervisor.signals import SignalQueue
-from worker import sandbox
-from worker.runtimes.base import Runtime
+from worker import host
 
 SANDBOX_UID_IN_USERNS = 1000
 
@@ -55,7 +54,8 @@ class LauncherConfig(msgspec.Struct, frozen=True, kw_only=True):
     cgroup_parent: str
     instance: str
     grant_roots: list[str] = []
-    cache_dir: str = ""  # what runtimes build once per host (Swift's module cache)
+    cache_dir: str = ""  # what runtimes build once per host (Swift's module cache); built environments
+    environments: dict[str, Environment] = {}
     supervisor_fd: int = -1  # EOF when supervisor main is gone: stop once the broker has left
     drain_s: float = 90.0  # how long the broker may drain
 
@@ -76,10 +76,11 @@ class Launcher:
         self.codec = launcher_codec()
         self.layers: list[m.LayerStatus] = []
         self.runtime_info: list[m.RuntimeInfo] = []
-        self.runtimes: dict[str, Runtime] = {}
+        self.kinds: dict[str, host.Kind] = {}  # what workers are made of: a runtime, in an environment or none
         self.stopping = False
         self.orphaned_until = 0.0  # set when supervisor main is gone
         self.slot_dirs: dict[int, dict[str, str]] = {}
+        self.zygotes: dict[str, host.Zygote] = {}  # kind -> the process its workers are cloned from
 
     # --- start-up ----------------------------------------------------------------
 
@@ -88,8 +89,8 @@ class Launcher:
         uids = (SANDBOX_UID_IN_USERNS, SANDBOX_UID_IN_USERNS + 1)
         if not cfg.unprivileged:
             uids = (cfg.worker_uid_base, cfg.worker_uid_base + cfg.slots)
-        prepared = sandbox.prepare(
-            sandbox.Host(
+        prepared = host.prepare(
+            host.Host(
                 rundir=cfg.rundir,
                 profile=self.profile,
                 unprivileged=cfg.unprivileged,
@@ -98,14 +99,15 @@ class Launcher:
                 cache_dir=cfg.cache_dir,
                 uids=uids,
                 grant_roots=cfg.grant_roots,
+                environments=cfg.environments,
             )
         )
         self.context = prepared.context
-        self.runtimes = prepared.runtimes
+        self.kinds = prepared.kinds
         self.runtime_info = prepared.info
         self.layers = prepared.layers
         self.lifeline_w = prepared.lifeline_w
-        targets = {name: cfg.pools.get(name, 2) for name in self.runtimes}
+        targets = {name: cfg.pools.get(name, cfg.pools.get(kind.runtime, 2)) for name, kind in self.kinds.items()}
         self.pool = Pool(
             targets,
             spawn=self._spawn,
@@ -113,6 +115,7 @@ class Launcher:
             report=self._send,
             clock=time.monotonic,
             slots=cfg.slots,
+            others=self._other_exit,
         )
 
     # --- effects the pool asks for ---------------------------------------------------
@@ -123,8 +126,8 @@ class Launcher:
         uid = SANDBOX_UID_IN_USERNS if cfg.unprivileged else cfg.worker_uid_base + slot
         dirs = self.slot_dirs.get(slot)
         if dirs is None:
-            dirs = self.slot_dirs[slot] = sandbox.prepare_slot(self.context, slot)
-        spec = sandbox.WorkerSpec(
+            dirs = self.slot_dirs[slot] = host.prepare_slot(self.context, slot)
+        spec = m.Spawn(
             worker_id=worker_id,
             runtime=runtime,
             uid=uid,
@@ -133,18 +136,35 @@ class Launcher:
             binds=reservation.binds if reservation else [],
             egress=reservation.egress if reservation else "",
         )
-        # Connected here, in the host's network namespace, and handed over.
-        broker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            broker.connect(self.context.broker_socket)
-        except OSError as exc:
-            broker.close()
-            raise SpawnDeferred(str(exc)) from exc
-        try:
-            pid = sandbox.spawn(spec, self.context, self.runtimes[runtime], broker.fileno())
-        finally:
-            broker.close()
-        return worker_id, pid
+            reply = self._zygote(runtime).spawn(spec)
+        except host.ZygoteLost as exc:
+            _log(f"{exc}; starting it again")
+            self._restart_zygote(runtime)
+            raise OSError(0, str(exc)) from None
+        if reply.error:
+            if reply.retry:
+                raise SpawnDeferred(reply.error)
+            raise OSError(0, reply.error)
+        return worker_id, reply.pid
+
+    def _zygote(self, kind: str) -> host.Zygote:
+        zygote = self.zygotes.get(kind)
+        if zygote is None:
+            zygote = self.zygotes[kind] = host.Zygote(self.context, kind, self.kinds[kind], self.config.cache_dir)
+        return zygote
+
+    def _restart_zygote(self, kind: str) -> None:
+        zygote = self.zygotes.pop(kind, None)
+        if zygote is not None:
+            zygote.stop()
+
+    def _other_exit(self, pid: int, status: int) -> None:
+        """A child that is not a worker: a zygote that died is made again when next needed."""
+        for kind, zygote in list(self.zygotes.items()):
+            if zygote.pid == pid:
+                _log(f"the {kind} zygote exited ({os.waitstatus_to_exitcode(status)}); it is made again when needed")
+                self.zygotes.pop(kind).stop()
 
     @staticmethod
     def _kill(pid: int, sig: int) -> None:
@@ -205,15 +225,15 @@ class Launcher:
         # Signals come through a signalfd, not Python handlers: a worker is a
         # clone of this process, and with no handler of ours installed it only
         # has to unblock them (see worker.sandbox).
-        signals = sandbox.signal_source(SIGNALS)
+        signals = host.signal_source(SIGNALS)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, "listen")
         self.selector.register(signals, selectors.EVENT_READ, "signal")
         if cfg.supervisor_fd >= 0:
             self.selector.register(cfg.supervisor_fd, selectors.EVENT_READ, "supervisor")
         self.listener = listener
-        for failure in sandbox.rehearse(self.runtimes):
-            _log(failure)
+        for name in self.kinds:  # each zygote starts and warms while the loop begins
+            self._zygote(name)
         gc.freeze()  # forks then share the heap instead of copying pages the GC touched
         while not self.stopping:
             wake = self.pool.next_wakeup()
@@ -320,13 +340,13 @@ class Launcher:
 
     def _reserve(self, reservation: m.Reserve) -> None:
         code, reason = ErrorCode.RUNTIME_UNAVAILABLE, ""
-        if reservation.runtime not in self.runtimes:
+        if reservation.runtime not in self.kinds:
             reason = f"{reservation.runtime} is not available"
         for bind in reservation.binds:
             if reason:
                 break
             try:
-                sandbox.check_bind(bind, self.context.grant_roots)
+                host.check_bind(bind, self.context.grant_roots)
             except PermissionError as exc:
                 code, reason = ErrorCode.PERMISSION_REQUIRED, str(exc)
             except OSError as exc:
@@ -349,7 +369,9 @@ class Launcher:
         while self.pool.workers and time.monotonic() < deadline:
             self.pool.reap()
             time.sleep(0.01)
-        sandbox.release(self.context, self.config.slots)
+        host.release(self.context, self.config.slots)
+        for zygote in self.zygotes.values():
+            zygote.stop()
         return 0
 
 
@@ -360,7 +382,7 @@ def main() -> int:
     # Every worker is a fork of this process: its environment is already the
     # sandbox's, and nothing of how it was started (paths, variables) stays
     # readable in /proc/<pid>/cmdline or environ.
-    sandbox.become_launcher()
+    host.become_launcher()
     launcher = Launcher(config)
     try:
         launcher.setup()

@@ -96,6 +96,7 @@ class Pool:
         clock: Callable[[], float],
         slots: int,
         waitpid: WaitFn = os.waitpid,
+        others: Callable[[int, int], None] = lambda pid, status: None,
         max_failures: int = 5,
         window: float = 30.0,
         first_backoff: float = 5.0,
@@ -109,6 +110,7 @@ class Pool:
         self._report = report
         self._clock = clock
         self._waitpid = waitpid
+        self._others = others  # a child that is not a worker (a zygote, a helper) exited
         self._free_slots = collections.deque(range(slots))
         self.max_failures = max_failures
         self.window = window
@@ -243,7 +245,8 @@ class Pool:
                 break
             worker = self.workers.pop(pid, None)
             if worker is None:
-                continue  # a helper process (the seccomp builder)
+                self._others(pid, status)
+                continue
             self.by_id.pop(worker.worker_id, None)
             self._free_slots.append(worker.slot)
             kind, code, sig, detail = classify(status, worker.kill_reason)

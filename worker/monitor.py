@@ -179,7 +179,7 @@ class Monitor:
         The monitor is a copy-on-write fork: the first run of any code path
         copies every page it writes (objects' reference counts, the
         allocator's pools; the bytecode's specialisation counters too, but the
-        launcher has already run this path, see ``warm_job_path``), ~90 faults
+        zygote has already run this path, see ``warm_job_path``), ~90 faults
         of ~5 us each here. Rehearsing takes them off the job's latency:
         receive and decode a job, feed it, pump output and the report,
         classify, encode and send the result, all on pipes and a socket pair
@@ -230,7 +230,7 @@ class Monitor:
 
     def _kill(self, sig: int) -> None:
         # The rehearsal has no payload of its own: never touch the real one.
-        # Only pid 1 may signal "everything": a rehearsal in the launcher must not.
+        # Only pid 1 may signal "everything": a rehearsal in the zygote must not.
         if not self.rehearsing and self.is_init:
             _kill_all(sig)
 
@@ -463,7 +463,7 @@ class Monitor:
 
 
 def warm_job_path(adapter: Runtime, rounds: int = WARM_ROUNDS) -> None:
-    """In the launcher, before it forks any worker: rehearse the job path there.
+    """In a zygote, before it clones any worker: rehearse the job path there.
 
     CPython 3.11 writes into a code object each time it runs, until the code
     is quickened and its instructions specialised: a warm-up counter in the

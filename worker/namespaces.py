@@ -17,13 +17,16 @@ _IFF_UP = 0x1
 _IFF_RUNNING = 0x40
 
 
-def clone_worker(user_namespace: bool) -> int:
+def clone_worker(user_namespace: bool, parent: bool = False) -> int:
     """clone() into fresh pid, mount, net, ipc and uts namespaces (and user).
 
     The child is pid 1 of its pid namespace: when it exits, the kernel kills
     everything left inside, so nothing a run starts can outlive the monitor.
+    With ``parent`` (a zygote's clone) the child's parent is the caller's
+    parent, the launcher, which reaps it.
     """
-    return sc.clone(WORKER_FLAGS | (sc.CLONE_NEWUSER if user_namespace else 0))
+    flags = WORKER_FLAGS | (sc.CLONE_NEWUSER if user_namespace else 0) | (sc.CLONE_PARENT if parent else 0)
+    return sc.clone(flags)
 
 
 def _write(path: str, text: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from typing import NoReturn
 
 import msgspec
@@ -34,8 +35,8 @@ STDIN, STDOUT, STDERR, JOB, REPORT = 0, 1, 2, 3, 4
 READY = b"R"  # warm, waiting for the job (the monitor says Ready only after it)
 EXITED = b"X"
 MEMORY_ERROR = b"M"
-# The code's whole environment. The launcher takes it as its own at start
-# (supervisor/launcher.py), so every payload inherits exactly this.
+# The code's whole environment. Each zygote takes it as its own at start
+# (worker/zygote.py), so every payload inherits exactly this.
 ENVIRONMENT = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": "/work",
@@ -110,6 +111,64 @@ def _setup(
         os._exit(step)
 
 
+# What of cellblock a run may find in sys.modules: its runtime's own modules.
+OWN = ("worker", "worker.payload", "worker.runtimes", "worker.runtimes.base")
+WORKER_PACKAGES = ("worker", "protocol", "supervisor", "msgspec", "prctl", "_prctl")
+
+
+def forget_the_worker(runtime_module: str) -> None:
+    """Before the code runs: the modules that made the sandbox (the steps, the monitor,
+    the wire protocol, msgspec, prctl) out of sys.modules; only the runtime's own stay."""
+    keep = {*OWN, runtime_module}
+    for name in list(sys.modules):
+        if name.split(".")[0] in WORKER_PACKAGES and name not in keep:
+            del sys.modules[name]
+
+
+def relabel(module: types.ModuleType) -> None:
+    """Name the module's code by its place in the project, not the host path it was
+    imported from: these are the frames a run can walk up to."""
+    label = "cellblock/" + module.__name__.replace(".", "/") + ".py"
+
+    def renamed(code: types.CodeType) -> types.CodeType:
+        consts = tuple(renamed(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=label, co_consts=consts)
+
+    found: list[object] = [v for v in vars(module).values() if isinstance(v, types.FunctionType)]
+    for cls in (v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__):
+        found += [v for v in vars(cls).values() if isinstance(v, types.FunctionType)]
+        found += [v.__func__ for v in vars(cls).values() if isinstance(v, classmethod | staticmethod)]
+    for function in found:
+        if isinstance(function, types.FunctionType) and function.__module__ == module.__name__:
+            function.__code__ = renamed(function.__code__)
+
+
+class BecomePayload(BaseException):
+    """Raised in the payload's fork, caught by the zygote's top frame, which runs it.
+
+    Unwinding to the top leaves no frame of the zygote, the sandbox steps or
+    the monitor above the code's own: the frames a run can walk up to are the
+    payload's and its runtime's (``inspect.stack()``). A BaseException, so no
+    ``except Exception`` on the way down can swallow it.
+    """
+
+    def __init__(
+        self,
+        fds: PayloadFds,
+        runtime: Runtime,
+        profile: Profile,
+        program: list[sc.CompiledFilter] | None,
+        memory_fallback: bool,
+    ) -> None:
+        super().__init__("payload")
+        self.arguments = (fds, runtime, profile, program, memory_fallback)
+
+    def run(self) -> NoReturn:
+        arguments, self.arguments = self.arguments, ()  # type: ignore[assignment]
+        self.__traceback__ = None  # the unwound frames: nothing keeps them alive
+        become_payload(*arguments)
+
+
 def become_payload(
     fds: PayloadFds, runtime: Runtime, profile: Profile, program: list[sc.CompiledFilter] | None, memory_fallback: bool
 ) -> NoReturn:
@@ -131,6 +190,7 @@ def become_payload(
         job = _job_decoder.decode(data)
         memory = job.limits.memory_bytes + runtime.address_space_allowance
         rlimits.apply_job(job.limits.cpu_ms, memory, memory_fallback, child)
+        forget_the_worker(type(runtime).__module__)
         code = runtime.run_child(child, job) if child else runtime.run(job)
         report = (MEMORY_ERROR if memory_fallback and runtime.memory_error else b"") + EXITED + b"%d" % code
         os.write(REPORT, report)

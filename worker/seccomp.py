@@ -31,7 +31,6 @@ import msgspec
 
 from protocol.profile import Profile
 from worker.runtimes.base import Runtime
-from worker.syscalls import CompiledFilter
 
 # Everything a CPython (or node, or bash) process needs to run ordinary code.
 BASE_ALLOW = frozenset(
@@ -230,11 +229,11 @@ def build_programs(policies: Iterable[Policy]) -> Programs:
     return Programs({p.name: (_allow_filter(p), deny) for p in policies})
 
 
-def runtime_policy(profile: Profile, name: str, runtime: Runtime) -> Policy:
-    """What a runtime's payload may call, from its adapter and the profile."""
-    policy = profile.runtimes[name]
+def runtime_policy(profile: Profile, kind: str, runtime: Runtime) -> Policy:
+    """What the payload of a kind of worker may call, from its runtime's adapter and the profile."""
+    policy = profile.runtimes[runtime.name]
     return Policy(
-        name=name,
+        name=kind,
         extra_allow=runtime.extra_syscalls,
         exec=policy.exec or runtime.needs_exec_syscall,
         socket_families=tuple(policy.socket_families),
@@ -279,17 +278,12 @@ def build_in_helper(policies: list[Policy]) -> Programs:
     return msgspec.msgpack.decode(data, type=Programs)
 
 
-def compile_filters(
-    policies: list[Policy],
-) -> tuple[dict[str, list[CompiledFilter]] | None, str]:
-    """Every runtime's filters (and the monitor's), compiled once in a helper, ready
-    to load: (filters, "") or (None, why not). The monitor's allowlist already
-    leaves out every never-allowed call; a payload also gets the deny filter."""
+def compile_filters(policies: list[Policy]) -> tuple[dict[str, list[bytes]] | None, str]:
+    """Every runtime's BPF programs (and the monitor's), compiled once in a helper:
+    (programs, "") or (None, why not). The monitor's allowlist already leaves out
+    every never-allowed call; a payload also gets the deny filter."""
     try:
         compiled = build_in_helper([monitor_policy(), *policies]).filters
     except RuntimeError as exc:
         return None, str(exc)
-    return {
-        name: [CompiledFilter(allow)] if name == "@monitor" else [CompiledFilter(allow), CompiledFilter(deny)]
-        for name, (allow, deny) in compiled.items()
-    }, ""
+    return {name: [allow] if name == "@monitor" else [allow, deny] for name, (allow, deny) in compiled.items()}, ""

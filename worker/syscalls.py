@@ -14,6 +14,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # resume inside the interpreter exactly where the parent is.
 _pylibc = ctypes.PyDLL(None, use_errno=True)
 
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
