@@ -69,6 +69,7 @@ class RunOptions(TypedDict, total=False):
     client_id: str
     conversation_id: str
     profile: str
+    environment: str  # a package environment by name; "" the profile's default, "none" none
 
 
 def _execute_request(code: str, language: str, stream: bool, options: RunOptions) -> m.ExecuteRequest:
@@ -83,6 +84,7 @@ def _execute_request(code: str, language: str, stream: bool, options: RunOptions
         conversation_id=options.get("conversation_id", ""),
         stream=stream,
         profile=options.get("profile", ""),
+        environment=options.get("environment", ""),
     )
 
 

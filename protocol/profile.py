@@ -99,6 +99,23 @@ class Sandbox(Strict, frozen=True):
     hostname: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "cellblock"
 
 
+class Environment(Strict, frozen=True):
+    """A package environment: pip requirements installed once (``cellblock env build``)
+    into a read-only directory that every sandbox of it sees, and modules its
+    workers have imported before they are Ready."""
+
+    runtime: Literal["python"] = "python"
+    packages: list[Annotated[str, msgspec.Meta(min_length=1, max_length=200)]] = []  # pip requirement strings
+    preload: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = []
+
+
+# What a new user gets: the data stack LLM-written code reaches for first.
+DATA_ENVIRONMENT = Environment(
+    packages=["numpy", "pandas", "matplotlib", "scipy", "requests", "pillow", "sympy"],
+    preload=["numpy", "pandas", "matplotlib", "matplotlib.pyplot", "scipy", "scipy.stats", "PIL.Image", "requests"],
+)
+
+
 class RuntimePolicy(Strict, frozen=True):
     enabled: bool = True
     exec: bool = True  # may the code start other programs (execve)?
@@ -109,6 +126,8 @@ class RuntimePolicy(Strict, frozen=True):
     # Where the runtime's toolchain is, for runtimes that look for one (swift:
     # its prefix, or its swift binary); empty: PATH, then the usual places.
     toolchain: str = ""
+    # The package environment a request gets when it names none ("" or "none": none).
+    environment: str = ""
 
 
 class Profile(Strict, frozen=True):

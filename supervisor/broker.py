@@ -105,7 +105,7 @@ class Broker:
             self.policy,
             self.dispatcher,
             self._reply,
-            self.catalogue.resolve,
+            self.catalogue.resolve_request,
             self.catalogue.version,
             cfg.config.service.queue_wait_s,
             self.egress,

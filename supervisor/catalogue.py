@@ -108,6 +108,36 @@ class Catalogue:
 
     # --- what clients ask for -------------------------------------------------------------
 
+    def resolve_request(self, request: m.ExecuteRequest) -> tuple[str, m.Finding | None]:
+        """The kind of worker a request runs on: its language's runtime, in the environment
+        it names or the profile's default for that runtime. A default environment that is
+        not there is run without (a finding says so); a named one that is not there is an
+        error saying why."""
+        runtime = self.resolve(request.language)
+        policy = self.profile.runtimes.get(runtime)
+        environment = request.environment or (policy.environment if policy else "")
+        if environment in ("", "none"):
+            return runtime, None
+        kind = f"{runtime}:{environment}"
+        view = self.runtimes.get(kind)
+        why = "not configured" if view is None else (view.self_test_detail or view.info.reason)
+        if view is not None and view.info.available and view.self_test != "failed":
+            return kind, None
+        if request.environment:
+            offered = sorted(v.info.environment for v in self.runtimes.values() if v.info.environment and v.offered)
+            known = ", ".join(offered) or "none"
+            raise CellblockError(
+                ErrorCode.RUNTIME_UNAVAILABLE if view is not None else ErrorCode.INVALID_REQUEST,
+                f"environment {environment!r} is not available for {runtime}: {why}; offered: {known}",
+                "environment",
+            )
+        note = f"ran without the default environment {environment!r} ({why})"
+        return runtime, m.Finding(rule="environment_missing", line=0, severity="warning", message=note)
+
+    def environments_with(self, module: str) -> list[str]:
+        """The environments whose packages provide ``module`` (a top-level name)."""
+        return sorted(v.info.environment for v in self.runtimes.values() if module in v.info.modules and v.offered)
+
     def resolve(self, language: str) -> str:
         """The runtime a language name means; CellblockError when none can run it."""
         runtime = self.languages.get(language.lower())
@@ -207,6 +237,8 @@ class Catalogue:
                     name=name,
                     version=view.info.version,
                     offered=view.offered and view.healthy,
+                    environment=view.info.environment,
+                    packages=view.info.packages,
                     reason=reason,
                     warm=warm.get(name, 0),
                     busy=busy.get(name, 0),

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.profile import ConfigError, Profile, decode_toml, load_profile
+from protocol.profile import DATA_ENVIRONMENT, ConfigError, Environment, Profile, decode_toml, load_profile
 
 Pos = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -31,6 +31,7 @@ class ServiceSection(Strict, frozen=True):
     # every service (Swift's module cache), keyed by what it was built from.
     # Default: /var/cache/cellblock (root), $XDG_CACHE_HOME/cellblock otherwise.
     cache_dir: str = ""
+    package_index: str = ""  # pip's index URL for `cellblock env build`; "" is pip's own default
     pool: dict[str, Annotated[int, msgspec.Meta(ge=0, le=256)]] = {}  # warm workers per runtime
     slots: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 256
     queue_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
@@ -81,6 +82,10 @@ class RedactionSection(Strict, frozen=True):
 
 class Config(Strict, frozen=True):
     service: ServiceSection = ServiceSection()
+    # name -> a package environment (``cellblock env build`` installs them)
+    environments: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Environment] = (
+        msgspec.field(default_factory=lambda: {"data": DATA_ENVIRONMENT})
+    )
     cgroups: CgroupSection = CgroupSection()
     policy: PolicySection = PolicySection()
     egress: EgressSection = EgressSection()

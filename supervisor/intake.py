@@ -21,10 +21,10 @@ from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo
 from supervisor import results
 from supervisor.dispatch import Dispatcher, Ticket
-from supervisor.policy import Admitted, Policy, Refused, Streams, Wait
+from supervisor.policy import Admitted, Policy, Refused, Resolved, Streams, Wait
 
 Reply = Callable[[bytes, m.Reply], None]
-Resolve = Callable[[str], str]  # language -> runtime name, or raises CellblockError
+Resolve = Callable[[m.ExecuteRequest], Resolved]  # the request's kind of worker, or raises CellblockError
 
 
 class Egress(Protocol):

@@ -149,6 +149,7 @@ class Supervisor:
                 instance=self.instance,
                 grant_roots=self.config.policy.grant_roots,
                 cache_dir=cache_dir(self.config),
+                environments=self.config.environments,
                 supervisor_fd=self.lifeline_r,
                 drain_s=self.config.service.drain_s,
             )

@@ -35,6 +35,11 @@ from supervisor.policy.store import Store
 K = m.CapabilityKind
 
 
+# What a request runs on (the kind of worker: "python", "python:data"), and a
+# note when its default environment was not there.
+Resolved = tuple[str, m.Finding | None]
+
+
 @dataclass
 class Admitted:
     """The run may start: everything the intake needs to make its job."""
@@ -153,20 +158,23 @@ class Policy:
     def client_key(self, connection: str, request: m.ExecuteRequest) -> str:
         return request.client_id or f"conn:{connection}"
 
-    def admit(self, connection: str, request: m.ExecuteRequest, resolve: Callable[[str], str]) -> Admission:
+    def admit(
+        self, connection: str, request: m.ExecuteRequest, resolve: Callable[[m.ExecuteRequest], Resolved]
+    ) -> Admission:
         """Decide, in one call: the language (detected for "auto"), the runtime (``resolve``),
         sizes, capabilities against grants, limits, rate and concurrency. Never raises for
         a request that is wrong: that is a Refused with the reason."""
         key = self.client_key(connection, request)
         try:
             request, detected = _language(request)
-            runtime = resolve(request.language)
-            return self._admit(key, request, runtime, detected)
+            runtime, missing = resolve(request)
+            notes = [f for f in (detected, missing) if f is not None]
+            return self._admit(key, request, runtime, notes)
         except CellblockError as exc:
             error = ErrorInfo(code=exc.code, message=exc.message, field=exc.field)
             return Refused(key, results.from_error("", "", request.language, error))
 
-    def _admit(self, key: str, request: m.ExecuteRequest, runtime: str, detected: m.Finding | None) -> Admission:
+    def _admit(self, key: str, request: m.ExecuteRequest, runtime: str, notes: list[m.Finding]) -> Admission:
         validation.check_sizes(self.profile, request)
         asked = []
         for i, cap in enumerate(request.capabilities):
@@ -203,12 +211,11 @@ class Policy:
             raise CellblockError(ErrorCode.INVALID_REQUEST, str(exc), "capabilities") from None
         net = [c.target for c in needs if c.kind is K.NET]
         self.limiter.start(key)
-        findings = [detected] if detected is not None else []
-        return Admitted(key, request, runtime, limits, findings, needs, binds, net)
+        return Admitted(key, request, runtime, limits, notes, needs, binds, net)
 
     def analyse(self, runtime: str, code: str) -> list[m.Finding]:
         """Static findings about the code: reported with the result, never a reason to refuse."""
-        return findings_mod.analyse(runtime, code)
+        return findings_mod.analyse(runtime.split(":")[0], code)
 
     def _check_usable(self, cap: m.Capability, runtime: str, index: int) -> None:
         """Refuse a capability this service or profile can never honour, whatever is granted."""
@@ -220,7 +227,7 @@ class Policy:
                     "network egress is off in this service (egress.enabled = false); no run can reach the network",
                     field,
                 )
-            policy = self.profile.runtimes.get(runtime)
+            policy = self.profile.runtimes.get(runtime.split(":")[0])
             if policy is not None and "inet" not in policy.socket_families:
                 raise CellblockError(
                     ErrorCode.INVALID_REQUEST,

@@ -14,6 +14,7 @@ from protocol import messages as m
 from protocol.client import Client, ServiceError, service_answers
 from protocol.profile import ConfigError, MiB
 from protocol.wire import to_json
+from supervisor.tools import envs
 
 EXIT_TIMEOUT = 124
 EXIT_NOT_RUN = 70
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_service(sub)
     _add_admin(sub)
+    envs.add_parser(sub)
     return parser
 
 

@@ -73,7 +73,7 @@ def test_output_from_c_and_children_is_captured(run: Run) -> None:
 
 
 def test_environment_is_built_from_nothing(run: Run) -> None:
-    result = run("import os, json; print(json.dumps(dict(os.environ), sort_keys=True))")
+    result = run("import os, json; print(json.dumps(dict(os.environ), sort_keys=True))", environment="none")
     assert result.status is m.Status.OK
     assert result.stdout.strip() == (
         '{"HOME": "/work", "LANG": "C.UTF-8", "LOGNAME": "sandbox", '

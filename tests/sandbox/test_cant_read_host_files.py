@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXPECTED_ROOT = {"bin", "dev", "etc", "lib", "lib64", "mnt", "proc", "sbin", "tmp", "usr", "work"}
 
 
-def _probe(run, paths: list[str]) -> dict[str, str]:
+def _probe(run, paths: list[str], **kwargs: object) -> dict[str, str]:
     """For each path: its errno name when opening/listing fails, else "READABLE"."""
     result = run(
         f"""
@@ -43,7 +43,8 @@ def _probe(run, paths: list[str]) -> dict[str, str]:
                 outcome[path] = errno.errorcode[exc.errno]
         print("PROBED")
         print(json.dumps(outcome))
-        """
+        """,
+        **kwargs,
     )
     assert result.status == m.Status.OK and "PROBED" in result.stdout, show(result)
     return json.loads(result.stdout.splitlines()[-1])
@@ -67,8 +68,12 @@ def test_host_secrets_and_homes_are_absent(run):
         "/sys",
         "/sys/kernel",
     ]
-    outcome = _probe(run, paths)
+    outcome = _probe(run, paths, environment="none")
     assert outcome == {path: "ENOENT" for path in paths}
+    # A package environment adds only itself, read-only, under /opt: nothing of the host's /opt.
+    data = _probe(run, ["/opt/swift", "/opt/cellblock/envs"], environment="data")
+    if data["/opt/cellblock/envs"] != "ENOENT":  # the data environment is built here
+        assert data == {"/opt/swift": "ENOENT", "/opt/cellblock/envs": "EACCES"}, data
     # /mnt is the sandbox's own empty mount point (granted paths appear under
     # /mnt/host only in a run that holds them), never the host's /mnt.
     assert run("import os; print(os.listdir('/mnt'))").stdout.strip() == "[]"
@@ -96,7 +101,8 @@ def test_root_holds_only_the_template(run):
         import json, os
         print(json.dumps({"root": sorted(os.listdir("/")), "dev": sorted(os.listdir("/dev")),
                           "etc": sorted(os.listdir("/etc"))}))
-        """
+        """,
+        environment="none",
     )
     assert result.status == m.Status.OK, show(result)
     listing = json.loads(result.stdout)
@@ -222,17 +228,31 @@ def test_mount_table_does_not_name_host_paths(run, service):
         assert host_path not in result.stdout, f"{host_path} named in mountinfo"
 
 
+BASE_ENVIRONMENT = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/work",
+    "TMPDIR": "/tmp",
+    "USER": "sandbox",
+    "LOGNAME": "sandbox",
+    "LANG": "C.UTF-8",
+}
+
+
 def test_environment_is_built_from_nothing(run):
-    result = run("import json, os\nprint(json.dumps(dict(os.environ)))")
+    result = run("import json, os\nprint(json.dumps(dict(os.environ)))", environment="none")
     assert result.status == m.Status.OK, show(result)
-    assert json.loads(result.stdout) == {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/work",
-        "TMPDIR": "/tmp",
-        "USER": "sandbox",
-        "LOGNAME": "sandbox",
-        "LANG": "C.UTF-8",
-    }
+    assert json.loads(result.stdout) == BASE_ENVIRONMENT
+
+
+def test_a_package_environment_adds_only_its_documented_settings(run, service):
+    from worker.environments import environment_variables
+
+    offered = {rt.name for rt in service.status().runtimes if rt.offered}
+    if "python:data" not in offered:
+        pytest.skip("the data environment is not built on this host (cellblock env build)")
+    result = run("import json, os\nprint(json.dumps(dict(os.environ)))", environment="data")
+    assert result.status == m.Status.OK, show(result)
+    assert json.loads(result.stdout) == {**BASE_ENVIRONMENT, **environment_variables("data")}
 
 
 def test_process_start_block_does_not_name_host_paths(run, service):

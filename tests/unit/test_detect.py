@@ -65,7 +65,7 @@ def admitted_language(code: str, language: str = "auto") -> tuple[str | None, st
         policy = Policy(Config(), Profile(), state, time.time)
         try:
             request = m.ExecuteRequest(id="r", code=code, language=language, client_id="t")
-            decision = policy.admit("conn", request, lambda lang: lang)
+            decision = policy.admit("conn", request, lambda req: (req.language, None))
         finally:
             policy.close()
     if isinstance(decision, Admitted):

@@ -53,7 +53,7 @@ def setup(queue_limit: int) -> tuple[Intake, Dispatcher, OneAtATime, list[m.Repl
         policy,  # type: ignore[arg-type]
         dispatcher,
         lambda client, reply: replies.append(reply),
-        lambda language: "python",
+        lambda request: ("python", None),
         lambda runtime: "3",
         30.0,
         egress=None,  # type: ignore[arg-type]

@@ -104,3 +104,7 @@ class Runtime:
         raise NotImplementedError
 
     memory_error: bool = False  # set by run() when the code ran out of memory
+
+    def __init__(self) -> None:
+        # Where a package environment's modules are, in the sandbox (the zygote adds it).
+        self.library_paths: list[str] = []

@@ -55,6 +55,7 @@ class PythonRuntime(Runtime):
     self_test = ("import sys; print(sys.version_info[0] * 7 * 2)", "42\n")
 
     def __init__(self) -> None:
+        super().__init__()
         self.executable = os.path.realpath(sys.executable)
         self.prefixes = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)})
 
@@ -70,7 +71,7 @@ class PythonRuntime(Runtime):
         return True, f"{platform.python_implementation()} {platform.python_version()}"
 
     def prepare(self) -> None:
-        visible = ("/usr/", *(p + "/" for p in self.prefixes))
+        visible = ("/usr/", *(p + "/" for p in (*self.prefixes, *self.library_paths)))
         sys.path[:] = ["", *(p for p in sys.path if p and (p + "/").startswith(visible))]
         sys.executable = self.executable
         sys.argv = [FILENAME]

@@ -150,6 +150,7 @@ class SwiftRuntime(Runtime):
     oom_marker = b"Fatal error: failed to allocate"  # the Swift runtime's words when malloc fails
 
     def __init__(self, toolchain: str = "") -> None:
+        super().__init__()
         self.toolchain = toolchain
         self.frontend = find_frontend(toolchain)
         self.cache = ""  # host path of the module cache, once built
