@@ -85,6 +85,18 @@ def _execute_request(
     )
 
 
+def _grant_request(
+    client_id: str, capability: m.Capability, conversation_id: str, expires_in_s: int | None
+) -> m.GrantRequest:
+    return m.GrantRequest(
+        id=_new_id(),
+        client_id=client_id,
+        capability=capability,
+        conversation_id=conversation_id,
+        expires_in_s=expires_in_s,
+    )
+
+
 def _reply_wait(limits: m.Limits | None) -> float:
     timeout_ms = (limits.timeout_ms if limits and limits.timeout_ms else None) or 60_000
     return timeout_ms / 1000 + REPLY_MARGIN_S
@@ -228,16 +240,7 @@ class Client:
     def grant(
         self, client_id: str, capability: m.Capability, conversation_id: str = "", expires_in_s: int | None = None
     ) -> m.GrantsReply:
-        return self.request(
-            m.GrantRequest(
-                id=_new_id(),
-                client_id=client_id,
-                capability=capability,
-                conversation_id=conversation_id,
-                expires_in_s=expires_in_s,
-            ),
-            m.GrantsReply,
-        )
+        return self.request(_grant_request(client_id, capability, conversation_id, expires_in_s), m.GrantsReply)
 
     def revoke(self, grant_id: int) -> m.GrantsReply:
         return self.request(m.RevokeRequest(id=_new_id(), grant_id=grant_id), m.GrantsReply)
@@ -262,8 +265,9 @@ def service_answers(path: str) -> bool:
 
 
 class AsyncClient:
-    """asyncio client (used by the MCP server). One request at a time per instance
-    is not required: replies are routed to their waiting call by id."""
+    """asyncio client (used by the MCP server and the console). One request at a
+    time per instance is not required: replies are routed to their waiting call
+    by id, and a streamed run's chunks to its ``on_chunk``."""
 
     def __init__(self, socket_path: str | None = None) -> None:
         self.path = socket_path or default_socket()
@@ -329,12 +333,13 @@ class AsyncClient:
         capabilities: Iterable[m.Capability] = (),
         client_id: str = "",
         conversation_id: str = "",
+        on_chunk: Callable[[m.OutputChunk], None] | None = None,
         profile: str = "",
     ) -> m.ExecuteResult:
         request = _execute_request(
-            code, language, stdin, limits, capabilities, client_id, conversation_id, False, profile
+            code, language, stdin, limits, capabilities, client_id, conversation_id, on_chunk is not None, profile
         )
-        reply = await self._call(request, _reply_wait(limits))
+        reply = await self._call(request, _reply_wait(limits), on_chunk)
         if reply is None:
             return lost(request.id, "no reply from the cellblock service (is it running?)")
         if isinstance(reply, m.ErrorReply):
@@ -342,10 +347,31 @@ class AsyncClient:
         assert isinstance(reply, m.ExecuteResult)
         return reply
 
-    async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
-        reply = await self._call(m.StatusRequest(id=_new_id()), timeout)
-        if isinstance(reply, m.StatusReply):
-            return reply
+    async def request(self, request: m.Request, expect: type[R], timeout: float = DEFAULT_TIMEOUT_S) -> R:
+        reply = await self._call(request, timeout)
+        if reply is None:
+            raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message="no reply from the service"))
         if isinstance(reply, m.ErrorReply):
             raise ServiceError(reply.error)
-        raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message="no reply from the service"))
+        if not isinstance(reply, expect):
+            raise ServiceError(
+                ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"unexpected reply {type(reply).__name__}")
+            )
+        return reply
+
+    async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
+        return await self.request(m.StatusRequest(id=_new_id()), m.StatusReply, timeout)
+
+    async def grant(
+        self, client_id: str, capability: m.Capability, conversation_id: str = "", expires_in_s: int | None = None
+    ) -> m.GrantsReply:
+        return await self.request(_grant_request(client_id, capability, conversation_id, expires_in_s), m.GrantsReply)
+
+    async def revoke(self, grant_id: int) -> m.GrantsReply:
+        return await self.request(m.RevokeRequest(id=_new_id(), grant_id=grant_id), m.GrantsReply)
+
+    async def grants(self, client_id: str = "") -> m.GrantsReply:
+        return await self.request(m.GrantsRequest(id=_new_id(), client_id=client_id), m.GrantsReply)
+
+    async def history(self, **filters: Any) -> m.HistoryReply:
+        return await self.request(m.HistoryRequest(id=_new_id(), **filters), m.HistoryReply)
