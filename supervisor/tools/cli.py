@@ -314,6 +314,13 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     return mcp_server.main(args.socket, default, args.http, args.config)
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from supervisor.tools.console.app import main as console_main
+
+    default = args.socket or _socket_path(args)
+    return console_main(args.socket, default, args.config, args.host, args.port, args.client_id)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from supervisor.tools.doctor import run_doctor
 
@@ -415,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--http", type=int, metavar="PORT", help="streamable HTTP on 127.0.0.1:PORT instead of stdio")
     common(mcp)
     mcp.set_defaults(func=cmd_mcp)
+
+    console = sub.add_parser("console", help="the web console: run a chat's code blocks, grants, history, status")
+    console.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    console.add_argument("--client-id", default="console", help="the cellblock client the console acts as")
+    common(console)
+    console.set_defaults(func=cmd_console)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
     common(doctor)
