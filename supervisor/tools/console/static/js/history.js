@@ -7,7 +7,7 @@ import { $, clear, h } from "./dom.js";
 import * as words from "./words.js";
 
 const PAGE = 100;
-const state = { filters: {}, cursors: [null], more: false, loading: false };
+const state = { filters: {}, cursors: [null], more: false, next: null, seq: 0 };
 
 export function init() {
   const status = $("#history-form select[name=status]");
@@ -49,8 +49,11 @@ function readFilters() {
 }
 
 async function load() {
-  if (state.loading) return;
-  state.loading = true;
+  // The newest request wins: a filter submitted while a page is loading is not dropped,
+  // and an answer that arrives after a newer request was made is ignored.
+  const seq = ++state.seq;
+  $("#history-range").dataset.requested = String(seq);
+  $("#history-older").disabled = $("#history-newer").disabled = true;
   const started = performance.now();
   const cursor = state.cursors[state.cursors.length - 1];
   const query = new URLSearchParams({ ...state.filters, limit: String(PAGE) });
@@ -59,8 +62,17 @@ async function load() {
     query.set("before_run_id", cursor.run_id);
   }
   const range = $("#history-range");
+  let page;
   try {
-    const page = await api(`/api/history?${query}`);
+    page = await api(`/api/history?${query}`);
+  } catch (error) {
+    if (seq !== state.seq) return;
+    range.textContent = `History could not be read: ${error.message}`;
+    state.more = false;
+    page = null;
+  }
+  if (seq !== state.seq) return;
+  if (page) {
     render(page.entries);
     state.more = page.more;
     const last = page.entries[page.entries.length - 1];
@@ -71,13 +83,10 @@ async function load() {
       ? `Runs ${first}–${first + page.entries.length - 1}${page.more ? "" : " (the oldest)"} · loaded in ${elapsed} ms`
       : "No runs match.";
     range.dataset.ms = String(elapsed);
-  } catch (error) {
-    range.textContent = `History could not be read: ${error.message}`;
-  } finally {
-    $("#history-older").disabled = !state.more;
-    $("#history-newer").disabled = state.cursors.length < 2;
-    state.loading = false;
   }
+  range.dataset.loaded = String(seq);
+  $("#history-older").disabled = !state.more;
+  $("#history-newer").disabled = state.cursors.length < 2;
 }
 
 function render(entries) {
