@@ -116,6 +116,7 @@ def page_through(page: Any) -> tuple[list[list[str]], list[int], int]:
     older = page.get_by_role("button", name="Older →")
     while True:
         rows = history_rows(page)
+        assert len(rows) <= 100, "more than one page in the table"
         most = max(most, len(rows))
         seen += rows
         times.append(int(page.locator("#history-range").get_attribute("data-ms")))
