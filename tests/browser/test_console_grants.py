@@ -70,7 +70,7 @@ def test_allow_for_this_conversation_reruns_and_holds_only_there(
     dialog = run_and_get_dialog(page)
     assert f"This code wants to reach {DATA_HOST}." in dialog.inner_text()
     assert "conversation “conv-granted”" in dialog.inner_text()
-    assert code.get_by_role("status").inner_text() == "🔒 done: permission required"
+    assert code.get_by_role("status").inner_text() == "⚠ done: permission required"
     page.shots("permission-dialog", full_page=False)
 
     dialog.get_by_role("button", name="Allow for this conversation").click()

@@ -53,13 +53,13 @@ export const STATES = {
 export const STATUS = {
   ok: ["✓", "ok"],
   error: ["✗", "error"],
-  timeout: ["⏱", "timed out"],
+  timeout: ["◔", "timed out"],
   memory_limit: ["✗", "out of memory"],
   output_limit: ["✗", "too much output"],
   killed: ["✗", "killed"],
   rejected: ["⊘", "rejected"],
   rate_limited: ["◷", "rate limited"],
-  permission_required: ["🔒", "permission required"],
+  permission_required: ["⚠", "permission required"],
   overloaded: ["◷", "service overloaded"],
   internal_error: ["✗", "internal error"],
 };
