@@ -213,7 +213,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # --- the browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open its event loop is
+# the running loop of this thread, and every later test's asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     path = chromium()
     if path is None:
