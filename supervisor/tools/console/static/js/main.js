@@ -26,6 +26,7 @@ function needToken() {
 }
 
 async function start() {
+  $("#page-error").hidden = true;
   try {
     const data = await api("/api/info");
     chat.setInfo(data);
@@ -55,6 +56,7 @@ $("#login-form").addEventListener("submit", (event) => {
 $("#example-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const name = $("#example-select").value;
+  $("#page-error").hidden = true;
   try {
     await chat.showTranscript(await api(`/api/examples/${encodeURIComponent(name)}`));
   } catch (error) {
