@@ -88,6 +88,18 @@ def _execute_request(code: str, language: str, stream: bool, options: RunOptions
     )
 
 
+def _grant_request(
+    client_id: str, capability: m.Capability, conversation_id: str, expires_in_s: int | None
+) -> m.GrantRequest:
+    return m.GrantRequest(
+        id=_new_id(),
+        client_id=client_id,
+        capability=capability,
+        conversation_id=conversation_id,
+        expires_in_s=expires_in_s,
+    )
+
+
 def _over_cap(request: m.Request, frames: list[bytes]) -> m.ErrorReply | None:
     """A request the service could never read (over its hard frame cap, where it drops
     the connection): refused here, naming the cap, instead of looking like a lost service."""
@@ -245,16 +257,7 @@ class Client:
     def grant(
         self, client_id: str, capability: m.Capability, conversation_id: str = "", expires_in_s: int | None = None
     ) -> m.GrantsReply:
-        return self.request(
-            m.GrantRequest(
-                id=_new_id(),
-                client_id=client_id,
-                capability=capability,
-                conversation_id=conversation_id,
-                expires_in_s=expires_in_s,
-            ),
-            m.GrantsReply,
-        )
+        return self.request(_grant_request(client_id, capability, conversation_id, expires_in_s), m.GrantsReply)
 
     def revoke(self, grant_id: int) -> m.GrantsReply:
         return self.request(m.RevokeRequest(id=_new_id(), grant_id=grant_id), m.GrantsReply)
@@ -279,8 +282,9 @@ def service_answers(path: str) -> bool:
 
 
 class AsyncClient:
-    """asyncio client (used by the MCP server). One request at a time per instance
-    is not required: replies are routed to their waiting call by id."""
+    """asyncio client (used by the MCP server and the console). One request at a
+    time per instance is not required: replies are routed to their waiting call
+    by id, and a streamed run's chunks to its ``on_chunk``."""
 
     def __init__(self, socket_path: str | None = None) -> None:
         self.path = socket_path or default_socket()
@@ -336,16 +340,45 @@ class AsyncClient:
         finally:
             self._waiters.pop(request_id, None)
 
-    async def execute(self, code: str, language: str = "python", **options: Unpack[RunOptions]) -> m.ExecuteResult:
-        request = _execute_request(code, language, False, options)
+    async def execute(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        on_chunk: Callable[[m.OutputChunk], None] | None = None,
+        **options: Unpack[RunOptions],
+    ) -> m.ExecuteResult:
+        """Run ``code``; with ``on_chunk``, output is streamed to it as the run goes."""
+        request = _execute_request(code, language, on_chunk is not None, options)
         refused = _over_cap(request, self._codec.encode(request))
-        reply = refused or await self._call(request, _reply_wait(request.limits))
+        reply = refused or await self._call(request, _reply_wait(request.limits), on_chunk)
         return _as_result(request.id, reply, "no reply from the cellblock service (is it running?)")
 
-    async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
-        reply = await self._call(m.StatusRequest(id=_new_id()), timeout)
-        if isinstance(reply, m.StatusReply):
-            return reply
+    async def request(self, request: m.Request, expect: type[R], timeout: float = DEFAULT_TIMEOUT_S) -> R:
+        reply = await self._call(request, timeout)
+        if reply is None:
+            raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message="no reply from the service"))
         if isinstance(reply, m.ErrorReply):
             raise ServiceError(reply.error)
-        raise ServiceError(ErrorInfo(code=ErrorCode.CONNECTION_LOST, message="no reply from the service"))
+        if not isinstance(reply, expect):
+            raise ServiceError(
+                ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"unexpected reply {type(reply).__name__}")
+            )
+        return reply
+
+    async def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> m.StatusReply:
+        return await self.request(m.StatusRequest(id=_new_id()), m.StatusReply, timeout)
+
+    async def grant(
+        self, client_id: str, capability: m.Capability, conversation_id: str = "", expires_in_s: int | None = None
+    ) -> m.GrantsReply:
+        return await self.request(_grant_request(client_id, capability, conversation_id, expires_in_s), m.GrantsReply)
+
+    async def revoke(self, grant_id: int) -> m.GrantsReply:
+        return await self.request(m.RevokeRequest(id=_new_id(), grant_id=grant_id), m.GrantsReply)
+
+    async def grants(self, client_id: str = "") -> m.GrantsReply:
+        return await self.request(m.GrantsRequest(id=_new_id(), client_id=client_id), m.GrantsReply)
+
+    async def history(self, **filters: Any) -> m.HistoryReply:
+        return await self.request(m.HistoryRequest(id=_new_id(), **filters), m.HistoryReply)

@@ -162,6 +162,11 @@ class HistoryRequest(Request, tag="history", kw_only=True, frozen=True):
     language: Small = ""
     since: float | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
+    # A page cursor (newest first): only runs older than this start time, or
+    # as old with a smaller run id. ``before`` alone is an "until" filter; the
+    # last entry of a page gives the next page's (started, run_id).
+    before: float | None = None
+    before_run_id: Small = ""
 
 
 # --- broker -> client ---------------------------------------------------------

@@ -40,6 +40,20 @@ if [ -n "$need_apt" ]; then
     fi
 fi
 
+# A real browser for the console's tests (tests/browser), driven by Playwright
+# with this executable (Playwright's own browser download is not used). Not
+# required: where it cannot be installed, those tests skip and say why.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium (for the console's browser tests)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
+            || echo "setup: chromium could not be installed; the console's browser tests will skip" >&2
+    else
+        echo "setup: chromium is missing; the console's browser tests will skip (as root, setup installs it)" >&2
+    fi
+fi
+
 PY=$(pick_python) || { echo "setup: need Python 3.11 or newer with the venv module" >&2; exit 1; }
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV with $PY"

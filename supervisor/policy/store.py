@@ -132,9 +132,14 @@ class Store:
         if query.since is not None:
             where.append("started >= ?")
             args.append(query.since)
+        if query.before is not None:
+            # Keyset paging: a page deep in the history costs what the first does.
+            # The first term is an index range; an OR alone made SQLite sort every row.
+            where.append("started <= ? AND (started < ? OR run_id < ?)")
+            args += [query.before, query.before, query.before_run_id]
         # Only fixed column names are joined in; every value is a bound parameter.
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
-        sql += " ORDER BY started DESC LIMIT ?"
+        sql += " ORDER BY started DESC, run_id DESC LIMIT ?"
         args.append(query.limit)
         entries = []
         for row in self.db.execute(sql, args):

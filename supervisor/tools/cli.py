@@ -15,6 +15,7 @@ from protocol.client import Client, ServiceError, service_answers
 from protocol.profile import ConfigError, MiB
 from protocol.wire import to_json
 from supervisor.tools import envs
+from supervisor.tools.export import export_text
 
 EXIT_TIMEOUT = 124
 EXIT_NOT_RUN = 70
@@ -287,34 +288,6 @@ def cmd_history(args: argparse.Namespace) -> int:
     return _with_service(args, action)
 
 
-def export_markdown(result: m.ExecuteResult) -> str:
-    lines = [
-        f"## cellblock run {result.run_id or result.id}",
-        "",
-        f"- status: **{result.status.value}**"
-        + (f" (exit {result.exit_code})" if result.exit_code is not None else ""),
-        f"- runtime: {result.runtime or result.language}",
-        f"- wall {result.wall_ms:.1f} ms, cpu {result.cpu_ms:.1f} ms, memory {result.memory_peak_bytes / MiB:.1f} MiB",
-    ]
-    if result.reason:
-        lines.append(f"- reason: {result.reason}")
-    if result.error is not None:
-        lines.append(f"- error: `{result.error.code.value}`: {result.error.message}")
-    if result.redactions:
-        lines.append("- redacted: " + ", ".join(f"{k} x{v}" for k, v in sorted(result.redactions.items())))
-    for f in result.findings:
-        lines.append(f"- finding (line {f.line}, {f.severity}): {f.message}")
-    for name, text, cut, dropped in (
-        ("stdout", result.stdout, result.stdout_truncated, result.stdout_dropped),
-        ("stderr", result.stderr, result.stderr_truncated, result.stderr_dropped),
-    ):
-        if text:
-            note = f" ({dropped} bytes dropped)" if cut else ""
-            fence = "````" if "```" in text else "```"
-            lines += ["", f"### {name}{note}", "", fence, text.rstrip("\n"), fence]
-    return "\n".join(lines) + "\n"
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """The broker keeps no output: export a result the client kept (``run --json``)."""
     try:
@@ -323,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         print(f"cellblock: {args.result} is not a saved result ({exc})", file=sys.stderr)
         return 2
-    text = export_markdown(result).encode() if args.format == "markdown" else to_json(result) + b"\n"
+    text = export_text(result, args.format)
     if args.output and args.output != "-":
         with open(args.output, "wb") as out:
             out.write(text)
@@ -343,6 +316,13 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
     default = args.socket or _socket_path(args)
     return mcp_server.main(args.socket, default, args.http, args.config, args.client_id)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from supervisor.tools.console.app import main as console_main
+
+    default = args.socket or _socket_path(args)
+    return console_main(args.socket, default, args.config, args.host, args.port, args.client_id)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -435,6 +415,13 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     _common(mcp)
     mcp.set_defaults(func=cmd_mcp)
+
+    console = sub.add_parser("console", help="the web console: run a chat's code blocks, grants, history, status")
+    console.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    console.add_argument("--client-id", default="console", help="the cellblock client the console acts as")
+    _common(console)
+    console.set_defaults(func=cmd_console)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
     _common(doctor)
