@@ -242,6 +242,7 @@ class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     counters: dict[str, int]
     launcher_generation: int = 0
     limits: dict[str, int] = {}  # the profile's defaults: timeout_ms, cpu_ms, memory_bytes, output_bytes
+    default_environments: dict[str, str] = {}  # runtime -> the package environment a request gets by default
     max_limits: dict[str, int] = {}  # the most a run may get (above the defaults with a grant)
 
 

@@ -50,7 +50,14 @@ from supervisor.tools.embedded import Embedded  # noqa: E402
 PRINT1 = "print(1)"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 JS_POOL, BASH_POOL = 4, 8  # a warm node costs ~40 MiB: fewer of them
+DATA_POOL = 8  # the data environment's warm workers (forks of a ~200 MiB zygote)
 PAGE = os.sysconf("SC_PAGE_SIZE")
+DATA_CODE = {
+    "import": "import pandas, numpy; print(1)",
+    "groupby": "import pandas as pd\n"
+    "df = pd.DataFrame({'k': [1, 2, 1, 2, 3], 'v': [1.0, 2.0, 3.0, 4.0, 5.0]})\n"
+    "print(df.groupby('k')['v'].sum().to_dict())",
+}
 RUNTIME_CODE = {
     "python": "print(1)",
     "javascript": "console.log(1)",
@@ -73,11 +80,11 @@ def summary(values: list[float]) -> dict[str, float]:
 # --- baselines -------------------------------------------------------------------------------
 
 
-def time_command(cmd: list[str], runs: int) -> list[float]:
+def time_command(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
     out = []
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=env)
         out.append((time.perf_counter() - t) * 1000)
     return out
 
@@ -197,6 +204,13 @@ print(" ".join(f"{{x:.4f}}" for x in out))
 # --- the service ---------------------------------------------------------------------------------
 
 
+def kind_of(kind: str) -> tuple[str, str]:
+    """A bench row's kind of worker as (language, environment): "python" is the plain
+    interpreter (no environment), "python:data" the data environment's."""
+    language, _, environment = kind.partition(":")
+    return language, environment or ("none" if language == "python" else "")
+
+
 def wait_warm(client: Client, runtime: str, target: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     seen = ""
@@ -228,8 +242,10 @@ class LibzmqClient:
         self.sock.connect(f"ipc://{path}")
         self.codec = client_codec()
 
-    def execute(self, code: str, language: str, client_id: str) -> m.ExecuteResult:
-        request = m.ExecuteRequest(id=os.urandom(8).hex(), code=code, language=language, client_id=client_id)
+    def execute(self, code: str, language: str, client_id: str, environment: str = "") -> m.ExecuteResult:
+        request = m.ExecuteRequest(
+            id=os.urandom(8).hex(), code=code, language=language, client_id=client_id, environment=environment
+        )
         self.sock.send_multipart(self.codec.encode(request))
         while True:
             reply = self.codec.decode(self.sock.recv_multipart())
@@ -249,7 +265,8 @@ def latency(
         wait_warm(client, language, pool)
         for _ in range(min(burst, runs - len(out))):
             t = time.perf_counter()
-            result = (via or client).execute(code, language, client_id="bench")
+            lang, env = kind_of(language)
+            result = (via or client).execute(code, lang, client_id="bench", environment=env)
             out.append((time.perf_counter() - t) * 1000)
             if result.status is not m.Status.OK:
                 raise RuntimeError(f"bench run failed: {result.status} {result.error} {result.stderr[-300:]}")
@@ -266,7 +283,8 @@ def throughput(socket: str, code: str, language: str, clients: int, seconds: flo
         with Client(socket) as client:
             while time.monotonic() < stop:
                 t = time.perf_counter()
-                result = client.execute(code, language, client_id=f"bench-{i}")
+                lang, env = kind_of(language)
+                result = client.execute(code, lang, client_id=f"bench-{i}", environment=env)
                 if result.status is m.Status.OK:
                     counts[i] += 1
                     latencies.append((time.perf_counter() - t) * 1000)
@@ -369,6 +387,12 @@ def unique_to(pids: list[int]) -> int | None:
 
 def _worker_runtime(group: list[psutil.Process]) -> str:
     names = {p.name() for p in group}
+    for proc in group:
+        try:
+            if "/opt/cellblock/envs/" in pathlib.Path(f"/proc/{proc.pid}/maps").read_text():
+                return "python:data"
+        except OSError:
+            continue
     for name, runtime in (("swift-frontend", "swift"), ("node", "javascript"), ("bash", "bash")):
         if name in names:
             return runtime
@@ -417,7 +441,7 @@ def output_path(client: Client, broker_pid: int) -> dict[str, float]:
     broker = psutil.Process(broker_pid)
     before = broker.cpu_times()
     t = time.perf_counter()
-    result = client.execute(code, limits=m.Limits(output_bytes=8 * 2**20), client_id="bench")
+    result = client.execute(code, limits=m.Limits(output_bytes=8 * 2**20), client_id="bench", environment="none")
     elapsed = time.perf_counter() - t
     after = broker.cpu_times()
     cpu = (after.user - before.user + after.system - before.system) * 1000
@@ -429,6 +453,23 @@ def output_path(client: Client, broker_pid: int) -> dict[str, float]:
         "kept_bytes": kept,
         "dropped_bytes": result.stdout_dropped,
         "status": result.status.value,
+    }
+
+
+def data_baselines(runs: int) -> dict[str, object]:
+    """The data rows' code with a fresh ``python3 -c`` per run, the built environment on its path."""
+    from supervisor.config import Config, cache_dir
+    from worker import environments
+
+    config = Config()
+    found = environments.find(cache_dir(config), "data", config.environments["data"])
+    if found is None:
+        return {}
+    env = {**os.environ, "PYTHONPATH": os.path.join(found[0], environments.SITE), "MPLBACKEND": "Agg"}
+    env.update(environments.THREAD_LIMITS)
+    return {
+        f"python_c_data_{label}_latency_ms": summary(time_command([PYTHON, "-c", code], runs, env))
+        for label, code in DATA_CODE.items()
     }
 
 
@@ -512,7 +553,8 @@ def main() -> int:
         config = tmp / "bench.toml"
         config.write_text(
             f'[service]\nstate_dir = "{tmp / "state"}"\nqueue_limit = 10000\n'
-            f"pool = {{javascript = {JS_POOL}, bash = {BASH_POOL}, swift = {SWIFT_POOL}}}\n\n"
+            f"pool = {{javascript = {JS_POOL}, bash = {BASH_POOL}, swift = {SWIFT_POOL}, "
+            f'"python:data" = {DATA_POOL}}}\n\n'
             "[policy]\nrate_per_minute = 10000000\nconcurrency = 1000\n"
         )
         embedded = Embedded(config=str(config), pool=args.pool)
@@ -541,6 +583,13 @@ def main() -> int:
                 lat = latency(client, code, runtime, runs, max(1, target // 2), target)
                 service[f"latency_ms_{runtime}"] = summary(lat)
                 print(f"  {runtime}: p50 {statistics.median(lat):.3f} ms", file=sys.stderr, flush=True)
+            if "python:data" in runtimes:
+                target = targets.get("python:data") or 1
+                for label, code in DATA_CODE.items():
+                    runs = max(10, int(200 * scale * 0.5))
+                    lat = latency(client, code, "python:data", runs, max(1, target // 2), target)
+                    service[f"latency_ms_data_{label}"] = summary(lat)
+                    print(f"  data {label}: p50 {statistics.median(lat):.3f} ms", file=sys.stderr, flush=True)
             via = LibzmqClient(socket)
             try:
                 lat = latency(client, PRINT1, "python", int(200 * scale), max(1, pool // 2), pool, via)
@@ -574,6 +623,10 @@ def main() -> int:
                 if "swift" in runtimes:
                     wait_warm(client, "swift", targets.get("swift") or 1)
                     service["worker_memory_swift"] = worker_memory(launcher.pid, "swift")
+                if "python:data" in runtimes:
+                    wait_warm(client, "python:data", targets.get("python:data") or 1)
+                    time.sleep(0.5)
+                    service["worker_memory_data"] = worker_memory(launcher.pid, "python:data")
             if broker is not None:
                 service["output_10mib"] = output_path(client, broker.pid)
         cost = redaction_cost()
@@ -601,6 +654,8 @@ def main() -> int:
     baselines["bare_sandboxes_per_s"] = bare_sandbox_rate(seconds / 2, os.cpu_count() or 1)
     if "latency_ms_swift" in service:
         baselines.update(swift_baselines(max(5, int(20 * scale))))
+    if "latency_ms_data_import" in service:
+        baselines.update(data_baselines(max(5, int(20 * scale))))
     node = shutil.which("node")
     if node and "latency_ms_javascript" in service:
         baselines["node_e_latency_ms"] = summary(time_command([node, "-e", "console.log(1)"], int(40 * scale) or 10))
@@ -621,6 +676,12 @@ def main() -> int:
         key = f"latency_ms_{runtime}"
         if key in service:
             ratios[f"{runtime}_p50_over_python_p50"] = service[key]["p50"] / p50  # type: ignore[index]
+    for label in DATA_CODE:
+        base, ours = baselines.get(f"python_c_data_{label}_latency_ms"), service.get(f"latency_ms_data_{label}")
+        if base and ours:
+            ratios[f"python_c_over_service_data_{label}"] = base["p50"] / ours["p50"]  # type: ignore[index]
+    if "latency_ms_data_import" in service:
+        ratios["data_import_p50_over_python_print_p50"] = service["latency_ms_data_import"]["p50"] / p50  # type: ignore[index]
     for key in ("swift_driver_latency_ms", "swiftc_then_run_latency_ms"):
         if key in baselines:
             ratios[f"{key[:-11]}_over_service_swift"] = (
@@ -680,6 +741,10 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
         if "cgroup_charge_mib_median" in w:
             text += f"; cgroup charge {w['cgroup_charge_mib_median']:.2f} MiB"
         rows.append(("memory per warm worker", text))
+    if "worker_memory_data" in s:
+        w = s["worker_memory_data"]
+        text = f"{w['unique_mib_median']:.2f} MiB only it maps; " if "unique_mib_median" in w else ""
+        rows.append(("memory per warm data worker", text + f"USS summed {w['uss_sum_mib_median']:.2f} MiB"))
     if "worker_memory_swift" in s:
         w = s["worker_memory_swift"]
         text = f"{w['unique_mib_median']:.1f} MiB only it maps; " if "unique_mib_median" in w else ""
@@ -714,6 +779,10 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
     rows.append(("baseline: 6 wakeups, 3 relaying processes", f"p50 {chain['p50']:.3f} ms, p90 {chain['p90']:.3f} ms"))
     if "node_e_latency_ms" in b:
         rows.append(("baseline: node -e per run", f"p50 {b['node_e_latency_ms']['p50']:.1f} ms"))
+    for label in DATA_CODE:
+        key = f"python_c_data_{label}_latency_ms"
+        if key in b:
+            rows.append((f"baseline: python3 -c, data {label}", f"p50 {b[key]['p50']:.1f} ms"))
     for key, what in (("swift_driver_latency_ms", "swift per run"), ("swiftc_then_run_latency_ms", "swiftc, then run")):
         if key in b:
             rows.append((f"baseline: {what}", f"p50 {b[key]['p50']:.1f} ms"))

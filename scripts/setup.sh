@@ -75,5 +75,11 @@ echo "$deps" | tr '\n' '\0' | xargs -0 "$VENV/bin/python" -m pip install -q
 # `cellblock` command work from any directory, and run this checkout's code.
 "$VENV/bin/python" -m pip install -q --no-deps -e . >/dev/null 2>&1 \
     || "$VENV/bin/python" -m pip install --no-deps -e .
+# The default config's package environments (numpy, pandas, matplotlib, ...):
+# built once per requirement list, then reused. Without them the service runs
+# and says so (`cellblock status`); `cellblock env build` tries again.
+if ! "$VENV/bin/cellblock" env build ${CELLBLOCK_CONFIG:+--config "$CELLBLOCK_CONFIG"}; then
+    echo "setup: a package environment did not build (see above); python runs without it" >&2
+fi
 touch "$VENV/.setup-done"
 echo "setup: ready ($("$VENV/bin/python" --version))"

@@ -109,6 +109,7 @@ class Broker:
             self.catalogue.version,
             cfg.config.service.queue_wait_s,
             self.egress,
+            self.catalogue.hints,
         )
 
     # --- sockets -----------------------------------------------------------------------
@@ -335,6 +336,7 @@ class Broker:
             counters=counters,
             launcher_generation=catalogue.generation,
             limits=_limit_values(self.profile.limits),
+            default_environments={n: p.environment for n, p in self.profile.runtimes.items() if p.environment},
             max_limits=_limit_values(self.profile.max),
         )
 

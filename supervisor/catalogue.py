@@ -10,6 +10,7 @@ with the next worker.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -25,6 +26,12 @@ from supervisor.log import logger
 
 _log = logger("broker")
 SELF_TEST_WAIT_S = 60.0
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([A-Za-z0-9_.]{1,200})'")
+_PIP_MARKERS = ("externally-managed-environment", "No matching distribution found", "pip install")
+ADD_A_PACKAGE = (
+    "An operator adds packages to an environment in the service's config ([environments.<name>] packages) "
+    "and runs `cellblock env build`."
+)
 
 
 @dataclass
@@ -133,6 +140,31 @@ class Catalogue:
             )
         note = f"ran without the default environment {environment!r} ({why})"
         return runtime, m.Finding(rule="environment_missing", line=0, severity="warning", message=note)
+
+    def hints(self, kind: str, result: m.ExecuteResult) -> list[m.Finding]:
+        """After a run: what to do about a module it lacked, or a package it tried to install."""
+        found = []
+        missing = _MISSING_MODULE.search(result.stderr)
+        if missing:
+            module = missing[1].split(".")[0]
+            have = self.environments_with(module)
+            env = kind.partition(":")[2]
+            where = f"environment {env!r}" if env else "this run (no package environment)"
+            there = "no environment of this service has it"
+            if have:
+                there = f"environments that have it: {', '.join(have)} (ask for one by name)"
+            found.append(
+                m.Finding(
+                    rule="missing_module",
+                    line=0,
+                    severity="info",
+                    message=f"{module} is not in {where}; {there}. {ADD_A_PACKAGE}",
+                )
+            )
+        if any(marker in result.stderr for marker in _PIP_MARKERS):
+            message = f"packages cannot be installed inside a run (it has no network). {ADD_A_PACKAGE}"
+            found.append(m.Finding(rule="package_install", line=0, severity="info", message=message))
+        return found
 
     def environments_with(self, module: str) -> list[str]:
         """The environments whose packages provide ``module`` (a top-level name)."""

@@ -165,11 +165,16 @@ def cache_dir(config: Config) -> str:
 
 
 def pool_targets(config: Config, profile: Profile) -> dict[str, int]:
-    """Warm workers per runtime: the config's, else the profile's, else fitted to the cores."""
-    return {
+    """Warm workers per kind: the config's (``pool = {python = 4, "python:data" = 4}``), else
+    the profile's, else fitted to the cores; an environment's kind defaults to its runtime's."""
+    targets = {
         name: config.service.pool.get(name, policy.pool if policy.pool is not None else default_pool())
         for name, policy in profile.runtimes.items()
     }
+    for name, env in config.environments.items():
+        kind = f"{env.runtime}:{name}"
+        targets[kind] = config.service.pool.get(kind, targets.get(env.runtime, default_pool()))
+    return targets
 
 
 def default_pool() -> int:

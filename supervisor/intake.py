@@ -79,7 +79,9 @@ class Intake:
         version: Callable[[str], str],
         queue_wait_s: float,
         egress: Egress,
+        hints: Callable[[str, m.ExecuteResult], list[m.Finding]] = lambda kind, result: [],
     ) -> None:
+        self.hints = hints  # what a finished run's output suggests (a module it lacked)
         self.egress = egress
         self.policy = policy
         self.dispatcher = dispatcher
@@ -234,7 +236,8 @@ class Intake:
                 raw,
                 state.streams.result_redactor(self.policy.redactor),
             )
-            result = msgspec.structs.replace(result, findings=state.findings)
+            findings = state.findings + self.hints(state.runtime, result)
+            result = msgspec.structs.replace(result, findings=findings)
         else:
             assert error is not None
             result = results.from_error(request.id, ticket.run_id, request.language, error, findings=state.findings)

@@ -38,6 +38,8 @@ def write_config(
     otherwise) no rate or concurrency limit getting in the way."""
     path = directory / "cellblock.toml"
     state = state_dir or directory / "state"
+    if "pool" not in service:  # one warm worker of the data environment: most tests never use it
+        service += '\npool = {"python:data" = 1}\n'
     path.write_text(
         f'[service]\nstate_dir = "{state}"\nqueue_wait_s = 60\n{service}\n[policy]\n{policy}\n' + textwrap.dedent(extra)
     )

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 
 import msgspec
@@ -87,6 +88,17 @@ def in_sandbox(name: str) -> str:
 
 
 def packages(found: Manifest) -> list[str]:
+    """What was asked for, with the version installed: "numpy 2.4.6"."""
+    versions = {dist.lower().replace("_", "-"): version for dist, version in found.installed.items()}
+    out = []
+    for requirement in found.requirements:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip()
+        out.append(f"{name} {versions.get(name.lower().replace('_', '-'), '?')}")
+    return out
+
+
+def installed(found: Manifest) -> list[str]:
+    """Everything in it, dependencies too: "certifi 2026.10.19", ..."""
     return [f"{dist} {version}" for dist, version in sorted(found.installed.items(), key=lambda kv: kv[0].lower())]
 
 

@@ -145,6 +145,7 @@ class Monitor:
         self.oom_before = 0
         self.cpu_before: int | None = None
         self.setup_ns = 0
+        self.rss_before = 0  # without a memory cgroup: what the payload held before the job
 
     # --- waiting for the job -------------------------------------------------
 
@@ -227,6 +228,10 @@ class Monitor:
         # Without a cgroup, rusage covers the payload's whole life: take off
         # what it spent before the job (warming up), from its schedstat.
         self.setup_ns = _schedstat_ns(self.payload_pid) if self.cpu_before is None else 0
+        # Without a memory cgroup the peak is rusage's, a resident set that also
+        # counts the pages a payload shares with its zygote (an environment's
+        # libraries): what the run added is the peak above this.
+        self.rss_before = _rss(self.payload_pid) if self.meter.peak() is None else 0
 
     def _kill(self, sig: int) -> None:
         # The rehearsal has no payload of its own: never touch the real one.
@@ -320,6 +325,7 @@ class Monitor:
         peak = self.meter.peak()
         if peak is None:
             peak = (usage or resource.getrusage(resource.RUSAGE_CHILDREN)).ru_maxrss * 1024
+            peak = max(0, peak - self.rss_before)
         oom = self.meter.oom_kills() > oom_before
         marker = self.adapter.oom_marker
         if marker and (marker in err.head or marker in err.tail):
@@ -507,6 +513,17 @@ def warm_job_path(adapter: Runtime, rounds: int = WARM_ROUNDS) -> None:
             os.close(fd)
         ours.close()
         theirs.close()
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as src:
+            for line in src:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _schedstat_ns(pid: int) -> int:

@@ -100,6 +100,14 @@ def serve(link: int, setup: Setup, runtime: Runtime) -> int:
         os.write(link, codec.encode_datagram(reply))
 
 
+def _address_space() -> int:
+    with open("/proc/self/status", "rb") as src:
+        for line in src:
+            if line.startswith(b"VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _preload(modules: list[str]) -> None:
     """The environment's preload list, imported now: every worker of it starts with them."""
     for name in modules:
@@ -127,6 +135,10 @@ def main() -> int:
     if kind.environment:
         runtime.library_paths.append(environments.enter(kind.environment, kind.environment_path))
         _preload(kind.preload)
+    # Under the rlimit fallback, RLIMIT_AS bounds a run's address space, and a
+    # worker starts with this process's (an environment's is ~0.5 GiB, mostly
+    # its libraries mapped): the run's memory limit comes on top of that.
+    runtime.address_space_allowance += _address_space()
     sandbox.adopt(setup.context)
     try:
         monitor.warm_job_path(runtime)

@@ -101,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             capabilities=args.cap,
             client_id=args.client_id or "cli",
             conversation_id=args.conversation,
+            environment=args.env,
             on_chunk=on_chunk,
         )
         if args.json:
@@ -366,6 +367,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--timeout", type=_positive, help="wall-clock limit in seconds")
     run.add_argument("--memory", type=_positive, help="memory limit in MiB")
     run.add_argument("--conversation", default="", help="the conversation the run belongs to (its grants apply)")
+    run.add_argument(
+        "--env", default="", metavar="NAME", help="a package environment (default: the profile's; none: none)"
+    )
     run.add_argument("--stdin", help="file to feed as stdin")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--stream", action="store_true", help="print output as it is produced")

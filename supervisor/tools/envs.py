@@ -186,7 +186,7 @@ def _list(config: Config, chosen: dict[str, Environment], as_json: bool) -> int:
                 built=manifest is not None,
                 path=path,
                 requirements=list(env.packages),
-                packages=envs.packages(manifest) if manifest else [],
+                packages=envs.installed(manifest) if manifest else [],
                 preload=list(env.preload),
                 size_bytes=manifest.size_bytes if manifest else 0,
             )

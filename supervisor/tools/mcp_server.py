@@ -99,13 +99,25 @@ def tool_result(result: m.ExecuteResult) -> CallToolResult:
     )
 
 
+def _packages(status: m.StatusReply) -> str:
+    """What the default environments offer, in words a model can act on."""
+    said = []
+    for rt in status.runtimes:
+        runtime = rt.name.split(":")[0]
+        if rt.offered and rt.environment and status.default_environments.get(runtime) == rt.environment:
+            names = ", ".join(p.split()[0] for p in rt.packages)
+            said.append(f"{runtime.capitalize()} code can import {names} (environment {rt.environment!r}).")
+    return " ".join(said) + (" " if said else "")
+
+
 def _describe(status: m.StatusReply) -> str:
     limits, most = status.limits, status.max_limits
-    languages = ", ".join(rt.name for rt in status.runtimes if rt.offered) or "python"
+    languages = ", ".join(sorted({rt.name.split(":")[0] for rt in status.runtimes if rt.offered})) or "python"
     return (
         "Run code in a fresh, isolated sandbox and get back its stdout, stderr, exit status and resource use. "
-        f"Languages: {languages}. Each call starts from nothing: no files, variables or processes survive "
-        "between calls (write to /work or /tmp within one call only). There is no network access and no "
+        f"Languages: {languages}. {_packages(status)}"
+        "Each call starts from nothing: no files, variables or processes survive between calls "
+        "(write to /work or /tmp within one call only). There is no network access and no "
         "access to the user's files unless the user has granted it. "
         f"Limits per call: {limits.get('timeout_ms', 10000) / 1000:g} s wall clock by default "
         f"(up to {most.get('timeout_ms', 60000) / 1000:g} s if the user grants it), "
@@ -204,8 +216,10 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
         instructions="Use execute_code to run code safely; call list_runtimes for languages and limits.",
         lifespan=lifespan,
     )
-    offered = [rt.name for rt in status.runtimes if rt.offered] or ["python"]
+    offered = sorted({rt.name.split(":")[0] for rt in status.runtimes if rt.offered}) or ["python"]
     Language = Literal[tuple([*offered, "auto"])]  # type: ignore[valid-type]  # an enum of what is offered
+    envs = sorted({rt.environment for rt in status.runtimes if rt.offered and rt.environment})
+    Environment = Literal[tuple(["", *envs, "none"])]  # type: ignore[valid-type]
     floor_ms = MINIMUM["timeout_ms"]
 
     async def execute_code(
@@ -229,6 +243,7 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
                 "Without a grant the result says exactly what the user must grant."
             ),
         ] = [],  # noqa: B006 - never mutated; the schema shows the default
+        environment: str = "",  # its schema (an enum of the built environments) is set below
     ) -> Annotated[CallToolResult, RunResult]:
         limits = _limits(timeout, floor_ms)
         caps = _capabilities(capabilities)
@@ -237,7 +252,13 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
         if isinstance(caps, m.ExecuteResult):
             return tool_result(caps)
         result = await client.execute(
-            code, language, stdin=stdin, limits=limits, capabilities=caps, client_id=identity.of(ctx)
+            code,
+            language,
+            stdin=stdin,
+            limits=limits,
+            capabilities=caps,
+            client_id=identity.of(ctx),
+            environment=environment,
         )
         return tool_result(result)
 
@@ -245,6 +266,13 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
     execute_code.__annotations__["language"] = Annotated[
         Language,  # type: ignore[valid-type]
         Field(description="Its language; 'auto' detects it from a code fence, a shebang or the code itself."),
+    ]
+    execute_code.__annotations__["environment"] = Annotated[
+        Environment,  # type: ignore[valid-type]
+        Field(
+            description="A package environment by name (see list_runtimes); empty for the service's default, "
+            "'none' for the language's standard library only."
+        ),
     ]
     server.tool(name="execute_code", description=_describe(status))(execute_code)
 

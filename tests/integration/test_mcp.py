@@ -47,11 +47,12 @@ def check(out: dict[str, Any]) -> None:
     assert "no network" in description.lower() and "survive" in description and "10 s" in description
     # Every input field is described; language is an enum of what runs here; the output has a schema.
     properties = tool.input_schema["properties"]
-    assert set(properties) == {"code", "language", "timeout", "stdin", "capabilities"}
+    assert set(properties) == {"code", "language", "timeout", "stdin", "capabilities", "environment"}
     assert all(p.get("description") for p in properties.values()), properties
     language = properties["language"]
     assert {"python", "javascript", "bash", "auto"} <= set(language["enum"]), language
     assert "net:api.example.com" in properties["capabilities"]["description"]
+    assert {"", "none"} <= set(properties["environment"]["enum"]), properties["environment"]
     assert tool.output_schema is not None and "status" in tool.output_schema["properties"]
     ok = out["ok"]
     assert ok.is_error is False

@@ -42,7 +42,7 @@ class Runtime:
     announces: ClassVar[bool] = True  # writes "R" to fd 4 once warm and waiting for the job
     needs_exec_syscall: ClassVar[bool] = False  # execve must stay allowed (to start the interpreter)
     address_space_rlimit: ClassVar[bool] = True  # RLIMIT_AS is usable (not for V8's reservations)
-    address_space_allowance: ClassVar[int] = 0  # bytes RLIMIT_AS allows beyond the run's memory
+    address_space_allowance: int = 0  # bytes RLIMIT_AS allows beyond the run's memory (the runtime's own)
     oom_marker: ClassVar[bytes] = b""  # on stderr when the runtime's own heap limit ended the run
 
     @classmethod
