@@ -216,10 +216,6 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
         instructions="Use execute_code to run code safely; call list_runtimes for languages and limits.",
         lifespan=lifespan,
     )
-    offered = sorted({rt.name.split(":")[0] for rt in status.runtimes if rt.offered}) or ["python"]
-    Language = Literal[tuple([*offered, "auto"])]  # type: ignore[valid-type]  # an enum of what is offered
-    envs = sorted({rt.environment for rt in status.runtimes if rt.offered and rt.environment})
-    Environment = Literal[tuple(["", *envs, "none"])]  # type: ignore[valid-type]
     floor_ms = MINIMUM["timeout_ms"]
 
     async def execute_code(
@@ -262,18 +258,7 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
         )
         return tool_result(result)
 
-    # The enum is built from what this service offers, so it is set here, not written above.
-    execute_code.__annotations__["language"] = Annotated[
-        Language,  # type: ignore[valid-type]
-        Field(description="Its language; 'auto' detects it from a code fence, a shebang or the code itself."),
-    ]
-    execute_code.__annotations__["environment"] = Annotated[
-        Environment,  # type: ignore[valid-type]
-        Field(
-            description="A package environment by name (see list_runtimes); empty for the service's default, "
-            "'none' for the language's standard library only."
-        ),
-    ]
+    _enums(execute_code, status)
     server.tool(name="execute_code", description=_describe(status))(execute_code)
 
     @server.tool(name="list_runtimes", description="Languages this sandbox runs, their versions and the limits.")
@@ -281,6 +266,26 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
         return _runtimes(await client.status())
 
     return server
+
+
+def _enums(execute_code: Any, status: m.StatusReply) -> None:
+    """The language and environment parameters' schemas: enums of what this service offers,
+    so they are set on the function here rather than written in its signature."""
+    offered = sorted({rt.name.split(":")[0] for rt in status.runtimes if rt.offered}) or ["python"]
+    languages = Literal[tuple([*offered, "auto"])]  # type: ignore[valid-type]
+    envs = sorted({rt.environment for rt in status.runtimes if rt.offered and rt.environment})
+    environments = Literal[tuple(["", *envs, "none"])]  # type: ignore[valid-type]
+    execute_code.__annotations__["language"] = Annotated[
+        languages,  # type: ignore[valid-type]
+        Field(description="Its language; 'auto' detects it from a code fence, a shebang or the code itself."),
+    ]
+    execute_code.__annotations__["environment"] = Annotated[
+        environments,  # type: ignore[valid-type]
+        Field(
+            description="A package environment by name (see list_runtimes); empty for the service's default, "
+            "'none' for the language's standard library only."
+        ),
+    ]
 
 
 def _runtimes(status: m.StatusReply) -> CallToolResult:
