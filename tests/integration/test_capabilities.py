@@ -172,7 +172,7 @@ def test_other_runtimes_reach_a_granted_host_through_the_proxy(
     url = f"http://allowed.test:{web.port}/{language}"
     if language == "bash":
         if not os.path.exists("/usr/bin/curl"):
-            pytest.skip("curl is not installed on this host")
+            pytest.skip("curl is not installed on this host: make setup installs it (as root)")
         code = f"curl -sS --max-time 10 {url}"  # curl reads http_proxy itself
     else:  # node's http module, pointed at the proxy by hand (what a proxy agent does)
         code = f"""
