@@ -10,6 +10,7 @@ import pytest
 
 from protocol import messages as m
 from protocol.client import Client
+from tests.conftest import assert_ended_by_deadline
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., m.ExecuteResult]
@@ -112,12 +113,10 @@ def test_exit_hooks_run_as_the_interpreter_runs_them(run: Run) -> None:
     assert run("import threading; threading.Thread(target=print, args=('quick',)).start()").stdout == "quick\n"
 
 
-def test_timeout_ends_within_two_seconds(client: Client) -> None:
+def test_timeout_ends_by_its_deadline_plus_the_grace(client: Client) -> None:
     started = time.monotonic()
     result = client.execute("while True: pass", limits=m.Limits(timeout_ms=1000))
-    elapsed = time.monotonic() - started
-    assert result.status is m.Status.TIMEOUT
-    assert elapsed < 2.0
+    assert_ended_by_deadline(result, 1000, time.monotonic() - started)
     assert "1000 ms" in result.reason
 
 
@@ -131,7 +130,8 @@ def test_sigterm_ignoring_code_still_times_out(client: Client) -> None:
     code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(0.01)\n"
     started = time.monotonic()
     result = client.execute(code, limits=m.Limits(timeout_ms=500))
-    assert result.status is m.Status.TIMEOUT and time.monotonic() - started < 2.0
+    assert_ended_by_deadline(result, 500, time.monotonic() - started)
+    assert result.signal == 9  # it ignored SIGTERM: the grace's SIGKILL ended it
 
 
 def test_output_is_cut_at_the_cap_with_head_and_tail(client: Client) -> None:
