@@ -214,14 +214,17 @@ def test_router_answers_heartbeats(tmp_path: pathlib.Path, dealers: Dealers, loo
     sock.setsockopt(zmq.HEARTBEAT_IVL, 100)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
     dealers.socks.append(sock)
+    sock.sndtimeo = 1000
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    sock.connect(f"ipc://{path}")
-    loop.pump(3.0)  # 30 heartbeats: unanswered, libzmq would have dropped the connection
-    assert not monitor.poll(0)
-    sock.send_multipart([b"alive"])
-    assert [frames for _, frames in loop.pump()] == [[b"alive"]]
-    sock.disable_monitor()
-    monitor.close(linger=0)
+    try:
+        sock.connect(f"ipc://{path}")
+        loop.pump(3.0)  # 30 heartbeats: unanswered, libzmq would have dropped the connection
+        assert not monitor.poll(0)
+        sock.send_multipart([b"alive"])
+        assert [frames for _, frames in loop.pump()] == [[b"alive"]]
+    finally:  # an open monitor socket would hold the context's term() forever
+        sock.disable_monitor()
+        monitor.close(linger=0)
 
 
 def test_router_ends_stalled_handshakes_and_caps_connections(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
