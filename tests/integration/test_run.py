@@ -10,10 +10,12 @@ import pytest
 
 from protocol import messages as m
 from protocol.client import Client
+from protocol.profile import load_profile
 from tests.conftest import assert_ended_by_deadline
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., m.ExecuteResult]
+OUTPUT_KILL_BYTES = load_profile("default").fixed.output_kill_bytes  # the session's service runs the default
 
 
 def test_print_one(run: Run) -> None:
@@ -162,9 +164,30 @@ def test_100_mb_flood_is_cut_while_other_clients_are_served(service: object, cli
     thread.join(60)
     assert answered and all(a == "meanwhile\n" for a in answered)
     (result,) = flood
-    assert result.status in (m.Status.OK, m.Status.OUTPUT_LIMIT)
+    assert result.status is m.Status.OUTPUT_LIMIT, (result.status, result.reason)
     assert result.stdout_truncated and result.stdout_dropped > 0
     assert len(result.stdout) < 2 * 1024 * 1024
+
+
+FLOOD = "import os\nblock = b'x' * (1 << 20)\nfor _ in range({mib}): os.write(1, block)\nprint('END', flush=True)\n"
+
+
+def test_output_past_the_kill_threshold_ends_as_output_limit(client: Client) -> None:
+    kill_mib = OUTPUT_KILL_BYTES >> 20
+    result = client.execute(FLOOD.format(mib=kill_mib + 4))
+    assert result.status is m.Status.OUTPUT_LIMIT, (result.status, result.reason)
+    assert result.reason == "output over the kill threshold" and result.signal == 9
+    assert result.stdout_truncated and "END" not in result.stdout
+    # It was stopped near the threshold: what it wrote (kept + dropped) is not the whole flood.
+    written = len(result.stdout.encode()) + result.stdout_dropped
+    assert OUTPUT_KILL_BYTES < written < OUTPUT_KILL_BYTES + (2 << 20), written
+
+
+def test_output_under_the_kill_threshold_is_only_cut(client: Client) -> None:
+    """Control: the same flood, 4 MiB short of the threshold, runs to its end."""
+    result = client.execute(FLOOD.format(mib=(OUTPUT_KILL_BYTES >> 20) - 4))
+    assert result.status is m.Status.OK, (result.status, result.reason)
+    assert result.stdout_truncated and result.stdout.endswith("END\n")
 
 
 def test_streaming_chunks_then_one_result(client: Client) -> None:
