@@ -139,6 +139,21 @@ def test_limits_above_default_need_a_grant_then_work(service: Service, client: C
     assert exc.value.error.code == "not_found"
 
 
+def test_a_grant_that_expires_stops_covering(client: Client) -> None:
+    ask = m.Limits(memory_bytes=512 * 2**20)
+    reply = client.grant("short-lived", m.Capability(K.LIMITS, "memory_bytes"), expires_in_s=3)
+    (grant,) = [g for g in reply.grants if g.client_id == "short-lived"]
+    assert grant.expires is not None and 2 < grant.expires - time.time() <= 3
+    # While it lasts (3 s is room enough for one run to be admitted)...
+    assert client.execute("print('big')", limits=ask, client_id="short-lived").stdout == "big\n"
+    time.sleep(max(0.0, grant.expires - time.time()) + 0.5)
+    # ...and once it has run out: refused, and no longer listed.
+    after = client.execute("print('big')", limits=ask, client_id="short-lived")
+    assert after.status is m.Status.PERMISSION_REQUIRED, after
+    assert after.required == [m.Capability(K.LIMITS, "memory_bytes")]
+    assert client.grants("short-lived").grants == []
+
+
 def test_network_capability_without_a_grant_names_what_to_grant(client: Client) -> None:
     result = client.execute("print(1)", capabilities=[m.Capability(K.NET, "api.example.com")], client_id="nonet")
     assert result.status is m.Status.PERMISSION_REQUIRED
