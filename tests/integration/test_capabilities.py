@@ -364,14 +364,14 @@ def attempt(name, action):
     except OSError as exc:
         print(name + ":", exc.strerror)
 attempt("control", lambda: subprocess.run(["/usr/bin/true"], check=True))
-attempt("script", lambda: subprocess.run(["{host_path(data)}/script.sh"]))
-attempt("binary", lambda: subprocess.run(["{host_path(data)}/true"]))
+attempt("script", lambda: subprocess.run(["{host_path(data)}/script.sh"], capture_output=True))
+attempt("binary", lambda: subprocess.run(["{host_path(data)}/true"], capture_output=True))
 attempt("mmap exec", lambda: mmap.mmap(os.open("{host_path(data)}/true", os.O_RDONLY), 0,
                                        prot=mmap.PROT_READ | mmap.PROT_EXEC))
 with open("{host_path(out)}/made.sh", "w") as made:
     made.write("#!/bin/sh\\necho RAN\\n")
 os.chmod("{host_path(out)}/made.sh", 0o755)
-attempt("written", lambda: subprocess.run(["{host_path(out)}/made.sh"]))
+attempt("written", lambda: subprocess.run(["{host_path(out)}/made.sh"], capture_output=True))
 """
     caps = [m.Capability(K.FS_READ, str(data)), m.Capability(K.FS_WRITE, str(out))]
     for cap in caps:
