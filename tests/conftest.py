@@ -133,9 +133,25 @@ class Service:
                 pass
 
 
+# Root mode gives sandbox slot N of a service the uid worker_uid_base + N, and
+# RLIMIT_NPROC (the profile's pids) counts every process of a uid on the host.
+# Services with the same base (the default) share those counts: a fork bomb or
+# a warm worker of one eats the process budget of the other's runs. So every
+# service a test session starts gets a range of its own, away from the default
+# 600000 of other services on this machine (another session's, a daemon's).
+UID_RANGE = 1024  # above ServiceSection's most slots (4096 would not fit; tests use the default 256)
+
+
+def _uid_bases() -> Iterator[int]:
+    first = 1_000_000 + (os.getpid() % 4096) * 64 * UID_RANGE
+    for k in range(10_000):
+        yield first + (k % 64) * UID_RANGE
+
+
 @pytest.fixture(scope="session")
 def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
+    uid_bases = _uid_bases()
 
     def start(
         pool: int = 2,
@@ -147,6 +163,8 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     ) -> Service:
         directory = tmp_path_factory.mktemp("svc")
         os.chmod(directory, 0o711)
+        if "worker_uid_base" not in service:
+            service += f"\nworker_uid_base = {next(uid_bases)}\n"
         config = write_config(directory, policy, extra, state_dir, service)
         embedded = Embedded(config=config, pool=pool, profile=profile)
         socket = embedded.start()
