@@ -36,7 +36,9 @@ ESCAPE = """
     os.waitpid(first, 0)
     os.close(write_end)
     grandchild = int(os.read(read_end, 32))
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # until it has exec'd sleep (bounded; a busy host is slow)
+    while "{token}" not in open(f"/proc/{{grandchild}}/cmdline").read() and time.monotonic() < deadline:
+        time.sleep(0.01)
     print("GRANDCHILD", grandchild, open(f"/proc/{{grandchild}}/cmdline").read().split("\\0")[0],
           flush=True)
 """
