@@ -287,9 +287,9 @@ def test_setuid_binaries_give_nothing(run):
         proc = subprocess.Popen(["/usr/bin/su", "root", "-c", "id"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # Until the child is su itself (not Python between fork and exec), for
-        # at most 10 s. su then waits for a password or has exited: a zombie
+        # at most 5 s (the run has 10). su then waits for a password or has exited: a zombie
         # keeps its name and ids, and nothing reaps it before proc.kill().
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while True:
             status = {k: v.strip() for k, v in (l.split(":", 1)
                       for l in open(f"/proc/{proc.pid}/status").read().splitlines())}

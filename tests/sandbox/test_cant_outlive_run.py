@@ -36,7 +36,7 @@ ESCAPE = """
     os.waitpid(first, 0)
     os.close(write_end)
     grandchild = int(os.read(read_end, 32))
-    deadline = time.monotonic() + 10  # until it has exec'd sleep (bounded; a busy host is slow)
+    deadline = time.monotonic() + 5  # until it has exec'd sleep (bounded; a busy host is slow)
     while "{token}" not in open(f"/proc/{{grandchild}}/cmdline").read() and time.monotonic() < deadline:
         time.sleep(0.01)
     print("GRANDCHILD", grandchild, open(f"/proc/{{grandchild}}/cmdline").read().split("\\0")[0],
