@@ -23,6 +23,9 @@ pick_python() {
 need_apt=""
 [ -e /usr/include/sys/capability.h ] || need_apt="$need_apt libcap-dev"
 command -v bwrap >/dev/null 2>&1 || need_apt="$need_apt bubblewrap"
+# curl: the bash runtime binds it into its sandboxes, and the tests fetch
+# through the egress proxy with it.
+command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
 ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || need_apt="$need_apt libseccomp2"
 if [ -n "$need_apt" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -35,7 +38,12 @@ if [ -n "$need_apt" ]; then
                 echo "setup: missing system packages:$need_apt" >&2
                 echo "setup: install them as root (Debian/Ubuntu: sudo apt-get install$need_apt), then run make again" >&2
                 exit 1 ;;
-            *) echo "setup: bubblewrap is missing; the benchmark will skip its baseline" >&2 ;;
+        esac
+        case "$need_apt" in
+            *bubblewrap*) echo "setup: bubblewrap is missing; the benchmark will skip its baseline" >&2 ;;
+        esac
+        case "$need_apt" in
+            *curl*) echo "setup: curl is missing; bash runs have no curl and its egress test skips" >&2 ;;
         esac
     fi
 fi

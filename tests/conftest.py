@@ -19,9 +19,29 @@ import pytest
 
 from protocol import messages as m
 from protocol.client import Client
+from protocol.profile import load_profile
 from supervisor.tools.embedded import Embedded
 
 ROOT = os.geteuid() == 0
+
+# Wall-clock checks on a shared 2-core machine. A run must end by its deadline
+# plus the kill grace: that is measured on the result's own wall_ms (the
+# monitor's clock, from the job's start to the payload's end), with SLACK_MS
+# for a scheduler busy with other work. What the client sees also includes
+# dispatch and the reply, so it only has to come within CLIENT_SLACK_S.
+KILL_GRACE_MS = load_profile("default").fixed.kill_grace_ms
+SLACK_MS = 1000
+CLIENT_SLACK_S = 5.0
+
+
+def assert_ended_by_deadline(
+    result: m.ExecuteResult, timeout_ms: int, elapsed_s: float, grace_ms: int = KILL_GRACE_MS
+) -> None:
+    """A timed-out run ended no earlier than its deadline and no later than deadline + grace (+ slack)."""
+    where = f"status={result.status} reason={result.reason!r} wall_ms={result.wall_ms} elapsed={elapsed_s:.2f}s"
+    assert result.status is m.Status.TIMEOUT, where
+    assert timeout_ms <= result.wall_ms <= timeout_ms + grace_ms + SLACK_MS, where
+    assert elapsed_s < (timeout_ms + grace_ms) / 1000 + CLIENT_SLACK_S, where
 
 
 RELAXED_POLICY = "rate_per_minute = 100000\nconcurrency = 1000\n"
@@ -115,9 +135,25 @@ class Service:
                 pass
 
 
+# Root mode gives sandbox slot N of a service the uid worker_uid_base + N, and
+# RLIMIT_NPROC (the profile's pids) counts every process of a uid on the host.
+# Services with the same base (the default) share those counts: a fork bomb or
+# a warm worker of one eats the process budget of the other's runs. So every
+# service a test session starts gets a range of its own, away from the default
+# 600000 of other services on this machine (another session's, a daemon's).
+UID_RANGE = 1024  # above ServiceSection's most slots (4096 would not fit; tests use the default 256)
+
+
+def _uid_bases() -> Iterator[int]:
+    first = 1_000_000 + (os.getpid() % 4096) * 64 * UID_RANGE
+    for k in range(10_000):
+        yield first + (k % 64) * UID_RANGE
+
+
 @pytest.fixture(scope="session")
 def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
+    uid_bases = _uid_bases()
 
     def start(
         pool: int = 2,
@@ -129,6 +165,8 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     ) -> Service:
         directory = tmp_path_factory.mktemp("svc")
         os.chmod(directory, 0o711)
+        if "worker_uid_base" not in service:
+            service += f"\nworker_uid_base = {next(uid_bases)}\n"
         config = write_config(directory, policy, extra, state_dir, service)
         embedded = Embedded(config=config, pool=pool, profile=profile)
         socket = embedded.start()

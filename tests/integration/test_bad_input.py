@@ -16,6 +16,10 @@ from protocol.wire import MAX_CLIENT_FRAME, VERSION, client_codec
 
 pytestmark = pytest.mark.integration
 codec = client_codec()
+# How long a test waits on the same socket for a reply that must not come. A
+# second reply would be sent in the same turn of the broker's loop as the
+# first; this leaves a busy machine's scheduler plenty of room.
+QUIET_MS = 500
 
 
 @pytest.fixture
@@ -33,6 +37,16 @@ def raw(service: object) -> Iterator[zmq.Socket[bytes]]:
 def reply_to(sock: zmq.Socket[bytes], frames: list[bytes]) -> m.ClientReply:
     sock.send_multipart(frames)
     return codec.decode(sock.recv_multipart())
+
+
+def assert_no_more_replies(sock: zmq.Socket[bytes], wait_ms: int = QUIET_MS) -> None:
+    if sock.poll(wait_ms):
+        frames = sock.recv_multipart()
+        try:
+            extra: object = codec.decode(frames)
+        except Exception:  # noqa: BLE001 - an undecodable extra reply is still an extra reply
+            extra = frames
+        pytest.fail(f"a request got more than one reply; the extra one: {extra!r}")
 
 
 def assert_still_serving(client: Client) -> None:
@@ -70,6 +84,7 @@ def test_bad_frames_get_an_error_reply(raw: zmq.Socket[bytes], client: Client, f
     assert isinstance(reply, m.ErrorReply)
     assert reply.error.code == code
     assert "Traceback" not in reply.error.message and "/work/main" not in reply.error.message
+    assert_no_more_replies(raw)
     assert_still_serving(client)
 
 
@@ -77,6 +92,7 @@ def test_wrong_type_names_the_field(raw: zmq.Socket[bytes]) -> None:
     body = msgspec.msgpack.encode({"type": "execute", "id": "x", "code": "1", "stream": "yes"})
     reply = reply_to(raw, [VERSION, body])
     assert isinstance(reply, m.ErrorReply) and reply.error.field == "stream"
+    assert_no_more_replies(raw)
 
 
 def test_code_over_the_cap_is_too_large(raw: zmq.Socket[bytes], client: Client) -> None:
@@ -84,6 +100,7 @@ def test_code_over_the_cap_is_too_large(raw: zmq.Socket[bytes], client: Client) 
     reply = reply_to(raw, codec.encode(request))
     assert isinstance(reply, m.ExecuteResult) and reply.status is m.Status.REJECTED
     assert reply.error is not None and reply.error.code == "too_large" and reply.error.field == "code"
+    assert_no_more_replies(raw)
     assert_still_serving(client)
 
 
@@ -115,13 +132,14 @@ def test_duplicate_request_id_while_running(raw: zmq.Socket[bytes]) -> None:
     replies = [codec.decode(raw.recv_multipart()) for _ in range(2)]
     statuses = sorted(r.status.value for r in replies if isinstance(r, m.ExecuteResult))
     assert statuses == ["ok", "rejected"]
+    assert_no_more_replies(raw)
 
 
 def test_garbage_flood_then_normal_service(raw: zmq.Socket[bytes], client: Client) -> None:
     for _ in range(500):
         raw.send_multipart([os.urandom(32)])
     replies = 0
-    while raw.poll(2000) and replies < 500:
+    while raw.poll(2000):  # until the socket stays quiet: one more would be one too many
         raw.recv_multipart()
         replies += 1
     assert replies == 500
@@ -133,7 +151,7 @@ def test_fuzzed_frames_always_get_exactly_one_reply(raw: zmq.Socket[bytes], clie
 
     rng = random.Random(1234)
     valid = bytearray(msgspec.msgpack.encode({"type": "execute", "id": "x", "code": "1", "limits": {"cpu_ms": 5}}))
-    for _ in range(600):
+    for i in range(600):
         kind = rng.random()
         if kind < 0.3:
             frames = [rng.randbytes(rng.randint(0, 100))]
@@ -149,4 +167,11 @@ def test_fuzzed_frames_always_get_exactly_one_reply(raw: zmq.Socket[bytes], clie
         raw.send_multipart(frames)
         reply = codec.decode(raw.recv_multipart())
         assert isinstance(reply, m.ErrorReply | m.ExecuteResult)
+        # A status request after each frame: its reply must be the very next
+        # one. A second reply to the frame, sent at once or late, comes before
+        # it (here, or in place of the next frame's reply, whose own then does).
+        raw.send_multipart(codec.encode(m.StatusRequest(id=f"after-{i}")))
+        after = codec.decode(raw.recv_multipart())
+        assert isinstance(after, m.StatusReply) and after.id == f"after-{i}", f"frame {i} {frames!r}: {after!r}"
+    assert_no_more_replies(raw, 1000)
     assert_still_serving(client)

@@ -13,6 +13,7 @@ import asyncio
 import http.server
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from protocol import messages as m
 from protocol.client import Client, ServiceError
-from tests.conftest import RELAXED_POLICY, Service
+from tests.conftest import RELAXED_POLICY, ROOT, Service
 
 pytestmark = pytest.mark.integration
 K = m.CapabilityKind
@@ -90,7 +91,7 @@ def secret() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+def roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     root = tmp_path_factory.mktemp("granted")
     root.chmod(0o755)
     data = root / "data"
@@ -101,9 +102,26 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     (data / "readme.txt").chmod(0o666)
     (data / "etc_link").symlink_to("/etc")
     (data / "up_link").symlink_to("../../../../../../../../../../etc")
+    # Programs in the granted folder, executable on the host.
+    (data / "script.sh").write_text("#!/bin/sh\necho RAN\n")
+    shutil.copy("/usr/bin/true", data / "true")
+    for name in ("script.sh", "true"):
+        (data / name).chmod(0o755)
+    # A mount below the granted folder (made before the service starts, so the
+    # launcher's mount namespace has it): the host sees its file, a run must
+    # see only the folder under it.
+    below = data / "below"
+    below.mkdir(mode=0o755)
+    (below / "under_the_mount.txt").write_text("the folder itself\n")
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "cellblock-test", str(below)]
+    mounted = ROOT and subprocess.run(mount).returncode == 0
+    if mounted:
+        (below / "on_the_mount.txt").write_text("a file system mounted below the grant\n")
     (root / "out").mkdir(mode=0o755)
     (root / "out").chmod(0o755)
-    return root
+    yield root
+    if mounted:
+        subprocess.run(["umount", below], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +196,7 @@ def test_other_runtimes_reach_a_granted_host_through_the_proxy(
     url = f"http://allowed.test:{web.port}/{language}"
     if language == "bash":
         if not os.path.exists("/usr/bin/curl"):
-            pytest.skip("curl is not installed on this host")
+            pytest.skip("curl is not installed on this host: make setup installs it (as root)")
         code = f"curl -sS --max-time 10 {url}"  # curl reads http_proxy itself
     else:  # node's http module, pointed at the proxy by hand (what a proxy agent does)
         code = f"""
@@ -337,6 +355,53 @@ for path in ("{host_path(roots)}/beside.txt", "{host_path(roots)}/data/x", "/mnt
     # Root mode maps the folder's owner to the sandbox user (idmapped mount):
     # what the run wrote belongs to whoever owns the folder, as they would expect.
     assert (out / "result.txt").stat().st_uid == out.stat().st_uid
+
+
+def test_cant_run_a_program_from_a_granted_folder(cl: Client, roots: pathlib.Path) -> None:
+    # Granted paths are data: noexec, read-only or writable, whatever the files' modes say.
+    data, out = roots / "data", roots / "out"
+    code = f"""
+import mmap, os, subprocess
+def attempt(name, action):
+    try:
+        action()
+        print(name + ":", "ALLOWED")
+    except OSError as exc:
+        print(name + ":", exc.strerror)
+attempt("control", lambda: subprocess.run(["/usr/bin/true"], check=True))
+attempt("script", lambda: subprocess.run(["{host_path(data)}/script.sh"], capture_output=True))
+attempt("binary", lambda: subprocess.run(["{host_path(data)}/true"], capture_output=True))
+attempt("mmap exec", lambda: mmap.mmap(os.open("{host_path(data)}/true", os.O_RDONLY), 0,
+                                       prot=mmap.PROT_READ | mmap.PROT_EXEC))
+with open("{host_path(out)}/made.sh", "w") as made:
+    made.write("#!/bin/sh\\necho RAN\\n")
+os.chmod("{host_path(out)}/made.sh", 0o755)
+attempt("written", lambda: subprocess.run(["{host_path(out)}/made.sh"], capture_output=True))
+"""
+    caps = [m.Capability(K.FS_READ, str(data)), m.Capability(K.FS_WRITE, str(out))]
+    for cap in caps:
+        cl.grant("runner", cap)
+    result = cl.execute(code, capabilities=caps, client_id="runner")
+    assert result.status is m.Status.OK, result
+    outcome = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert outcome == {
+        "control": "ALLOWED",  # running programs is allowed, just not from a grant
+        "script": "Permission denied",
+        "binary": "Permission denied",
+        "mmap exec": "Operation not permitted",
+        "written": "Permission denied",
+    }, result.stdout
+    (out / "made.sh").unlink()
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting a file system on the host (below the granted folder) needs root")
+def test_cant_see_a_mount_below_a_granted_folder(cl: Client, roots: pathlib.Path) -> None:
+    below = roots / "data" / "below"
+    assert sorted(os.listdir(below)) == ["on_the_mount.txt"]  # the host sees the mount
+    code = f"import os; print(sorted(os.listdir('{host_path(below)}')))"
+    result = cl.execute(code, capabilities=[m.Capability(K.FS_READ, str(roots / "data"))], client_id="reader")
+    assert result.status is m.Status.OK, result
+    assert result.stdout == "['under_the_mount.txt']\n", result  # the folder itself, not what is mounted on it
 
 
 def test_cant_leave_a_setuid_program_in_a_granted_folder(cl: Client, roots: pathlib.Path) -> None:

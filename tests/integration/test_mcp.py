@@ -1,4 +1,5 @@
-"""cellblock mcp, driven by the MCP SDK's own client over stdio and over HTTP."""
+"""cellblock mcp, driven by the MCP SDK's own client over stdio and over HTTP,
+against a running service and in embedded mode (it starts its own)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from protocol import messages as m
+from tests.conftest import write_config
 
 pytestmark = pytest.mark.integration
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -177,3 +180,42 @@ def test_each_http_session_is_its_own_client(http_server: str) -> None:
 
     first, second = asyncio.run(who()), asyncio.run(who())
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0]
+
+
+def _services_for(config: str) -> list[psutil.Process]:
+    """The processes of every service started with this config file (main and its children)."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        try:
+            line = proc.cmdline()
+            if "serve" in line and config in line:
+                found += [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue  # gone meanwhile
+    return found
+
+
+def test_embedded_mode_starts_its_own_service_and_stops_it(tmp_path: pathlib.Path) -> None:
+    # No --socket, and nothing answers where the config says the service would
+    # be: cellblock mcp starts a service of its own for the session.
+    os.chmod(tmp_path, 0o711)  # the broker (its own uid when root) reaches its state below
+    config = write_config(tmp_path, service=f'runtime_dir = "{tmp_path / "no-service-here"}"\n')
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "supervisor.tools.cli", "mcp", "--config", config],
+        env={"PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+    )
+
+    async def go() -> tuple[dict[str, Any], list[psutil.Process]]:
+        async with Client(params) as client:
+            during = _services_for(config)
+            return await exercise(client), during
+
+    out, during = asyncio.run(go())
+    check(out)
+    assert during, "no service was started for the MCP session"
+    assert not (tmp_path / "no-service-here").exists()  # its own runtime directory, not the config's
+    # The session is over: the embedded service and every process of it end.
+    _, alive = psutil.wait_procs(during, timeout=30)
+    assert alive == [], alive

@@ -85,26 +85,38 @@ def test_fourth_concurrent_run_is_refused_when_configured(service_factory: Calla
 
 
 def test_secrets_are_redacted_in_stdout_stderr_and_across_chunks(client: Client) -> None:
+    # The JWT's first half goes out in one write with the line before it, its
+    # second half 1.5 s later in another: the broker gets them in chunks of
+    # their own (a pipe read takes a small write whole), and must hold the
+    # first half back until the rest of its line comes.
     code = f"""
 import sys, time
 print("aws {AWS}")
 print("gh {GITHUB}", file=sys.stderr)
 print("{PEM}")
-sys.stdout.write("jwt {JWT[:30]}"); sys.stdout.flush()
-time.sleep(0.2)  # the token arrives in two chunks
+sys.stdout.write("before the split\\njwt {JWT[:30]}"); sys.stdout.flush()
+time.sleep(1.5)
 sys.stdout.write("{JWT[30:]} end\\n"); sys.stdout.flush()
 """
-    chunks: list[m.OutputChunk] = []
-    result = client.execute(code, on_chunk=chunks.append)
-    streamed = "".join(c.data for c in chunks if c.stream == "stdout")
-    everything = result.stdout + result.stderr + streamed + "".join(c.data for c in chunks)
+    chunks: list[tuple[float, m.OutputChunk]] = []
+    result = client.execute(code, on_chunk=lambda c: chunks.append((time.monotonic(), c)))
+    streamed = "".join(c.data for _, c in chunks if c.stream == "stdout")
+    everything = result.stdout + result.stderr + "".join(c.data for _, c in chunks)
     for secret in (AWS, GITHUB, JWT, "MHcCAQEEIBkg4LVWM9", JWT[:30], JWT[30:]):
         assert secret not in everything
     assert "[REDACTED:jwt] end" in result.stdout and "[REDACTED:jwt] end" in streamed
     assert "[REDACTED:aws_access_key]" in streamed and "[REDACTED:private_key]" in result.stdout
     assert "[REDACTED:github_token]" in result.stderr
     assert result.redactions == {"aws_access_key": 1, "github_token": 1, "private_key": 1, "jwt": 1}
-    assert len(chunks) >= 2
+    # The split really happened: the line written with the first half reached
+    # the client well before the rest of the token was written (a late first
+    # chunk only narrows the gap, so 0.5 s leaves a busy machine 1 s), and
+    # without the "jwt " that begins the held-back line.
+    (before_at, before), *_ = [(t, c) for t, c in chunks if "before the split" in c.data]
+    (after_at, after), *_ = [(t, c) for t, c in chunks if "[REDACTED:jwt] end" in c.data]
+    assert before.data.endswith("before the split\n"), before
+    assert after.seq > before.seq and after_at - before_at >= 0.5, (before_at, after_at, chunks)
+    assert after.data == "jwt [REDACTED:jwt] end\n", after
 
 
 def test_limits_above_default_need_a_grant_then_work(service: Service, client: Client) -> None:
@@ -125,6 +137,21 @@ def test_limits_above_default_need_a_grant_then_work(service: Service, client: C
     with pytest.raises(ServiceError) as exc:
         client.revoke(grant_id)
     assert exc.value.error.code == "not_found"
+
+
+def test_a_grant_that_expires_stops_covering(client: Client) -> None:
+    ask = m.Limits(memory_bytes=512 * 2**20)
+    reply = client.grant("short-lived", m.Capability(K.LIMITS, "memory_bytes"), expires_in_s=3)
+    (grant,) = [g for g in reply.grants if g.client_id == "short-lived"]
+    assert grant.expires is not None and 2 < grant.expires - time.time() <= 3
+    # While it lasts (3 s is room enough for one run to be admitted)...
+    assert client.execute("print('big')", limits=ask, client_id="short-lived").stdout == "big\n"
+    time.sleep(max(0.0, grant.expires - time.time()) + 0.5)
+    # ...and once it has run out: refused, and no longer listed.
+    after = client.execute("print('big')", limits=ask, client_id="short-lived")
+    assert after.status is m.Status.PERMISSION_REQUIRED, after
+    assert after.required == [m.Capability(K.LIMITS, "memory_bytes")]
+    assert client.grants("short-lived").grants == []
 
 
 def test_network_capability_without_a_grant_names_what_to_grant(client: Client) -> None:

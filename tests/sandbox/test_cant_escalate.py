@@ -286,13 +286,21 @@ def test_setuid_binaries_give_nothing(run):
         import json, os, subprocess, time
         proc = subprocess.Popen(["/usr/bin/su", "root", "-c", "id"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(0.5)  # su waits for a password (or has exited: a zombie still has a status)
-        status = {k: v.strip() for k, v in (l.split(":", 1)
-                  for l in open(f"/proc/{proc.pid}/status").read().splitlines())}
+        # Until the child is su itself (not Python between fork and exec), for
+        # at most 5 s (the run has 10). su then waits for a password or has exited: a zombie
+        # keeps its name and ids, and nothing reaps it before proc.kill().
+        deadline = time.monotonic() + 5
+        while True:
+            status = {k: v.strip() for k, v in (l.split(":", 1)
+                      for l in open(f"/proc/{proc.pid}/status").read().splitlines())}
+            if status["Name"] == "su" or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         proc.kill()
         out, err = proc.communicate()
         print(json.dumps({"setuid bit": bool(os.stat("/usr/bin/su").st_mode & 0o4000),
-                          "me": os.getuid(), "Uid": status["Uid"], "CapEff": status["CapEff"],
+                          "me": os.getuid(), "Name": status["Name"], "Uid": status["Uid"],
+                          "CapEff": status["CapEff"],
                           "out": out.decode()}))
         """
     )
@@ -300,6 +308,7 @@ def test_setuid_binaries_give_nothing(run):
     seen = json.loads(result.stdout.splitlines()[-1])
     if not seen["setuid bit"]:
         pytest.skip("/usr/bin/su is not setuid on this host")
+    assert seen["Name"] == "su", f"su never started: the ids read are another process's\n{seen}"
     assert seen["Uid"].split() == [str(seen["me"])] * 4, seen
     assert int(seen["CapEff"], 16) == 0, seen
     assert "uid=0" not in seen["out"], seen

@@ -1,17 +1,16 @@
-"""Layer: the memory limit (memory cgroup as root, RLIMIT_AS unprivileged).
+"""Layer: the memory limit (a memory cgroup where the service has one, else RLIMIT_AS).
 
 Allocations are really touched (``b"x" * n``), so the kernel has to back
 them. A run is stopped at its memory limit, the default one or a lower one
 it asked for, and the result says ``memory_limit``. The payload is the
 process the OOM killer takes first, so the monitor survives to report.
-Where the rlimit fallback cannot bound what a test attacks (memory spread
-over processes, shared memory written without mapping it), the test skips
-and says so.
+Where the running service has no memory cgroup (its status says so: the
+cgroups layer is off, or lists no memory controller), the rlimit fallback
+cannot bound what two tests attack (memory spread over processes, shared
+memory written without mapping it): those skip and say so.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -21,8 +20,22 @@ from tests.sandbox.outcome import show
 pytestmark = pytest.mark.sandbox
 
 MiB = 1 << 20
-ROOT = os.geteuid() == 0
-NO_CGROUP = "unprivileged service: no memory cgroup; RLIMIT_AS bounds each process, not the run"
+
+
+def _no_memory_cgroup(service) -> str:
+    """Why the service bounds memory per process only (RLIMIT_AS), or "" if a memory cgroup bounds the run."""
+    (layer,) = [layer for layer in service.status().layers if layer.name == "cgroups"]
+    controllers = layer.detail.split(";")[0].split(", ")  # "cpu=v1, memory=v1, pids=v1; missing: ..."
+    if layer.active and any(c.startswith("memory=") for c in controllers):
+        return ""
+    return f"the service has no memory cgroup (cgroups layer: {layer.detail!r}); RLIMIT_AS bounds each process"
+
+
+@pytest.fixture(scope="module")
+def memory_cgroup(service) -> None:
+    why = _no_memory_cgroup(service)
+    if why:
+        pytest.skip(why)
 
 
 def _allocated(stdout: str) -> list[int]:
@@ -86,10 +99,8 @@ def test_payload_is_the_first_oom_victim(run):
     assert "PAYLOAD 1000" in result.stdout, show(result)
 
 
-def test_memory_spread_over_processes_is_bounded(run):
+def test_memory_spread_over_processes_is_bounded(run, memory_cgroup):
     """Eight children hold 48 MiB each under a 128 MiB limit: at most two can."""
-    if not ROOT:
-        pytest.skip(NO_CGROUP)
     result = run(
         """
         import os, time
@@ -131,11 +142,9 @@ def test_memory_spread_over_processes_is_bounded(run):
     assert holding * 48 <= 128, f"{holding} children hold 48 MiB each\n{show(result)}"
 
 
-def test_shared_memory_written_without_mapping_is_counted(run):
+def test_shared_memory_written_without_mapping_is_counted(run, memory_cgroup):
     """memfd pages written with write() are in no address space (RLIMIT_AS
     never sees them); the memory cgroup must still stop the run."""
-    if not ROOT:
-        pytest.skip(NO_CGROUP + " (memfd pages are not in RLIMIT_AS)")
     result = run(
         """
         import os

@@ -2,8 +2,9 @@
 
 A grandchild that double-forks, starts its own session, ignores SIGTERM and
 SIGHUP and sleeps for a minute is visible on the host while the run lasts
-(the test finds it, which proves the search works) and is gone within two
-seconds of the result, whether the run ended normally or by its deadline.
+(the test finds it, which proves the search works) and is gone within five
+seconds of the result (it would sleep a minute), whether the run ended
+normally or by its deadline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import pytest
 
 from protocol import messages as m
+from tests.conftest import assert_ended_by_deadline
 from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
@@ -34,7 +36,9 @@ ESCAPE = """
     os.waitpid(first, 0)
     os.close(write_end)
     grandchild = int(os.read(read_end, 32))
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5  # until it has exec'd sleep (bounded; a busy host is slow)
+    while "{token}" not in open(f"/proc/{{grandchild}}/cmdline").read() and time.monotonic() < deadline:
+        time.sleep(0.01)
     print("GRANDCHILD", grandchild, open(f"/proc/{{grandchild}}/cmdline").read().split("\\0")[0],
           flush=True)
 """
@@ -79,7 +83,7 @@ def _run_escape(run, tail: str, **kwargs: object) -> tuple[m.ExecuteResult, list
     assert "GRANDCHILD" in result.stdout and token in result.stdout, show(result)
     # The search works: while the run lasted, the host saw the grandchild.
     assert seen_during, f"the host never saw {token} during the run\n{show(result)}"
-    left = _gone_within(token, 2.0)
+    left = _gone_within(token, 5.0)
     assert not left, f"processes {left} outlived the run\n{show(result)}"
     return result, seen_during, elapsed
 
@@ -91,7 +95,7 @@ def test_detached_grandchild_dies_with_the_run(run):
 
 
 def test_a_timed_out_run_leaves_nothing_behind(run):
-    result, _, elapsed = _run_escape(run, "\n    while True:\n        pass\n", limits=m.Limits(timeout_ms=1000))
-    assert result.status == m.Status.TIMEOUT, show(result)
-    assert result.reason == "wall clock limit of 1000 ms", show(result)
-    assert elapsed < 3.0, f"the timed-out run took {elapsed:.2f} s\n{show(result)}"
+    # 2 s: the host has over a second, after the grandchild is reported, to see it.
+    result, _, elapsed = _run_escape(run, "\n    while True:\n        pass\n", limits=m.Limits(timeout_ms=2000))
+    assert result.reason == "wall clock limit of 2000 ms", show(result)
+    assert_ended_by_deadline(result, 2000, elapsed)

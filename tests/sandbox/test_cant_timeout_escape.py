@@ -13,6 +13,7 @@ import time
 import pytest
 
 from protocol import messages as m
+from tests.conftest import CLIENT_SLACK_S, assert_ended_by_deadline
 from tests.sandbox.outcome import show
 
 pytestmark = pytest.mark.sandbox
@@ -48,9 +49,8 @@ def test_wall_clock_limit_cannot_be_evaded(run, evasion):
         limits=m.Limits(timeout_ms=1000),
     )
     assert "SPINNING" in result.stdout, show(result)
-    assert result.status == m.Status.TIMEOUT, show(result)
     assert result.reason == "wall clock limit of 1000 ms", show(result)
-    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{show(result)}"
+    assert_ended_by_deadline(result, 1000, elapsed)
 
 
 def test_spinning_children_do_not_keep_the_run_alive(run):
@@ -70,8 +70,7 @@ def test_spinning_children_do_not_keep_the_run_alive(run):
         limits=m.Limits(timeout_ms=1000),
     )
     assert "SPINNING" in result.stdout, show(result)
-    assert result.status == m.Status.TIMEOUT, show(result)
-    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{show(result)}"
+    assert_ended_by_deadline(result, 1000, elapsed)
 
 
 def test_stopping_itself_does_not_stop_the_clock(run):
@@ -86,8 +85,7 @@ def test_stopping_itself_does_not_stop_the_clock(run):
         limits=m.Limits(timeout_ms=1000),
     )
     assert "STOPPING" in result.stdout and "RESUMED" not in result.stdout, show(result)
-    assert result.status == m.Status.TIMEOUT, show(result)
-    assert elapsed < 3.0, f"took {elapsed:.2f} s\n{show(result)}"
+    assert_ended_by_deadline(result, 1000, elapsed)
 
 
 def test_ignoring_sigxcpu_does_not_lift_the_cpu_limit(run):
@@ -108,4 +106,7 @@ def test_ignoring_sigxcpu_does_not_lift_the_cpu_limit(run):
     assert result.status == m.Status.TIMEOUT, show(result)
     assert result.reason == "cpu time limit of 1000 ms", show(result)
     assert result.signal == 9, show(result)
-    assert elapsed < 6.0, f"took {elapsed:.2f} s\n{show(result)}"
+    # The hard rlimit (2 s of cpu) killed it. cpu time is the run's own, so a
+    # busy machine stretches only the wall clock, which has 10 s here.
+    assert 1000 <= result.cpu_ms <= 2000 + 500, show(result)
+    assert elapsed < 10 + CLIENT_SLACK_S, f"took {elapsed:.2f} s\n{show(result)}"

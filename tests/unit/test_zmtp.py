@@ -209,17 +209,22 @@ def test_router_answers_heartbeats(tmp_path: pathlib.Path, dealers: Dealers, loo
     loops.append(loop)
     sock = dealers.ctx.socket(zmq.DEALER)
     sock.linger = 0
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 50)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 200)
+    # A PING every 0.1 s, and no answer for 1 s ends the connection: a second
+    # of room for a busy scheduler, and three such timeouts in the pump.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 100)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
     dealers.socks.append(sock)
+    sock.sndtimeo = 1000
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    sock.connect(f"ipc://{path}")
-    loop.pump(1.0)  # 20 heartbeats: unanswered, libzmq would have dropped the connection
-    assert not monitor.poll(0)
-    sock.send_multipart([b"alive"])
-    assert [frames for _, frames in loop.pump()] == [[b"alive"]]
-    sock.disable_monitor()
-    monitor.close(linger=0)
+    try:
+        sock.connect(f"ipc://{path}")
+        loop.pump(3.0)  # 30 heartbeats: unanswered, libzmq would have dropped the connection
+        assert not monitor.poll(0)
+        sock.send_multipart([b"alive"])
+        assert [frames for _, frames in loop.pump()] == [[b"alive"]]
+    finally:  # an open monitor socket would hold the context's term() forever
+        sock.disable_monitor()
+        monitor.close(linger=0)
 
 
 def test_router_ends_stalled_handshakes_and_caps_connections(tmp_path: pathlib.Path, loops: list[Loop]) -> None:
@@ -269,9 +274,12 @@ def test_router_bounds_a_client_that_floods_and_never_reads(tmp_path: pathlib.Pa
         ping = _frame(_COMMAND, b"\x04PING" + b"\x00\x01" + b"c" * 1000)
         flood = ping * 2000 + b"\x00\x00" * 200_000
         sent = 0
-        end = time.monotonic() + 3
         got = 0
-        while time.monotonic() < end and sent < len(flood):
+        (peer,) = loop.router.by_fd.values()
+        # Until the router stops reading it (its replies piled up past
+        # pause_outbox), however long a busy machine takes to get there.
+        end = time.monotonic() + 60
+        while peer.events & select.POLLIN and time.monotonic() < end and sent < len(flood):
             try:
                 sent += sock.send(flood[sent : sent + 65536])
             except BlockingIOError:
@@ -280,7 +288,9 @@ def test_router_bounds_a_client_that_floods_and_never_reads(tmp_path: pathlib.Pa
                 got += 1
                 loop.router.send(ident, [b"reply-" + b"r" * 100])
         assert got > 1000  # it was served until its replies piled up
-        (peer,) = loop.router.by_fd.values()
+        for ident, _ in loop.pump(0.5):  # what it had sent before the pause
+            loop.router.send(ident, [b"reply-" + b"r" * 100])
+        assert list(loop.router.by_fd.values()) == [peer]
         assert len(peer.outbox) <= (1 << 20) + 4096  # capped, though the client never reads
         assert not peer.events & select.POLLIN  # and it is no longer read until it does
     finally:
