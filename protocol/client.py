@@ -70,9 +70,13 @@ class RunOptions(TypedDict, total=False):
     conversation_id: str
     profile: str
     environment: str  # a package environment by name; "" the profile's default, "none" none
+    session: str  # run as the next cell of this session (``session_open``)
+    files: dict[str, bytes]  # written into /work before the code runs (name -> bytes)
 
 
-def _execute_request(code: str, language: str, stream: bool, options: RunOptions) -> m.ExecuteRequest:
+def _execute_request(code: str, language: str | None, stream: bool, options: RunOptions) -> m.ExecuteRequest:
+    if language is None:  # python, or a session's cell: the session's own
+        language = "" if options.get("session") else "python"
     return m.ExecuteRequest(
         id=_new_id(),
         code=code,
@@ -85,6 +89,31 @@ def _execute_request(code: str, language: str, stream: bool, options: RunOptions
         stream=stream,
         profile=options.get("profile", ""),
         environment=options.get("environment", ""),
+        session=options.get("session", ""),
+        files=dict(options.get("files", {})),
+    )
+
+
+class SessionOptions(TypedDict, total=False):
+    """What a session may be opened with (both clients)."""
+
+    environment: str
+    limits: m.Limits | None  # memory for the whole session; timeout and cpu each cell's default
+    client_id: str
+    conversation_id: str
+
+
+OPEN_TIMEOUT_S = 90.0  # an open waits for a free sandbox like a run does
+
+
+def _session_open(language: str, options: SessionOptions) -> m.SessionOpen:
+    return m.SessionOpen(
+        id=_new_id(),
+        language=language,
+        environment=options.get("environment", ""),
+        limits=options.get("limits") or m.Limits(),
+        client_id=options.get("client_id", ""),
+        conversation_id=options.get("conversation_id", ""),
     )
 
 
@@ -218,7 +247,7 @@ class Client:
     def execute(
         self,
         code: str,
-        language: str = "python",
+        language: str | None = None,
         *,
         on_chunk: Callable[[m.OutputChunk], None] | None = None,
         **options: Unpack[RunOptions],
@@ -267,6 +296,17 @@ class Client:
 
     def history(self, **filters: Any) -> m.HistoryReply:
         return self.request(m.HistoryRequest(id=_new_id(), **filters), m.HistoryReply)
+
+    def session_open(self, language: str = "python", **options: Unpack[SessionOptions]) -> m.SessionInfo:
+        """Open a session (raises ServiceError); run cells in it with ``execute(..., session=id)``."""
+        return self.request(_session_open(language, options), m.SessionReply, OPEN_TIMEOUT_S).session
+
+    def session_close(self, session: str, client_id: str = "") -> m.SessionInfo:
+        request = m.SessionClose(id=_new_id(), session=session, client_id=client_id)
+        return self.request(request, m.SessionReply).session
+
+    def sessions(self, client_id: str = "") -> list[m.SessionInfo]:
+        return self.request(m.SessionList(id=_new_id(), client_id=client_id), m.SessionsReply).sessions
 
 
 def service_answers(path: str) -> bool:
@@ -343,7 +383,7 @@ class AsyncClient:
     async def execute(
         self,
         code: str,
-        language: str = "python",
+        language: str | None = None,
         *,
         on_chunk: Callable[[m.OutputChunk], None] | None = None,
         **options: Unpack[RunOptions],
@@ -382,3 +422,13 @@ class AsyncClient:
 
     async def history(self, **filters: Any) -> m.HistoryReply:
         return await self.request(m.HistoryRequest(id=_new_id(), **filters), m.HistoryReply)
+
+    async def session_open(self, language: str = "python", **options: Unpack[SessionOptions]) -> m.SessionInfo:
+        return (await self.request(_session_open(language, options), m.SessionReply, OPEN_TIMEOUT_S)).session
+
+    async def session_close(self, session: str, client_id: str = "") -> m.SessionInfo:
+        request = m.SessionClose(id=_new_id(), session=session, client_id=client_id)
+        return (await self.request(request, m.SessionReply)).session
+
+    async def sessions(self, client_id: str = "") -> list[m.SessionInfo]:
+        return (await self.request(m.SessionList(id=_new_id(), client_id=client_id), m.SessionsReply)).sessions

@@ -26,6 +26,8 @@ class ErrorCode(enum.StrEnum):
     OVERLOADED = "overloaded"
     PERMISSION_REQUIRED = "permission_required"
     NOT_FOUND = "not_found"
+    SESSION_NOT_FOUND = "session_not_found"  # no such session for this client (never says whose it is)
+    SESSION_BUSY = "session_busy"  # the session is running another cell
     SHUTTING_DOWN = "shutting_down"
     CONNECTION_LOST = "connection_lost"  # the client lost the service before the reply
     WORKER_LOST = "worker_lost"  # the sandbox running the job died without a result

@@ -113,6 +113,40 @@ class NetDecision(msgspec.Struct, frozen=True, kw_only=True):
     count: int = 1  # how many requests or connections got this same decision (bytes are their sum)
 
 
+FileName = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class Artifact(msgspec.Struct, frozen=True, kw_only=True):
+    """A file the run created or changed in /work/out, with its bytes unless over a cap."""
+
+    name: str  # its path under /work/out
+    size: int
+    media_type: str
+    data: bytes = b""
+    dropped: bool = False  # over the profile's caps: named with its size, bytes left out
+    sha256: str = ""  # of the bytes as the run wrote them (before redaction); "" when dropped
+    redactions: dict[str, int] = {}  # text artifacts go through the same redaction as output
+    scanned: bool = False  # it did (UTF-8 text); a binary one is passed through as it is
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    session: str
+    language: str  # the runtime ("python")
+    environment: str = ""  # its package environment, if any
+    client_id: str
+    conversation_id: str = ""
+    state: str = "idle"  # opening, idle, running, ended
+    age_s: float = 0.0
+    idle_s: float = 0.0
+    cells: int = 0
+    memory_bytes: int = 0  # what its sandbox held after its last cell (its memory cgroup), when known
+    memory_limit_bytes: int = 0  # for the whole session
+    timeout_ms: int = 0  # each cell's default deadline
+    idle_timeout_s: float = 0.0  # it ends after this long without a cell
+    max_lifetime_s: float = 0.0  # and after this long in all
+    ended: str = ""  # why it ended, once it has
+
+
 # --- client -> broker ---------------------------------------------------------
 
 
@@ -130,6 +164,33 @@ class ExecuteRequest(Request, tag="execute", kw_only=True, frozen=True):
     # A package environment by name; "" is the profile's default for the
     # runtime, "none" is none (the runtime's own library only).
     environment: Small = ""
+    # Run as the next cell of this session (see SessionOpen), in the session's
+    # language: a cell's own language is "" (or "auto"), or the session's.
+    session: Small = ""
+    files: dict[FileName, bytes] = {}  # written into /work before the code runs
+
+
+class SessionOpen(Request, tag="session_open", kw_only=True, frozen=True):
+    """Open a session: one sandbox that keeps its interpreter and its /work between
+    cells, for this client (and conversation) alone, until closed, idle or too old."""
+
+    id: Id
+    language: Small = "python"
+    environment: Small = ""
+    limits: Limits = Limits()  # for the whole session: memory covers every cell; timeout is each cell's
+    client_id: Small = ""
+    conversation_id: Small = ""
+
+
+class SessionClose(Request, tag="session_close", kw_only=True, frozen=True):
+    id: Id
+    session: Id
+    client_id: Small = ""
+
+
+class SessionList(Request, tag="session_list", kw_only=True, frozen=True):
+    id: Id
+    client_id: Small = ""
 
 
 class StatusRequest(Request, tag="status", kw_only=True, frozen=True):
@@ -205,6 +266,21 @@ class ExecuteResult(Reply, tag="result", kw_only=True, frozen=True):
     network: list[NetDecision] = []
     syscall: int | None = None
     run_id: str = ""
+    artifacts: list[Artifact] = []
+    session: str = ""  # the session the cell ran in
+    artifacts_omitted: int = 0  # files in /work/out past the count cap: not even named
+    artifacts_unscanned: int = 0  # binary artifacts, passed through without secret redaction
+    session_ended: bool = False  # the session ended with this cell (it did not stop in time, or exited)
+
+
+class SessionReply(Reply, tag="session_reply", kw_only=True, frozen=True):
+    id: str
+    session: SessionInfo
+
+
+class SessionsReply(Reply, tag="sessions_reply", kw_only=True, frozen=True):
+    id: str
+    sessions: list[SessionInfo]
 
 
 class LayerStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -244,6 +320,9 @@ class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     limits: dict[str, int] = {}  # the profile's defaults: timeout_ms, cpu_ms, memory_bytes, output_bytes
     default_environments: dict[str, str] = {}  # runtime -> the package environment a request gets by default
     max_limits: dict[str, int] = {}  # the most a run may get (above the defaults with a grant)
+    sessions: list[SessionInfo] = []
+    session_idle_timeout_s: float = 0.0  # a session ends after this long without a cell
+    session_max_lifetime_s: float = 0.0  # and after this long in all
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
@@ -258,6 +337,13 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
 class GrantsReply(Reply, tag="grants_reply", kw_only=True, frozen=True):
     id: str
     grants: list[Grant]
+
+
+class FileRecord(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    size: int
+    sha256: str = ""  # of what the broker saw (an artifact's, before redaction)
+    scanned: bool = True  # an artifact went through secret redaction (a binary one does not)
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -280,6 +366,9 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     findings: list[str]
     capabilities: list[Capability]
     network: list[NetDecision] = []
+    files_in: list[FileRecord] = []  # names, sizes and hashes: never bytes
+    files_out: list[FileRecord] = []
+    session: str = ""
 
 
 class HistoryReply(Reply, tag="history_reply", kw_only=True, frozen=True):
@@ -320,6 +409,11 @@ class Job(Internal, tag="job", kw_only=True, frozen=True):
     stdin: str = ""
     limits: JobLimits
     stream: bool = False
+    files: dict[str, bytes] = {}  # into /work before the code runs (names checked by the broker)
+    session: bool = False  # a session's cell: the worker keeps its interpreter for the next
+    artifact_bytes: int = 0  # the most of /work/out that comes back (one file; 0: names only)
+    artifacts_bytes: int = 0  # in all
+    artifact_count: int = 64  # files named; more are counted, not named
     language: str = ""  # as the client named it (a runtime may care: "mjs" means an ES module)
 
 
@@ -345,6 +439,10 @@ class WorkerResult(Internal, tag="worker_result", kw_only=True, frozen=True):
     cpu_ms: float = 0.0
     memory_peak_bytes: int = 0
     syscall: int | None = None
+    artifacts: list[Artifact] = []
+    artifacts_omitted: int = 0  # files in /work/out past the count cap: not even named
+    alive: bool = False  # a session's worker, waiting for its next cell
+    memory_bytes: int = 0  # what the sandbox holds after the run (its memory cgroup), when known
 
 
 # --- broker <-> launcher ---------------------------------------------------------
@@ -369,6 +467,7 @@ class RuntimeInfo(msgspec.Struct, frozen=True, kw_only=True):
     environment: str = ""  # the package environment its workers see, if any
     packages: list[str] = []  # what it holds: "numpy 2.1.3", ...
     modules: list[str] = []  # the top-level modules it provides, for hints
+    sessions: bool = False  # its sandbox can keep its interpreter between cells
 
 
 class LauncherHello(Internal, tag="launcher_hello", kw_only=True, frozen=True):
@@ -465,8 +564,20 @@ class SpawnReply(Internal, tag="spawn_reply", kw_only=True, frozen=True):
     retry: bool = False  # not the sandbox's fault (the broker's worker socket did not answer)
 
 
-ClientRequest = ExecuteRequest | StatusRequest | GrantRequest | RevokeRequest | GrantsRequest | HistoryRequest
-ClientReply = OutputChunk | ExecuteResult | StatusReply | GrantsReply | HistoryReply | ErrorReply
+ClientRequest = (
+    ExecuteRequest
+    | StatusRequest
+    | GrantRequest
+    | RevokeRequest
+    | GrantsRequest
+    | HistoryRequest
+    | SessionOpen
+    | SessionClose
+    | SessionList
+)
+ClientReply = (
+    OutputChunk | ExecuteResult | StatusReply | GrantsReply | HistoryReply | ErrorReply | SessionReply | SessionsReply
+)
 WorkerToBroker = Ready | WorkerChunk | WorkerResult
 BrokerToWorker = Job
 LauncherToBroker = LauncherHello | Spawned | Exited | Health | ReserveFailed

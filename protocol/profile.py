@@ -68,6 +68,15 @@ class FixedLimits(Strict, frozen=True):
     code_bytes: Pos = 1 * MiB
     stdin_bytes: Pos = 1 * MiB
     kill_grace_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 200
+    # Files a request hands in (written into /work before the code runs) and
+    # files a run gives back (what it left in /work/out): each file, and all.
+    file_bytes: Pos = 8 * MiB
+    files_bytes: Annotated[int, msgspec.Meta(ge=1, le=12 * MiB)] = 12 * MiB  # within a client frame
+    file_count: Pos = 64
+    artifact_bytes: Pos = 8 * MiB
+    artifacts_bytes: Annotated[int, msgspec.Meta(ge=1, le=48 * MiB)] = 16 * MiB  # within a worker frame
+    artifact_count: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    session_cpu_s: Pos = 3600  # the cpu time a session's interpreter may use in all, over every cell
 
 
 class Layer(enum.StrEnum):

@@ -436,6 +436,59 @@ def worker_memory(launcher_pid: int, runtime: str = "python") -> dict[str, float
     return out
 
 
+SESSION_MARK = "import ctypes\nctypes.CDLL(None).prctl(15, b'cb-bench-sess', 0, 0, 0)\n"  # PR_SET_NAME
+
+
+def session_rows(client: Client, launcher_pid: int | None, runs: int, pool: int) -> dict[str, object]:
+    """Sessions beside the one-shot run of the same service: the time to open one (it takes
+    a warm worker and runs an empty first cell), a trivial cell in a warm session (no sandbox
+    made: the job goes to a waiting interpreter), and what an idle session holds."""
+    opens = []
+    for _ in range(max(5, runs // 10)):
+        wait_warm(client, "python", pool)
+        t = time.perf_counter()
+        info = client.session_open("python", environment="none", client_id="bench")
+        opens.append((time.perf_counter() - t) * 1000)
+        client.session_close(info.session, client_id="bench")
+    session = client.session_open("python", environment="none", client_id="bench").session
+    cells = []
+    try:
+        for _ in range(runs):
+            t = time.perf_counter()
+            result = client.execute("x = 1", session=session, client_id="bench")
+            cells.append((time.perf_counter() - t) * 1000)
+            if result.status is not m.Status.OK:
+                raise RuntimeError(f"bench cell failed: {result.status} {result.error} {result.stderr[-300:]}")
+        out: dict[str, object] = {"open_ms": summary(opens), "cell_ms": summary(cells)}
+        if launcher_pid is not None:
+            client.execute(SESSION_MARK, session=session, client_id="bench")
+            time.sleep(0.2)
+            out["idle_memory"] = _session_memory(launcher_pid)
+    finally:
+        client.session_close(session, client_id="bench")
+    return out
+
+
+def _session_memory(launcher_pid: int) -> dict[str, float]:
+    """The idle session's worker (its payload named by SESSION_MARK): pages only it maps, USS."""
+    for monitor in psutil.Process(launcher_pid).children():
+        try:
+            group = [monitor, *monitor.children(recursive=True)]
+            if not any(p.name() == "cb-bench-sess" for p in group):
+                continue
+            out = {"uss_sum_mib": sum(p.memory_full_info().uss for p in group) / 2**20}
+            try:
+                unique = unique_to([p.pid for p in group])
+            except OSError:
+                unique = None
+            if unique is not None:
+                out["unique_mib"] = unique / 2**20
+            return out
+        except psutil.Error:
+            continue
+    return {}
+
+
 def output_path(client: Client, broker_pid: int) -> dict[str, float]:
     code = "import os\nblock = b'x' * (1 << 20)\nfor _ in range(10): os.write(1, block)\n"
     broker = psutil.Process(broker_pid)
@@ -629,6 +682,12 @@ def main() -> int:
                     service["worker_memory_data"] = worker_memory(launcher.pid, "python:data")
             if broker is not None:
                 service["output_10mib"] = output_path(client, broker.pid)
+            service["sessions"] = session_rows(client, launcher.pid if launcher else None, int(200 * scale), pool)
+            print(
+                f"  session cell: p50 {service['sessions']['cell_ms']['p50']:.3f} ms",  # type: ignore[index]
+                file=sys.stderr,
+                flush=True,
+            )
         cost = redaction_cost()
         service["redaction_ms_per_mib"] = cost["new_plain"]
         service["redaction"] = cost
@@ -680,6 +739,8 @@ def main() -> int:
         base, ours = baselines.get(f"python_c_data_{label}_latency_ms"), service.get(f"latency_ms_data_{label}")
         if base and ours:
             ratios[f"python_c_over_service_data_{label}"] = base["p50"] / ours["p50"]  # type: ignore[index]
+    if "sessions" in service:
+        ratios["one_shot_p50_over_session_cell_p50"] = p50 / service["sessions"]["cell_ms"]["p50"]  # type: ignore[index]
     if "latency_ms_data_import" in service:
         ratios["data_import_p50_over_python_print_p50"] = service["latency_ms_data_import"]["p50"] / p50  # type: ignore[index]
     for key in ("swift_driver_latency_ms", "swiftc_then_run_latency_ms"):
@@ -749,6 +810,17 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
         w = s["worker_memory_swift"]
         text = f"{w['unique_mib_median']:.1f} MiB only it maps; " if "unique_mib_median" in w else ""
         rows.append(("memory per warm Swift worker", text + f"USS summed {w['uss_sum_mib_median']:.1f} MiB"))
+    if "sessions" in s:
+        sess = s["sessions"]
+        cell, opened = sess["cell_ms"], sess["open_ms"]
+        rows.append(
+            ("session: trivial cell p50 / p90 / p99", f"{cell['p50']:.3f} / {cell['p90']:.3f} / {cell['p99']:.3f} ms")
+        )
+        rows.append(("session: open p50 / p90", f"{opened['p50']:.3f} / {opened['p90']:.3f} ms"))
+        idle = sess.get("idle_memory") or {}
+        if idle:
+            text = f"{idle['unique_mib']:.2f} MiB only it maps; " if "unique_mib" in idle else ""
+            rows.append(("memory per idle session", text + f"USS summed {idle['uss_sum_mib']:.2f} MiB"))
     if "output_10mib" in s:
         o = s["output_10mib"]
         rows.append(

@@ -33,7 +33,7 @@ import msgspec
 
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo, error_info
-from protocol.profile import Profile, RunLimits
+from protocol.profile import Profile
 from protocol.wire import (
     MAX_CLIENT_FRAME,
     MAX_WORKER_FRAME,
@@ -50,7 +50,9 @@ from supervisor.intake import Intake
 from supervisor.link import EgressLink, LauncherLink
 from supervisor.log import logger
 from supervisor.policy import Policy
+from supervisor.sessions import Sessions
 from supervisor.signals import SignalQueue, drain_wakeup
+from supervisor.status import status_reply
 
 VERSION = "0.1.0"
 CLOSE_LINGER_MS = 2000
@@ -64,10 +66,6 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     ready_fd: int = -1
     drop_to: int = -1  # root mode: the broker's own uid, taken before any socket is bound
     supervisor_fd: int = -1  # EOF when supervisor main is gone: drain as on SIGTERM
-
-
-def _limit_values(limits: RunLimits) -> dict[str, int]:
-    return msgspec.structs.asdict(limits.in_bytes())
 
 
 _log = logger("broker")
@@ -89,7 +87,12 @@ class Broker:
         self.ready_sent = False
         self.dispatcher = Dispatcher(
             effects=Effects(
-                send_job=self._send_job, taken=self._taken, kill=self._kill, finish=self._finish, reserve=self._reserve
+                send_job=self._send_job,
+                taken=self._taken,
+                kill=self._kill,
+                finish=self._finish,
+                reserve=self._reserve,
+                held_lost=lambda worker, detail: self.sessions.held_lost(worker, detail),
             ),
             clock=time.monotonic,
             queue_limit=cfg.config.service.queue_limit,
@@ -101,6 +104,7 @@ class Broker:
         self.launcher = LauncherLink(cfg.rundir, self._forget)
         self.launcher_mask = 0
         self.pools = pool_targets(cfg.config, cfg.profile)
+        self.sessions = Sessions(cfg.config, self.dispatcher, self.policy, self.catalogue, self._reply)
         self.intake = Intake(
             self.policy,
             self.dispatcher,
@@ -109,6 +113,7 @@ class Broker:
             self.catalogue.version,
             cfg.config.service.queue_wait_s,
             self.egress,
+            self.sessions,
             self.catalogue.hints,
         )
 
@@ -166,7 +171,7 @@ class Broker:
 
     def _tick(self) -> None:
         self.dues = ()  # if a tick fails, the loop still wakes within a second
-        self.dues = (self.dispatcher.tick(), self.intake.tick())
+        self.dues = (self.dispatcher.tick(), self.intake.tick(), self.sessions.tick())
         now = time.monotonic()
         if now >= self.next_sweep:
             self.next_sweep = now + 1.0
@@ -252,6 +257,12 @@ class Broker:
                 self._reply(client, self.status(rid))
             case m.GrantRequest() | m.RevokeRequest() | m.GrantsRequest() | m.HistoryRequest():
                 self._reply(client, self.policy.admin(request))
+            case m.SessionOpen():
+                self.sessions.open(client, request)  # its reply comes when the session's sandbox is ready
+            case m.SessionClose():
+                self._reply(client, self.sessions.close(client, request))
+            case m.SessionList():
+                self._reply(client, self.sessions.listing(client, request))
 
     # --- workers -------------------------------------------------------------------------------
 
@@ -308,37 +319,7 @@ class Broker:
     # --- status ----------------------------------------------------------------------------------
 
     def status(self, request_id: str) -> m.StatusReply:
-        stats = self.dispatcher.statistics()
-        catalogue = self.catalogue
-        runtimes = catalogue.statuses(stats.warm, stats.busy, stats.starting, self.pools)
-        counters = dict(self.counters)
-        counters["bad_launcher_datagram"] = self.launcher.bad_datagrams
-        counters["client_disconnects"] = self.clients.disconnects + self.clients.dropped
-        counters["client_protocol_errors"] = self.clients.dropped
-        counters["worker_protocol_errors"] = self.workers.dropped
-        counters["client_connections_refused"] = self.clients.refused
-        counters.update(self.intake.counters)
-        counters.update({f"dispatch_{k}": v for k, v in stats.counters.items()})
-        broker_layer = m.LayerStatus(
-            name="broker", active=os.geteuid() != 0, detail=f"uid {os.geteuid()}; validates, queues, redacts, records"
-        )
-        return m.StatusReply(
-            id=request_id,
-            version=VERSION,
-            uptime_s=round(time.monotonic() - self.started, 3),
-            mode=catalogue.mode or "starting",
-            profile=self.profile.name,
-            runtimes=runtimes,
-            layers=[*catalogue.layers, broker_layer],
-            queue=stats.queued,
-            queue_limit=stats.queue_limit,
-            in_flight=stats.in_flight,
-            counters=counters,
-            launcher_generation=catalogue.generation,
-            limits=_limit_values(self.profile.limits),
-            default_environments={n: p.environment for n, p in self.profile.runtimes.items() if p.environment},
-            max_limits=_limit_values(self.profile.max),
-        )
+        return status_reply(request_id, VERSION, self)
 
     def _maybe_ready(self) -> None:
         if self.ready_sent or self.cfg.ready_fd < 0 or not self.catalogue.runtimes:
@@ -357,6 +338,7 @@ class Broker:
     def handle_sigterm(self) -> None:
         if not self.draining:
             self.draining = self.intake.draining = True
+            self.sessions.close_all("the service is stopping")
             self.drain_deadline = time.monotonic() + self.cfg.config.service.drain_s
             _log(
                 f"draining: {self.dispatcher.statistics().in_flight} running, "

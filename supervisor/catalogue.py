@@ -141,6 +141,11 @@ class Catalogue:
         note = f"ran without the default environment {environment!r} ({why})"
         return runtime, m.Finding(rule="environment_missing", line=0, severity="warning", message=note)
 
+    def keeps_state(self, kind: str) -> bool:
+        """Can this kind of worker be a session (keep its interpreter between cells)?"""
+        view = self.runtimes.get(kind)
+        return view is not None and view.info.sessions
+
     def hints(self, kind: str, result: m.ExecuteResult) -> list[m.Finding]:
         """After a run: what to do about a module it lacked, or a package it tried to install."""
         found = []

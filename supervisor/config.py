@@ -70,6 +70,16 @@ class EgressSection(Strict, frozen=True):
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
 
 
+class SessionsSection(Strict, frozen=True):
+    """Sessions: sandboxes that keep their interpreter and /work between cells."""
+
+    enabled: bool = True
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 600.0
+    max_lifetime_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 3600.0
+    per_client: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 4
+    total: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 16
+
+
 class HistorySection(Strict, frozen=True):
     enabled: bool = True
     retention_days: Pos = 30
@@ -83,13 +93,14 @@ class RedactionSection(Strict, frozen=True):
 class Config(Strict, frozen=True):
     service: ServiceSection = ServiceSection()
     # name -> a package environment (``cellblock env build`` installs them)
-    environments: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Environment] = (
-        msgspec.field(default_factory=lambda: {"data": DATA_ENVIRONMENT})
+    environments: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Environment] = msgspec.field(
+        default_factory=lambda: {"data": DATA_ENVIRONMENT}
     )
     cgroups: CgroupSection = CgroupSection()
     policy: PolicySection = PolicySection()
     egress: EgressSection = EgressSection()
     history: HistorySection = HistorySection()
+    sessions: SessionsSection = SessionsSection()
     redaction: RedactionSection = RedactionSection()
 
 

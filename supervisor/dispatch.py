@@ -9,6 +9,12 @@ when the worker dies, a deadline passes, the launcher is lost or the queue
 wait runs out. Results are accepted only from the worker the job was sent
 to, for that job; anything else is counted and dropped.
 
+A session's worker outlives its job: when its result says it is alive the
+worker is held (``HELD``) for the session's next cell, which goes to it
+alone (``submit_to``). It leaves the table when the session ends
+(``release``, which has the launcher kill it) or when it dies; a held
+worker that dies is reported through ``Effects.held_lost``.
+
 Effects go through the ``Effects`` callables, so the logic is unit-tested
 with a fake clock and no processes.
 """
@@ -39,6 +45,7 @@ class WorkerState(enum.Enum):
     STARTING = "starting"
     WARM = "warm"
     BUSY = "busy"
+    HELD = "held"  # a session's, between cells
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Effects:
     kill: Callable[[str, str], None]
     finish: Callable[[Ticket, m.WorkerResult | None, ErrorInfo | None], None]
     reserve: Callable[[m.Reserve], None]
+    held_lost: Callable[[str, str], None] = lambda worker, detail: None  # a session's worker died between cells
 
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,6 +103,7 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     busy: dict[str, int]
     starting: dict[str, int]
     counters: dict[str, int]
+    held: int = 0  # sessions' workers between cells
 
 
 @dataclass
@@ -150,7 +159,7 @@ class Dispatcher:
                 return True
         return False
 
-    def _start(self, entry: WorkerEntry, ticket: Ticket) -> bool:
+    def _start(self, entry: WorkerEntry, ticket: Ticket, taken: bool = True) -> bool:
         now = self.clock()
         entry.state = WorkerState.BUSY
         entry.job = ticket.run_id
@@ -170,12 +179,31 @@ class Dispatcher:
         # a place in the warm pool (runs beyond the pool would queue behind it).
         # The launcher waits for a pause in runs before it does, while enough
         # of the pool is left (supervisor.pool.REFILL_QUIET_S).
-        self.effects.taken(entry.worker_id)
+        # (A session's later cells go to a worker already taken.)
+        if taken:
+            self.effects.taken(entry.worker_id)
         return True
+
+    def submit_to(self, worker_id: str, ticket: Ticket) -> bool:
+        """A session's cell, to the session's held worker; False when it is not held
+        (running another cell, or gone)."""
+        entry = self.workers.get(worker_id)
+        if entry is None or entry.state is not WorkerState.HELD:
+            return False
+        return self._start(entry, ticket, taken=False)
+
+    def release(self, worker_id: str, reason: str) -> None:
+        """A session ended: its worker leaves the table and the launcher kills it."""
+        if self.workers.pop(worker_id, None) is not None:
+            self.effects.kill(worker_id, reason)
 
     def _end(self, ticket: Ticket, result: m.WorkerResult | None, error: ErrorInfo | None) -> None:
         self.running.pop(ticket.run_id, None)
-        if ticket.worker is not None:
+        entry = self.workers.get(ticket.worker) if ticket.worker is not None else None
+        if entry is not None and result is not None and result.alive and ticket.job.session:
+            entry.state = WorkerState.HELD  # the session's next cell goes to it
+            entry.job = None
+        elif ticket.worker is not None:
             self.workers.pop(ticket.worker, None)
         self.counters["finished"] += 1
         self.effects.finish(ticket, result, error)
@@ -254,6 +282,10 @@ class Dispatcher:
         entry = self.workers.get(worker_id)
         if entry is None:
             return
+        if entry.state is WorkerState.HELD:
+            del self.workers[worker_id]
+            self.effects.held_lost(worker_id, detail)
+            return
         ticket = self.running.get(entry.job) if entry.job is not None else None
         if ticket is None:
             self.workers.pop(worker_id, None)
@@ -276,10 +308,15 @@ class Dispatcher:
         report. Forget the idle ones so no job goes to a worker about to exit."""
         for entry in list(self.workers.values()):
             if entry.state is not WorkerState.BUSY:
-                self.workers.pop(entry.worker_id, None)
+                self._forget_idle(entry, "its launcher went away")
         for warm in self.warm.values():
             warm.clear()
         self._fail_reserved("the launcher making this run's sandbox went away; retry")
+
+    def _forget_idle(self, entry: WorkerEntry, detail: str) -> None:
+        self.workers.pop(entry.worker_id, None)
+        if entry.state is WorkerState.HELD:  # it stops with its launcher: the session is over
+            self.effects.held_lost(entry.worker_id, detail)
 
     def new_generation(self, generation: int) -> None:
         """A new launcher, or a new link to the same one. Idle workers of the old
@@ -289,7 +326,7 @@ class Dispatcher:
         self.generation = generation
         for entry in list(self.workers.values()):
             if entry.generation != generation and entry.state is not WorkerState.BUSY:
-                self.workers.pop(entry.worker_id, None)
+                self._forget_idle(entry, "its launcher was replaced")
         for warm in self.warm.values():
             warm.clear()
         self._fail_reserved("the launcher making this run's sandbox was replaced; retry")
@@ -370,10 +407,15 @@ class Dispatcher:
         warm: collections.Counter[str] = collections.Counter()
         busy: collections.Counter[str] = collections.Counter()
         starting: collections.Counter[str] = collections.Counter()
+        held: collections.Counter[str] = collections.Counter()
+        states = {
+            WorkerState.WARM: warm,
+            WorkerState.BUSY: busy,
+            WorkerState.STARTING: starting,
+            WorkerState.HELD: held,
+        }
         for entry in self.workers.values():
-            {WorkerState.WARM: warm, WorkerState.BUSY: busy, WorkerState.STARTING: starting}[entry.state][
-                entry.runtime
-            ] += 1
+            states[entry.state][entry.runtime] += 1
         return Statistics(
             queued=len(self.queue) + len(self.reserved),
             queue_limit=self.queue_limit,
@@ -382,4 +424,5 @@ class Dispatcher:
             busy=dict(busy),
             starting=dict(starting),
             counters=dict(self.counters),
+            held=sum(held.values()),
         )

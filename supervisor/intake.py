@@ -4,6 +4,12 @@
 dispatcher, holds it while its client is at its concurrency limit (when the
 config says to wait), forwards streamed output through the redactor, and
 builds the final result: exactly one per request, whatever happened.
+
+A request that names a session is that session's next cell
+(``supervisor.sessions``): it is admitted like a run (rate, concurrency,
+limits; not grants of paths or network, which a session cannot hold), runs
+in the session's language and under its memory limit, and goes to the
+session's worker alone.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from protocol.errors import CellblockError, ErrorCode, ErrorInfo
 from supervisor import results
 from supervisor.dispatch import Dispatcher, Ticket
 from supervisor.policy import Admitted, Policy, Refused, Resolved, Streams, Wait
+from supervisor.sessions import Session, Sessions
 
 Reply = Callable[[bytes, m.Reply], None]
 Resolve = Callable[[m.ExecuteRequest], Resolved]  # the request's kind of worker, or raises CellblockError
@@ -79,8 +86,10 @@ class Intake:
         version: Callable[[str], str],
         queue_wait_s: float,
         egress: Egress,
+        sessions: Sessions,
         hints: Callable[[str, m.ExecuteResult], list[m.Finding]] = lambda kind, result: [],
     ) -> None:
+        self.sessions = sessions
         self.hints = hints  # what a finished run's output suggests (a module it lacked)
         self.egress = egress
         self.policy = policy
@@ -133,7 +142,17 @@ class Intake:
             message = "a request with this id is already running"
             self._fail(client, request, run_id, ErrorCode.INVALID_REQUEST, message, field="id")
             return
-        match self.policy.admit(client.hex(), request, self.resolve):
+        resolve = self.resolve
+        session = None
+        if request.session:
+            try:
+                session = self.sessions.for_cell(client, request)
+            except CellblockError as exc:
+                self._fail(client, request, run_id, exc.code, exc.message, field=exc.field)
+                return
+            request = msgspec.structs.replace(request, language=session.language, environment=session.environment)
+            resolve = lambda _request: (session.runtime, None)  # noqa: E731 - the session's kind, whatever it asks
+        match self.policy.admit(client.hex(), request, resolve):
             case Refused(client_key=client_key, result=result):
                 if result.status is m.Status.REJECTED and result.error is not None:
                     self.counters[f"rejected_{result.error.code.value}"] += 1
@@ -144,10 +163,13 @@ class Intake:
                 self.waiting[client_key].append(Waiting(client, request, run_id, received, deadline))
                 self.counters["waited_for_concurrency"] += 1
             case Admitted() as admitted:
-                self._dispatch(client, run_id, admitted, received)
+                self._dispatch(client, run_id, admitted, received, session)
 
-    def _dispatch(self, client: bytes, run_id: str, admitted: Admitted, received: float) -> None:
+    def _dispatch(
+        self, client: bytes, run_id: str, admitted: Admitted, received: float, session: Session | None = None
+    ) -> None:
         request = admitted.request
+        fixed = self.policy.profile.fixed
         job = m.Job(
             id=run_id,
             code=request.code,
@@ -155,6 +177,10 @@ class Intake:
             limits=admitted.limits,
             stream=request.stream,
             language=request.language.lower(),
+            files=request.files,
+            artifact_bytes=fixed.artifact_bytes,
+            artifacts_bytes=fixed.artifacts_bytes,
+            artifact_count=fixed.artifact_count,
         )
         state = Request(
             intake=self,
@@ -167,6 +193,8 @@ class Intake:
             capabilities=admitted.capabilities,
         )
         try:
+            if session is not None:
+                job = self._cell_job(job, admitted, session)
             reserve = self._reserve(state, run_id, admitted)
         except CellblockError as exc:
             self.policy.released(admitted.client_key)
@@ -184,13 +212,17 @@ class Intake:
             reserve=reserve,
         )
         self.active[(client, request.id)] = run_id
-        if not self.dispatcher.submit(ticket):
+        if not self._submit(ticket, session):
             self.active.pop((client, request.id), None)
             self.policy.released(admitted.client_key)
             if state.egress:
                 self.egress.close(run_id)
-            message = f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; retry later"
-            self._fail(client, request, run_id, ErrorCode.OVERLOADED, message, admitted.client_key, retry_after_s=1.0)
+            if session is not None:
+                code, message = ErrorCode.SESSION_NOT_FOUND, f"session {session.session_id} ended: its sandbox is gone"
+            else:
+                code = ErrorCode.OVERLOADED
+                message = f"all sandboxes are busy and {self.dispatcher.queue_limit} requests are queued; retry later"
+            self._fail(client, request, run_id, code, message, admitted.client_key, retry_after_s=1.0)
             self._resume(admitted.client_key)  # its place in the client's concurrency is free again
             return
         # The job has gone out (or waits in the queue): the analysis, an AST
@@ -198,6 +230,26 @@ class Intake:
         # worker runs the code instead of before it. Nothing can finish the
         # run before this returns: the broker has one thread.
         state.findings.extend(self.policy.analyse(admitted.runtime, request.code))
+
+    def _cell_job(self, job: m.Job, admitted: Admitted, session: Session) -> m.Job:
+        """A session's cell: its job, under the session's memory limit."""
+        if admitted.reserve:
+            raise CellblockError(
+                ErrorCode.INVALID_REQUEST,
+                "a session's cells cannot use path or network grants; run this code without a session",
+                "capabilities",
+            )
+        limits = msgspec.structs.replace(job.limits, memory_bytes=session.limits.memory_bytes)
+        return msgspec.structs.replace(job, limits=limits, session=True)
+
+    def _submit(self, ticket: Ticket, session: Session | None) -> bool:
+        if session is None:
+            return self.dispatcher.submit(ticket)
+        if not self.dispatcher.submit_to(session.worker, ticket):
+            self.sessions.end(session, "its sandbox is gone")
+            return False
+        self.sessions.cell_started(session)
+        return True
 
     def _reserve(self, state: Request, run_id: str, admitted: Admitted) -> m.Reserve | None:
         """A run with grants gets a worker of its own: the Reserve for it, its egress
@@ -243,6 +295,9 @@ class Intake:
             result = results.from_error(request.id, ticket.run_id, request.language, error, findings=state.findings)
         if state.egress:
             result = msgspec.structs.replace(result, network=self.egress.close(ticket.run_id))
+        if request.session:
+            ended = self.sessions.cell_done(request.session, raw)
+            result = msgspec.structs.replace(result, session=request.session, session_ended=ended)
         self.policy.released(state.client_key)
         self.counters[f"status_{result.status.value}"] += 1
         self.reply(state.client, result)  # first: the history row is not the client's wait

@@ -9,10 +9,14 @@ head and tail a marker saying how many bytes were dropped.
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import Protocol
+
+import msgspec
 
 from protocol import messages as m
 from protocol.errors import ErrorInfo
+from protocol.files import is_text
 
 
 class Redactor(Protocol):
@@ -44,6 +48,37 @@ def assemble(
     return parts[0] + marker(stream, dropped) + parts[1], True, dropped
 
 
+def artifacts(
+    found: list[m.Artifact], redactor: Redactor | None, counts: collections.Counter[str]
+) -> tuple[list[m.Artifact], int]:
+    """The run's files as the client gets them, each with the hash of what the run wrote;
+    text ones redacted as output is. Also: how many passed unscanned (binary)."""
+    out = []
+    unscanned = 0
+    for artifact in found:
+        if artifact.dropped:
+            out.append(artifact)
+            continue
+        digest = hashlib.sha256(artifact.data).hexdigest()
+        data: bytes = artifact.data
+        redactions: dict[str, int] = {}
+        text = None
+        if is_text(artifact.media_type):
+            try:
+                text = artifact.data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        if text is not None and redactor is not None:
+            redacted, redactions = redactor.redact(text)
+            counts.update(redactions)
+            data = redacted.encode("utf-8") if redactions else data
+        elif text is None:
+            unscanned += 1
+        scanned = text is not None and redactor is not None
+        out.append(msgspec.structs.replace(artifact, data=data, sha256=digest, redactions=redactions, scanned=scanned))
+    return out, unscanned
+
+
 def from_worker(
     request_id: str,
     run_id: str,
@@ -60,6 +95,7 @@ def from_worker(
     stderr, err_cut, err_dropped = assemble(
         "stderr", raw.stderr_head, raw.stderr_tail, raw.stderr_total, redactor, counts
     )
+    files, unscanned = artifacts(raw.artifacts, redactor, counts)
     return m.ExecuteResult(
         id=request_id,
         run_id=run_id,
@@ -81,6 +117,9 @@ def from_worker(
         runtime=runtime,
         redactions=dict(counts),
         syscall=raw.syscall,
+        artifacts=files,
+        artifacts_omitted=raw.artifacts_omitted,
+        artifacts_unscanned=unscanned,
     )
 
 

@@ -301,7 +301,7 @@ class Meter:
     def __init__(self, layout: Layout, dirs: dict[str, str]) -> None:
         self.version = layout.version("memory")
         self._dir = dirs.get("memory", "")
-        self._limit_fd = self._peak_fd = self._events_fd = self._memsw_fd = self._cpu_fd = -1
+        self._limit_fd = self._peak_fd = self._events_fd = self._memsw_fd = self._cpu_fd = self._usage_fd = -1
         self._cpu_v2 = False
         self._peak_resettable = False
         self._weight_fd = -1
@@ -326,6 +326,8 @@ class Meter:
             self._peak_fd = os.open(os.path.join(self._dir, peak), os.O_RDWR | os.O_CLOEXEC)
         except OSError:
             self._peak_fd = -1
+        usage = "memory.current" if v2 else "memory.usage_in_bytes"
+        self._usage_fd = os.open(os.path.join(self._dir, usage), os.O_RDONLY | os.O_CLOEXEC)
         events = "memory.events" if v2 else "memory.oom_control"
         self._events_fd = os.open(os.path.join(self._dir, events), os.O_RDONLY | os.O_CLOEXEC)
         if not v2:
@@ -368,6 +370,12 @@ class Meter:
         if self._peak_fd < 0 or not self._peak_resettable:
             return None
         return int(os.pread(self._peak_fd, 64, 0).split()[0])
+
+    def usage(self) -> int | None:
+        """Bytes the worker's processes hold now (a session's, between cells); None without a cgroup."""
+        if self._usage_fd < 0:
+            return None
+        return int(os.pread(self._usage_fd, 64, 0).split()[0])
 
     def set_running(self, running: bool) -> None:
         """Raise the worker's cpu weight once ready; lower it again after the run."""

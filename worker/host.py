@@ -185,6 +185,7 @@ def _kinds(
                 environment=name,
                 packages=environments.packages(manifest) if manifest else list(env.packages),
                 modules=manifest.modules if manifest else [],
+                sessions=runtime.sessions if runtime else False,
             )
         )
         if not reason:

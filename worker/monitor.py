@@ -23,14 +23,17 @@ from protocol import messages as m
 from protocol.messages import Status
 from protocol.wire import worker_codec
 from protocol.zmtp import Dealer, frame_bytes
+from worker import files
 from worker.cgroups import Layout, Meter
 from worker.exits import WorkerExit
-from worker.payload import EXITED, MEMORY_ERROR, READY
+from worker.payload import EXITED, MEMORY_ERROR, QUITTING, READY
 from worker.runtimes.base import Runtime
 
 READ_SIZE = 1 << 16
 WARM_ROUNDS = 16  # enough for 3.11 to quicken (8 calls) and specialise the job path
 PAYLOAD_START_S = 60.0  # an exec'd interpreter (node: 40-170 ms here) has this long to get warm
+INTERRUPT_GRACE_S = 0.5  # a session's cell told to stop (SIGINT) has at least this long before the kill
+CPU_CHECK_S = 0.05  # how often a session's cell's cpu time is read (a one-shot run has RLIMIT_CPU)
 _codec = worker_codec()
 
 
@@ -68,8 +71,13 @@ class Outcome:
         self.status: int | None = None  # a wait status
         self.memory_error = False
         self.reported = False  # the payload's own report ended the run
+        self.cpu_exceeded = False  # a session's cell over its cpu time (the monitor's own check)
+        self.payload_gone = False  # the payload exited (a session's with it)
 
     def take_report(self, report: bytes) -> bool:
+        if report.startswith(QUITTING):
+            self.payload_gone = True  # a session's interpreter exiting (its code said exit)
+            report = report[len(QUITTING) :]
         if report.startswith(MEMORY_ERROR):
             self.memory_error = True
             report = report[len(MEMORY_ERROR) :]
@@ -146,15 +154,20 @@ class Monitor:
         self.cpu_before: int | None = None
         self.setup_ns = 0
         self.rss_before = 0  # without a memory cgroup: what the payload held before the job
+        self.session = False  # the job pipe stays open: the payload waits for the next cell
+        self.cells = 0  # jobs run (a one-shot worker runs one)
+        self.out = files.OutDir()
 
     # --- waiting for the job -------------------------------------------------
 
     def serve(self) -> int:
-        """After ``rehearse`` and the monitor's seccomp filter: ready, one job, one result."""
+        """After ``rehearse`` and the monitor's seccomp filter: ready, one job, one result
+        (or, when the job opens a session, one result per cell until the session ends)."""
         if self.adapter.announces:
             lost = self.await_payload()
             if lost is not None:
                 return lost
+        self.out.make()
         self.arm()
         # Ready workers sleep, so a high weight costs nothing until the job
         # comes, and then the job is not queued behind sandboxes being made.
@@ -163,8 +176,18 @@ class Monitor:
         job = self.wait_job()
         if isinstance(job, int):
             return job
-        result = self.run(job)
-        self.dealer.send(_codec.encode(result))
+        self.session = job.session and self.adapter.sessions
+        while True:
+            result = self.run(job)
+            self.dealer.send(_codec.encode(result))
+            if not result.alive:
+                break
+            # A session between cells: it keeps its memory; only its cpu weight goes down.
+            self.meter.set_running(False)
+            job = self.wait_job()
+            if isinstance(job, int):
+                return job
+            self.meter.set_running(True)
         # The slot's cgroup serves the next worker: back to its idle state.
         # Tearing this sandbox down can wait for other runs.
         self.meter.set_running(False)
@@ -292,51 +315,57 @@ class Monitor:
         rehearsal = self.rehearsing
         if rehearsal:
             self.arm()
+        else:
+            if self.cells:
+                self.arm_cell()
+            self.cells += 1
         if job.limits.memory_bytes != self.limit and not rehearsal:
             self.meter.set_limit(job.limits.memory_bytes)
             self.limit = job.limits.memory_bytes
-        oom_before, cpu_before, setup_ns = self.oom_before, self.cpu_before, self.setup_ns
         # With the worker's cgroup counting its cpu, the run can end at the
         # payload's report instead of waiting for its exit (tearing down a
-        # forked interpreter's address space costs ~0.5-1 ms here).
+        # forked interpreter's address space costs ~0.5-1 ms here). A session's
+        # cell always ends at its report: its interpreter stays.
         # (The rehearsal's report is written by the rehearsal itself, whatever the runtime.)
-        fast = rehearsal or (cpu_before is not None and self.adapter.reports)
+        fast = rehearsal or self.session or (self.cpu_before is not None and self.adapter.reports)
         out, err = Capture(job.limits.output_bytes), Capture(job.limits.output_bytes)
         outcome = Outcome()
+        before: files.Snapshot = {}
+        if not rehearsal:
+            problem = files.place(job.files)
+            if problem:
+                return self._not_run(job, problem)
+            before = self.out.snapshot() if self.cells > 1 else {}
         started = time.monotonic()
-        deadline = started + job.limits.timeout_ms / 1000
         try:
-            _write_all(self.job_w, self.adapter.encode_job(job))
+            _write_all(self.job_w, self.adapter.encode_job(job, self.cells <= 1))
         except BrokenPipeError:
             pass  # the payload died before reading; its exit status says why
-        os.close(self.job_w)
-        self._pump(job, out, err, outcome, deadline, fast)
+        if not self.session:
+            os.close(self.job_w)  # no more jobs: the payload reads to the end
+        self._pump(job, out, err, outcome, started + job.limits.timeout_ms / 1000, fast)
         wall = time.monotonic() - started
-        # End whatever the run left behind, then collect what is still buffered.
-        self._kill(signal.SIGKILL)
+        alive = self.session and outcome.reported and not (outcome.payload_gone or outcome.output_killed)
+        if not alive:
+            # End whatever the run left behind, then collect what is still buffered.
+            self._kill(signal.SIGKILL)
         self._drain(job, out, err)
-        if cpu_before is not None or rehearsal:
-            cpu_ms = ((self.meter.cpu_ns() or cpu_before or 0) - (cpu_before or 0)) / 1e6
-            usage = None
-        else:
-            _reap_all()
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu_ms = max(0.0, (usage.ru_utime + usage.ru_stime) * 1000 - setup_ns / 1e6)
-        peak = self.meter.peak()
-        if peak is None:
-            peak = (usage or resource.getrusage(resource.RUSAGE_CHILDREN)).ru_maxrss * 1024
-            peak = max(0, peak - self.rss_before)
-        oom = self.meter.oom_kills() > oom_before
+        cpu_ms, peak = self._measure(alive, rehearsal)
+        oom = self.meter.oom_kills() > self.oom_before
         marker = self.adapter.oom_marker
         if marker and (marker in err.head or marker in err.tail):
             outcome.memory_error = True  # the runtime's own heap limit, sized from the memory limit
-        status, reason = _classify(outcome, job, cpu_ms, oom)
+        status, reason = _classify(outcome, job, cpu_ms, oom, self.session, alive)
         exit_code = signal_no = None
         if outcome.status is not None:
             if os.WIFSIGNALED(outcome.status):
                 signal_no = os.WTERMSIG(outcome.status)
             else:
                 exit_code = os.WEXITSTATUS(outcome.status)
+        artifacts: list[m.Artifact] = []
+        omitted = 0
+        if not rehearsal:
+            artifacts, omitted = self.out.collect(before, job.artifact_bytes, job.artifacts_bytes, job.artifact_count)
         out_head, out_tail = out.parts()
         err_head, err_tail = err.parts()
         return m.WorkerResult(
@@ -354,6 +383,52 @@ class Monitor:
             wall_ms=round(wall * 1000, 3),
             cpu_ms=round(cpu_ms, 3),
             memory_peak_bytes=peak,
+            artifacts=artifacts,
+            artifacts_omitted=omitted,
+            alive=alive,
+            memory_bytes=(self.meter.usage() or 0) if alive else 0,
+        )
+
+    def arm_cell(self) -> None:
+        """A session's next cell: its meters read afresh (its limit stays the session's)."""
+        self.meter.reset_peak()
+        self.oom_before = self.meter.oom_kills()
+        self.cpu_before = self.meter.cpu_ns()
+        self.setup_ns = _schedstat_ns(self.payload_pid) if self.cpu_before is None else 0
+        self.rss_before = _rss(self.payload_pid) if self.meter.peak() is None else 0
+
+    def _cpu_now(self) -> int:
+        """The run's cpu time so far, in ns: its cgroup's, else the payload's own."""
+        used = self.meter.cpu_ns()
+        if used is not None:
+            return used - (self.cpu_before or 0)
+        return _schedstat_ns(self.payload_pid) - self.setup_ns
+
+    def _measure(self, alive: bool, rehearsal: bool) -> tuple[float, int]:
+        """(cpu ms, peak memory bytes) of the run that just ended."""
+        cpu_before = self.cpu_before
+        usage = None
+        if cpu_before is not None or rehearsal:
+            cpu_ms = ((self.meter.cpu_ns() or cpu_before or 0) - (cpu_before or 0)) / 1e6
+        elif alive:  # a session's cell, no cgroup: the payload's own, from its schedstat
+            cpu_ms = max(0.0, (_schedstat_ns(self.payload_pid) - self.setup_ns) / 1e6)
+        else:
+            _reap_all()
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_ms = max(0.0, (usage.ru_utime + usage.ru_stime) * 1000 - self.setup_ns / 1e6)
+        peak = self.meter.peak()
+        if peak is None:
+            if alive:  # the payload's high-water mark, above what it held before the cell
+                peak = max(0, _rss(self.payload_pid, b"VmHWM:") - self.rss_before)
+            else:
+                peak = (usage or resource.getrusage(resource.RUSAGE_CHILDREN)).ru_maxrss * 1024
+                peak = max(0, peak - self.rss_before)
+        return cpu_ms, peak
+
+    def _not_run(self, job: m.Job, problem: str) -> m.WorkerResult:
+        """The job's files could not be placed: the code does not run (a session goes on)."""
+        return m.WorkerResult(
+            id=job.id, status=Status.ERROR, reason=problem, alive=self.session, stderr_head=problem.encode()
         )
 
     def _pump(self, job: m.Job, out: Capture, err: Capture, outcome: Outcome, deadline: float, fast: bool) -> None:
@@ -362,31 +437,30 @@ class Monitor:
         for fd in (self.stdout_r, self.stderr_r, self.pidfd, self.report_r):
             poller.register(fd, select.POLLIN)
         poller.register(self.dealer.fileno(), select.POLLIN)
-        if stdin:
+        if stdin and self.stdin_w >= 0:
             os.set_blocking(self.stdin_w, False)
             poller.register(self.stdin_w, select.POLLOUT)
-        else:
-            os.close(self.stdin_w)
+        elif self.stdin_w >= 0:
+            os.close(self.stdin_w)  # a session's cells get no stdin (the first closes it)
             self.stdin_w = -1
+        cpu_limit_ns = job.limits.cpu_ms * 1_000_000 if self.session else 0
         killing_at: float | None = None
-        open_pipes = 2
         while True:
             now = time.monotonic()
+            if cpu_limit_ns and killing_at is None and self._cpu_now() > cpu_limit_ns:
+                outcome.cpu_exceeded = True
+                deadline = now
             limit = killing_at if killing_at is not None else deadline
-            timeout_ms = max(0, int((limit - now) * 1000) + 1)
-            events = poller.poll(timeout_ms)
-            if not events and time.monotonic() >= limit:
-                if killing_at is None:
-                    outcome.timed_out = True
-                    self._kill(signal.SIGTERM)
-                    killing_at = time.monotonic() + self.kill_grace
-                else:
-                    self._kill(signal.SIGKILL)
-                    killing_at = time.monotonic() + 5.0
+            if cpu_limit_ns and killing_at is None:
+                limit = min(limit, now + CPU_CHECK_S)
+            events = poller.poll(max(0, int((limit - now) * 1000) + 1))
+            if not events and time.monotonic() >= (killing_at if killing_at is not None else deadline):
+                killing_at = self._stop(outcome, killing_at)
                 continue
             for fd, _ in events:
                 if fd == self.pidfd:
                     _, status = os.waitpid(self.payload_pid, 0)
+                    outcome.payload_gone = True
                     if not outcome.reported:
                         outcome.status = status
                         self._read_report(outcome)
@@ -394,7 +468,7 @@ class Monitor:
                 if fd == self.report_r:
                     if not self._read_report(outcome):
                         poller.unregister(fd)
-                    elif fast and not outcome.timed_out:
+                    elif outcome.reported and fast and (self.session or not outcome.timed_out):
                         return
                 elif fd == self.stdin_w:
                     stdin = self._feed_stdin(stdin, poller)
@@ -408,12 +482,29 @@ class Monitor:
                     data = self._read(fd)
                     if not data:
                         poller.unregister(fd)
-                        open_pipes -= 1
                         continue
                     self._take(job, capture, "stdout" if capture is out else "stderr", data)
                     if out.total + err.total > self.output_kill_bytes and not outcome.output_killed:
                         outcome.output_killed = True
                         self._kill(signal.SIGKILL)
+
+    def _stop(self, outcome: Outcome, killing_at: float | None) -> float:
+        """The deadline (or the cpu limit) passed: ask the run to stop, then make it.
+        A one-shot run gets SIGTERM, a session's cell SIGINT (its process group:
+        the interpreter and what the cell started); SIGKILL after the grace."""
+        now = time.monotonic()
+        if killing_at is not None:
+            self._kill(signal.SIGKILL)
+            return now + 5.0
+        outcome.timed_out = True
+        if not self.session:
+            self._kill(signal.SIGTERM)
+            return now + self.kill_grace
+        try:
+            os.killpg(self.payload_pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        return now + max(self.kill_grace, INTERRUPT_GRACE_S)
 
     def _read(self, fd: int) -> bytes:
         """Read into one buffer kept for the monitor's life: a fresh 64 KiB
@@ -515,11 +606,11 @@ def warm_job_path(adapter: Runtime, rounds: int = WARM_ROUNDS) -> None:
         theirs.close()
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int, field: bytes = b"VmRSS:") -> int:
     try:
         with open(f"/proc/{pid}/status", "rb") as src:
             for line in src:
-                if line.startswith(b"VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -541,11 +632,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _classify(outcome: Outcome, job: m.Job, cpu_ms: float, oom: bool) -> tuple[Status, str]:
+def _classify(
+    outcome: Outcome, job: m.Job, cpu_ms: float, oom: bool, session: bool = False, alive: bool = False
+) -> tuple[Status, str]:
     if outcome.output_killed:
-        return Status.OUTPUT_LIMIT, "output over the kill threshold"
+        return Status.OUTPUT_LIMIT, "output over the kill threshold" + ("; the session ended" if session else "")
     if outcome.timed_out:
-        return Status.TIMEOUT, f"wall clock limit of {job.limits.timeout_ms} ms"
+        limit = (
+            f"cpu time limit of {job.limits.cpu_ms} ms"
+            if outcome.cpu_exceeded
+            else (f"wall clock limit of {job.limits.timeout_ms} ms")
+        )
+        if not session:
+            return Status.TIMEOUT, limit
+        if alive:
+            return Status.TIMEOUT, f"{limit}: the cell was interrupted; the session goes on"
+        return Status.TIMEOUT, f"{limit}: the cell did not stop when interrupted; the session ended"
+    status, reason = _classify_exit(outcome, job, cpu_ms, oom)
+    if session and not alive:
+        reason = f"{reason}; the session ended" if reason else "the session ended"
+    return status, reason
+
+
+def _classify_exit(outcome: Outcome, job: m.Job, cpu_ms: float, oom: bool) -> tuple[Status, str]:
     status = outcome.status
     if status is None:
         return Status.INTERNAL_ERROR, "payload status unknown"

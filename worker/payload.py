@@ -31,10 +31,12 @@ STDIN, STDOUT, STDERR, JOB, REPORT = 0, 1, 2, 3, 4
 # leading b"M" when it ran out of memory under the rlimit fallback. It is
 # untrusted (the code could write it), so it can only end the run early with
 # an exit code of the code's choosing; cpu, memory and deadlines come from
-# the kernel and the monitor.
+# the kernel and the monitor. A session's interpreter reports each cell
+# the same way.
 READY = b"R"  # warm, waiting for the job (the monitor says Ready only after it)
 EXITED = b"X"
 MEMORY_ERROR = b"M"
+QUITTING = b"Q"  # before the rest: a session's interpreter is exiting after this cell
 # The code's whole environment. Each zygote takes it as its own at start
 # (worker/zygote.py), so every payload inherits exactly this.
 ENVIRONMENT = {
@@ -71,13 +73,25 @@ def _arrange(fds: PayloadFds, exec_runtime: bool) -> None:
     sc.close_range(5)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_exactly(fd: int, count: int) -> bytes:
     chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 16)  # a larger buffer is a fresh mmap, faulted in per run
+    while count:
+        chunk = os.read(fd, min(count, 1 << 16))  # a larger buffer is a fresh mmap, faulted in per run
         if not chunk:
-            return b"".join(chunks)
+            break
         chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_job(fd: int = JOB) -> Job | None:
+    """The next job on the job pipe: a 4-byte length, then the job (``Runtime.encode_job``);
+    None at the pipe's end (the monitor closed it: no more jobs)."""
+    head = _read_exactly(fd, 4)
+    if len(head) < 4:
+        return None
+    body = _read_exactly(fd, int.from_bytes(head, "little"))
+    return _job_decoder.decode(body)
 
 
 def _setup(
@@ -169,6 +183,12 @@ class BecomePayload(BaseException):
         become_payload(*arguments)
 
 
+def report(runtime: Runtime, code: int, memory_fallback: bool) -> None:
+    """The end of a job (or of a session's cell), on the report pipe."""
+    os.write(REPORT, (MEMORY_ERROR if memory_fallback and runtime.memory_error else b"") + EXITED + b"%d" % code)
+    runtime.memory_error = False
+
+
 def become_payload(
     fds: PayloadFds, runtime: Runtime, profile: Profile, program: list[sc.CompiledFilter] | None, memory_fallback: bool
 ) -> NoReturn:
@@ -184,15 +204,18 @@ def become_payload(
             child = runtime.spawn_interpreter(profile)
             code = int(WorkerExit.INTERNAL)
         os.write(REPORT, READY)
-        data = _read_all(JOB)
-        if not data:
+        job = read_job()
+        if job is None:
             os._exit(WorkerExit.DONE)  # the monitor closed the pipe without a job
-        job = _job_decoder.decode(data)
         memory = job.limits.memory_bytes + runtime.address_space_allowance
-        rlimits.apply_job(job.limits.cpu_ms, memory, memory_fallback, child)
-        forget_the_worker(type(runtime).__module__)
-        code = runtime.run_child(child, job) if child else runtime.run(job)
-        report = (MEMORY_ERROR if memory_fallback and runtime.memory_error else b"") + EXITED + b"%d" % code
-        os.write(REPORT, report)
+        if job.session and runtime.sessions and not child:
+            rlimits.apply_session(memory, memory_fallback)
+            forget_the_worker(type(runtime).__module__)
+            code = runtime.serve_session(job, read_job, lambda cell: report(runtime, cell, memory_fallback))
+        else:
+            rlimits.apply_job(job.limits.cpu_ms, memory, memory_fallback, child)
+            forget_the_worker(type(runtime).__module__)
+            code = runtime.run_child(child, job) if child else runtime.run(job)
+            report(runtime, code, memory_fallback)
     finally:
         os._exit(code)

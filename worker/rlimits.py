@@ -40,10 +40,22 @@ def apply_payload(profile: Profile, memory_fallback: bool, allowance: int = 0) -
     _set(resource.RLIMIT_MSGQUEUE, 0)
     _set(resource.RLIMIT_MEMLOCK, 64 * 1024)
     # SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
+    # The hard limit leaves room for a session (``apply_session``); a one-shot
+    # job lowers both to its own (``apply_job``).
     max_cpu = cpu_seconds(profile.max.cpu_ms)
-    _set(resource.RLIMIT_CPU, max_cpu, max_cpu + 1)
+    _set(resource.RLIMIT_CPU, max_cpu, max(max_cpu, fixed.session_cpu_s) + 1)
     if memory_fallback:
         _set(resource.RLIMIT_AS, profile.max.in_bytes().memory_bytes + allowance)
+
+
+def apply_session(memory_bytes: int, memory_fallback: bool) -> None:
+    """A session's payload: its cpu time over every cell up to the profile's
+    ``session_cpu_s`` (each cell's own is the monitor's to watch), and its memory."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        _set(resource.RLIMIT_CPU, max(1, hard - 1), hard)
+    if memory_fallback:
+        _set(resource.RLIMIT_AS, memory_bytes)
 
 
 def apply_job(cpu_ms: int, memory_bytes: int, memory_fallback: bool, pid: int = 0) -> None:

@@ -12,6 +12,7 @@ import re
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAME = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
+
 def literal(host: str) -> IP | None:
     try:
         return ipaddress.ip_address(host)

@@ -414,4 +414,3 @@ def main() -> int:
         drop_privileges(cfg.drop_to)
     asyncio.run(Proxy(cfg).serve())
     return 0
-

@@ -134,6 +134,10 @@ def _language(request: m.ExecuteRequest) -> tuple[m.ExecuteRequest, m.Finding | 
     return msgspec.structs.replace(request, language=guess.language), finding
 
 
+def _record(name: str, data: bytes) -> m.FileRecord:
+    return m.FileRecord(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
 def _rate_limited(message: str, retry_after_s: float) -> m.ExecuteResult:
     error = ErrorInfo(code=ErrorCode.RATE_LIMITED, message=message)
     return _refusal(m.Status.RATE_LIMITED, error, retry_after_s=retry_after_s)
@@ -213,6 +217,23 @@ class Policy:
         self.limiter.start(key)
         return Admitted(key, request, runtime, limits, notes, needs, binds, net)
 
+    def session_limits(self, key: str, request: m.SessionOpen) -> m.JobLimits:
+        """A session's limits (memory for the whole session, the rest each cell's
+        default); above the profile's defaults only with a grant, as for a run."""
+        limits, above_default = validation.resolve_limits(self.profile, request.limits)
+        if above_default:
+            held = grants.usable(self.store.grants(key), request.conversation_id)
+            lacking = [need for need in above_default if grants.covering(held, need) is None]
+            if lacking:
+                names = ", ".join(grants.describe(c) for c in lacking)
+                raise CellblockError(
+                    ErrorCode.PERMISSION_REQUIRED,
+                    f"this session needs {names}, which client {key!r} does not hold; "
+                    f"grant it with: cellblock grant {key} {grants.describe(lacking[0])}",
+                    "limits",
+                )
+        return limits
+
     def analyse(self, runtime: str, code: str) -> list[m.Finding]:
         """Static findings about the code: reported with the result, never a reason to refuse."""
         return findings_mod.analyse(runtime.split(":")[0], code)
@@ -281,6 +302,11 @@ class Policy:
                 findings=sorted({f.rule for f in result.findings}),
                 capabilities=capabilities,
                 network=result.network,
+                files_in=[_record(name, data) for name, data in request.files.items()],
+                files_out=[
+                    m.FileRecord(name=a.name, size=a.size, sha256=a.sha256, scanned=a.scanned) for a in result.artifacts
+                ],
+                session=request.session,
             )
         )
 

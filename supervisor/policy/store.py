@@ -35,7 +35,10 @@ CREATE TABLE IF NOT EXISTS runs (
     redactions TEXT NOT NULL,
     findings TEXT NOT NULL,
     capabilities TEXT NOT NULL,
-    network TEXT NOT NULL
+    network TEXT NOT NULL,
+    session TEXT NOT NULL DEFAULT '',
+    files_in TEXT NOT NULL DEFAULT '[]',
+    files_out TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 CREATE INDEX IF NOT EXISTS runs_client ON runs (client_id, started);
@@ -51,6 +54,20 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE INDEX IF NOT EXISTS grants_client ON grants (client_id);
 """
 PRUNE_EVERY = 200
+# Columns added since the first schema: a database made before them gets them
+# (ALTER TABLE), so an upgrade keeps its history.
+ADDED = {
+    "session": "TEXT NOT NULL DEFAULT ''",
+    "files_in": "TEXT NOT NULL DEFAULT '[]'",
+    "files_out": "TEXT NOT NULL DEFAULT '[]'",
+}
+COLUMNS = (
+    "run_id, started, finished, client_id, conversation_id, language, code_bytes, code_sha256, status, "
+    "exit_code, wall_ms, cpu_ms, memory_peak_bytes, stdout_truncated, stderr_truncated, redactions, findings, "
+    "capabilities, network, session, files_in, files_out"
+)
+PLACEHOLDERS = ",".join("?" * len(COLUMNS.split(",")))
+_files = msgspec.json.Decoder(list[m.FileRecord])
 
 
 class Store:
@@ -61,6 +78,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+        for column, declaration in ADDED.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {declaration}")
         os.chmod(self.path, 0o600)
         self.clock = clock
         self.retention_s = retention_days * 86400
@@ -81,7 +102,7 @@ class Store:
 
     def record(self, entry: m.HistoryEntry) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO runs ({COLUMNS}) VALUES ({PLACEHOLDERS})",  # noqa: S608 - fixed names
             (
                 entry.run_id,
                 entry.started,
@@ -102,6 +123,9 @@ class Store:
                 json.dumps(entry.findings),
                 msgspec.json.encode(entry.capabilities).decode(),
                 msgspec.json.encode(entry.network).decode(),
+                entry.session,
+                msgspec.json.encode(entry.files_in).decode(),
+                msgspec.json.encode(entry.files_out).decode(),
             ),
         )
         self._inserts += 1
@@ -138,7 +162,7 @@ class Store:
             where.append("started <= ? AND (started < ? OR run_id < ?)")
             args += [query.before, query.before, query.before_run_id]
         # Only fixed column names are joined in; every value is a bound parameter.
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
+        sql = f"SELECT {COLUMNS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
         sql += " ORDER BY started DESC, run_id DESC LIMIT ?"
         args.append(query.limit)
         entries = []
@@ -164,6 +188,9 @@ class Store:
                     findings=json.loads(row[16]),
                     capabilities=msgspec.json.decode(row[17], type=list[m.Capability]),
                     network=msgspec.json.decode(row[18], type=list[m.NetDecision]),
+                    session=row[19],
+                    files_in=_files.decode(row[20]),
+                    files_out=_files.decode(row[21]),
                 )
             )
         return entries

@@ -14,6 +14,7 @@ import msgspec
 
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode
+from protocol.files import name_problem
 from protocol.profile import MiB, Profile
 from supervisor.policy.grants import path_covers
 
@@ -37,6 +38,32 @@ def check_sizes(profile: Profile, request: m.ExecuteRequest) -> None:
             ErrorCode.TOO_LARGE,
             f"stdin is {stdin_bytes} bytes; this profile takes at most {fixed.stdin_bytes}",
             "stdin",
+        )
+    check_files(profile, request.files)
+
+
+def check_files(profile: Profile, files: dict[str, bytes]) -> None:
+    """A request's files: how many, how large, and names that stay inside /work."""
+    fixed = profile.fixed
+    if len(files) > fixed.file_count:
+        raise CellblockError(
+            ErrorCode.TOO_LARGE, f"{len(files)} files; this profile takes at most {fixed.file_count}", "files"
+        )
+    total = 0
+    for name, data in files.items():
+        problem = name_problem(name)
+        if problem:
+            raise CellblockError(ErrorCode.INVALID_REQUEST, f"file name {name!r} {problem}", f"files[{name!r}]")
+        if len(data) > fixed.file_bytes:
+            raise CellblockError(
+                ErrorCode.TOO_LARGE,
+                f"file {name!r} is {len(data)} bytes; this profile takes at most {fixed.file_bytes} per file",
+                f"files[{name!r}]",
+            )
+        total += len(data)
+    if total > fixed.files_bytes:
+        raise CellblockError(
+            ErrorCode.TOO_LARGE, f"the files are {total} bytes; this profile takes at most {fixed.files_bytes}", "files"
         )
 
 

@@ -12,6 +12,7 @@ import msgspec
 
 from protocol import messages as m
 from protocol.client import Client, ServiceError, service_answers
+from protocol.files import name_problem
 from protocol.profile import ConfigError, MiB
 from protocol.wire import to_json
 from supervisor.tools import envs
@@ -64,9 +65,44 @@ def _summary(result: m.ExecuteResult) -> str:
     for d in result.network:
         verdict = f"allowed in={d.bytes_in}B out={d.bytes_out}B" if d.allowed else f"denied ({d.reason})"
         parts.append(f"net {d.host}:{d.port} {verdict}")
+    if result.artifacts:
+        parts.append("files=" + ",".join(_artifact_note(a) for a in result.artifacts))
+    if result.session:
+        parts.append(f"session={result.session}" + (" (ended)" if result.session_ended else ""))
     if result.error is not None:
         parts.append(f"error={result.error.code.value}: {result.error.message}")
     return "[cellblock] " + " ".join(parts)
+
+
+def _artifact_note(artifact: m.Artifact) -> str:
+    size = f"{artifact.size / 1024:.1f}KiB" if artifact.size >= 1024 else f"{artifact.size}B"
+    return f"{artifact.name}({size}{', not sent: over the cap' if artifact.dropped else ''})"
+
+
+def _files_in(specs: list[str]) -> dict[str, bytes]:
+    """--file PATH (named by its base name in /work) or --file NAME=PATH."""
+    files = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = os.path.basename(spec), spec
+        with open(path, "rb") as src:
+            files[name] = src.read()
+    return files
+
+
+def _save_artifacts(result: m.ExecuteResult, folder: str) -> None:
+    """--out DIR: each artifact written under DIR (names as the broker checked them, checked again)."""
+    for artifact in result.artifacts:
+        problem = name_problem(artifact.name)
+        if artifact.dropped or problem:
+            why = problem or f"over the profile's cap ({artifact.size} bytes)"
+            print(f"cellblock: {artifact.name}: not saved: {why}", file=sys.stderr)
+            continue
+        target = os.path.join(folder, *artifact.name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as out:
+            out.write(artifact.data)
 
 
 def _exit_code(result: m.ExecuteResult) -> int:
@@ -84,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_bytes=int(args.memory * MiB) if args.memory else None,
     )
     stdin = _read_code(args.stdin) if args.stdin else ""
+    files = _files_in(args.files)
     on_chunk = None
     if args.stream and not args.json:
 
@@ -102,8 +139,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             client_id=args.client_id or "cli",
             conversation_id=args.conversation,
             environment=args.env,
+            session=args.session,
+            files=files,
             on_chunk=on_chunk,
         )
+        if args.out:
+            _save_artifacts(result, args.out)
         if args.json:
             sys.stdout.buffer.write(to_json(result) + b"\n")
         else:
@@ -113,7 +154,56 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(_summary(result), file=sys.stderr)
         return _exit_code(result)
 
-    return _with_service(args, run)
+    return _with_service(args, run, daemon=bool(args.session))
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+
+def _print_session(s: m.SessionInfo) -> None:
+    env = f" env {s.environment}" if s.environment else ""
+    conversation = f" conversation {s.conversation_id}" if s.conversation_id else ""
+    print(
+        f"{s.session}  {s.language}{env}  {s.state}  client {s.client_id}{conversation}  cells {s.cells}  "
+        f"age {s.age_s:.0f}s  idle {s.idle_s:.0f}s  "
+        f"mem {s.memory_bytes / MiB:.1f}/{s.memory_limit_bytes / MiB:.0f}MiB  "
+        f"(ends after {s.idle_timeout_s:.0f}s idle, {s.max_lifetime_s:.0f}s in all)"
+    )
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    client_id = args.client_id or "cli"
+
+    def action(client: Client) -> int:
+        if args.action == "open":
+            limits = m.Limits(
+                timeout_ms=int(args.timeout * 1000) if args.timeout else None,
+                memory_bytes=int(args.memory * MiB) if args.memory else None,
+            )
+            info = client.session_open(
+                args.language,
+                environment=args.env,
+                limits=limits,
+                client_id=client_id,
+                conversation_id=args.conversation,
+            )
+            print(info.session)
+            _print_session(info)
+        elif args.action == "close":
+            if not args.session:
+                print("cellblock: session close needs the session's id", file=sys.stderr)
+                return 2
+            client.session_close(args.session, client_id=client_id)
+            print(f"closed {args.session}")
+        else:
+            sessions = client.sessions(client_id=client_id)
+            for info in sessions:
+                _print_session(info)
+            if not sessions:
+                print(f"no sessions for client {client_id!r}")
+        return 0
+
+    return _with_service(args, action, daemon=True)
 
 
 # --- serve, status ----------------------------------------------------------------------------
@@ -175,6 +265,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("sandbox layers:")
     for layer in status.layers:
         print(f"  [{'on ' if layer.active else 'off'}] {layer.name:<12} {layer.detail}")
+    if status.sessions:
+        print(f"sessions: {len(status.sessions)}")
+        for session in status.sessions:
+            _print_session(session)
     interesting = {k: v for k, v in sorted(status.counters.items()) if v}
     if interesting:
         print("counters: " + ", ".join(f"{k}={v}" for k, v in interesting.items()))
@@ -184,13 +278,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --- grants, history, export ------------------------------------------------------------------
 
 
-def _with_service(args: argparse.Namespace, action: Callable[[Client], int]) -> int:
-    """Run ``action`` against the running service, or an embedded one (same state dir)."""
+def _with_service(args: argparse.Namespace, action: Callable[[Client], int], daemon: bool = False) -> int:
+    """Run ``action`` against the running service, or an embedded one (same state dir);
+    ``daemon``: only a running service will do (a session outlives this command)."""
     path = _socket_path(args)
     embedded = None
     if not service_answers(path):
-        if args.socket:
+        if args.socket or daemon:
             print(f"cellblock: no service answers on {path}", file=sys.stderr)
+            if daemon:
+                print(
+                    "cellblock: sessions live in a running service: start one with `cellblock serve`", file=sys.stderr
+                )
             return EXIT_NOT_RUN
         from supervisor.tools.embedded import Embedded, EmbeddedError
 
@@ -357,7 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service(sub)
     _add_admin(sub)
     envs.add_parser(sub)
+    _add_session(sub)
     return parser
+
+
+def _add_session(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    session = sub.add_parser(
+        "session", help="sessions: one sandbox whose variables and /work last between runs (open, list, close)"
+    )
+    session.add_argument("action", choices=["open", "list", "close"])
+    session.add_argument("session", nargs="?", default="", help="the session to close")
+    session.add_argument("--language", "-l", default="python", help="open: python, javascript or bash")
+    session.add_argument("--env", default="", metavar="NAME", help="open: a package environment")
+    session.add_argument("--timeout", type=_positive, help="open: each cell's default wall-clock limit, seconds")
+    session.add_argument("--memory", type=_positive, help="open: the session's memory limit in MiB")
+    session.add_argument("--conversation", default="", help="open: the conversation the session belongs to")
+    session.add_argument("--client-id", default="")
+    _common(session)
+    session.set_defaults(func=cmd_session)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -374,6 +490,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--stream", action="store_true", help="print output as it is produced")
     run.add_argument("--client-id", default="")
+    run.add_argument("--session", default="", help="run as the next cell of this session (cellblock session open)")
+    run.add_argument(
+        "--file",
+        dest="files",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="hand a file in: written into /work (as NAME, or its base name) before the code runs",
+    )
+    run.add_argument("--out", metavar="DIR", help="write the files the run left in /work/out into DIR")
     run.add_argument(
         "--cap",
         action="append",

@@ -350,9 +350,7 @@ def run(
 def scorecard(outcomes: list[Outcome]) -> dict[str, dict[str, int]]:
     card: dict[str, dict[str, int]] = {}
     for outcome in outcomes:
-        row = card.setdefault(
-            outcome.category, {"cases": 0, "safe": 0, "escaped": 0, "inconclusive": 0, "skipped": 0}
-        )
+        row = card.setdefault(outcome.category, {"cases": 0, "safe": 0, "escaped": 0, "inconclusive": 0, "skipped": 0})
         row["cases"] += 1
         row[outcome.verdict] += 1
     return card

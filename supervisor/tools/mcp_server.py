@@ -8,10 +8,21 @@ session, and a grant the user makes for the id a refusal names reaches the
 session's next call. A run that failed, timed out or was refused comes back with
 ``isError`` set and a message a model can act on; ``permission_required``
 says exactly what the user must grant.
+
+State is opt-in: ``keep_state=true`` runs the code in the caller's
+session for that language (opened on first use, one per MCP client and
+language): variables, imports and /work carry over between such calls,
+and the value of the last expression is shown. A boolean is what a model
+uses correctly; it never handles a session id. Files go in as a list of
+{name, content, encoding}; what the run leaves in /work/out comes back as
+image content (pictures) and embedded resources (other files), or by name
+and size when over the cap.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import uuid
@@ -20,12 +31,20 @@ from typing import Annotated, Any, Literal, TypedDict
 
 import msgspec
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, TextContent
-from pydantic import Field
+from mcp_types import (
+    BlobResourceContents,
+    CallToolResult,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
+from pydantic import BaseModel, Field
 
 from protocol import messages as m
-from protocol.client import AsyncClient
+from protocol.client import AsyncClient, ServiceError
 from protocol.errors import ErrorCode, ErrorInfo
+from protocol.files import is_text
 from protocol.profile import MiB
 from supervisor.policy.validation import MINIMUM
 
@@ -89,11 +108,57 @@ def format_result(result: m.ExecuteResult) -> str:
     return "\n".join(lines)
 
 
-def tool_result(result: m.ExecuteResult) -> CallToolResult:
+def _file_lines(result: m.ExecuteResult) -> list[str]:
+    lines = []
+    for artifact in result.artifacts:
+        note = " (over the size cap: not sent)" if artifact.dropped else ""
+        lines.append(f"file /work/out/{artifact.name}: {artifact.media_type}, {artifact.size} bytes{note}")
+    if result.artifacts_omitted:
+        lines.append(f"({result.artifacts_omitted} more files in /work/out, not listed)")
+    if result.session:
+        lines.append(
+            "the session ended with this call: its state is gone"
+            if result.session_ended
+            else "state kept: the next call with keep_state=true continues from here"
+        )
+    return lines
+
+
+def _file_blocks(result: m.ExecuteResult) -> list[ImageContent | EmbeddedResource]:
+    """The run's files as MCP content: pictures as images, text as text, the rest as blobs."""
+    blocks: list[ImageContent | EmbeddedResource] = []
+    for artifact in result.artifacts:
+        if artifact.dropped:
+            continue
+        encoded = base64.b64encode(artifact.data).decode("ascii")
+        uri = f"cellblock://{result.run_id}/out/{artifact.name}"
+        if artifact.media_type.startswith("image/") and artifact.media_type != "image/svg+xml":
+            blocks.append(ImageContent(type="image", data=encoded, mime_type=artifact.media_type))
+            continue
+        try:
+            text = artifact.data.decode("utf-8") if is_text(artifact.media_type) else None
+        except UnicodeDecodeError:
+            text = None
+        resource: TextResourceContents | BlobResourceContents = (
+            TextResourceContents(uri=uri, mime_type=artifact.media_type, text=text)
+            if text is not None
+            else BlobResourceContents(uri=uri, mime_type=artifact.media_type, blob=encoded)
+        )
+        blocks.append(EmbeddedResource(type="resource", resource=resource))
+    return blocks
+
+
+def tool_result(result: m.ExecuteResult, note: str = "") -> CallToolResult:
     structured = msgspec.to_builtins(result)
     structured.pop("type", None)
+    # The files' bytes travel as content blocks; the structured result names them.
+    structured["artifacts"] = [
+        {"name": a.name, "size": a.size, "media_type": a.media_type, "dropped": a.dropped, "sha256": a.sha256}
+        for a in result.artifacts
+    ]
+    text = "\n".join([*([note] if note else []), format_result(result), *_file_lines(result)])
     return CallToolResult(
-        content=[TextContent(type="text", text=format_result(result))],
+        content=[TextContent(type="text", text=text), *_file_blocks(result)],
         structured_content=structured,
         is_error=result.status is not OK,
     )
@@ -116,9 +181,14 @@ def _describe(status: m.StatusReply) -> str:
     return (
         "Run code in a fresh, isolated sandbox and get back its stdout, stderr, exit status and resource use. "
         f"Languages: {languages}. {_packages(status)}"
-        "Each call starts from nothing: no files, variables or processes survive between calls "
-        "(write to /work or /tmp within one call only). There is no network access and no "
-        "access to the user's files unless the user has granted it. "
+        "By default each call starts from nothing. With keep_state=true the call runs in your session for "
+        "that language instead: variables, imports, functions and files in /work stay for the next "
+        "keep_state=true call (like notebook cells; the last expression's value is shown), until "
+        f"{_minutes(status.session_idle_timeout_s)} without a call. Use it for step-by-step work; a call that "
+        "times out is interrupted and the state is kept. Files you pass in (files) are written into /work "
+        "before the code runs. Save plots and files to /work/out to get them back "
+        "(matplotlib figures left open or shown come back as PNG images by themselves). "
+        "There is no network access and no access to the user's files unless the user has granted it. "
         f"Limits per call: {limits.get('timeout_ms', 10000) / 1000:g} s wall clock by default "
         f"(up to {most.get('timeout_ms', 60000) / 1000:g} s if the user grants it), "
         f"{limits.get('memory_bytes', 256 * MiB) // MiB} MiB memory, output kept up to "
@@ -126,6 +196,78 @@ def _describe(status: m.StatusReply) -> str:
         "Print what you need to see; the result is marked as an error when the code fails, times out or "
         "is refused, with a message saying why."
     )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
+
+
+class FileIn(BaseModel):
+    """A file to write into /work before the code runs."""
+
+    name: Annotated[str, Field(description="Its path under /work, e.g. 'data.csv' or 'input/a.json'.")]
+    content: Annotated[str, Field(description="Its content: text, or base64 when encoding is 'base64'.")]
+    encoding: Literal["text", "base64"] = "text"
+
+
+def _files(given: list[FileIn]) -> dict[str, bytes] | m.ExecuteResult:
+    files = {}
+    for item in given:
+        if item.name in files:
+            return _refused("files", f"file {item.name!r} is given twice")
+        try:
+            files[item.name] = (
+                base64.b64decode(item.content, validate=True) if item.encoding == "base64" else item.content.encode()
+            )
+        except (binascii.Error, ValueError):
+            return _refused("files", f"file {item.name!r}: content is not valid base64")
+    return files
+
+
+KeepState = Annotated[
+    bool,
+    Field(
+        description="true: run in your session for this language, where variables, imports and files "
+        "in /work from earlier keep_state=true calls are still there. false: a fresh sandbox."
+    ),
+]
+Files = Annotated[list[FileIn], Field(description="Files written into /work before the code runs.")]
+
+
+class Sessions:
+    """The session each MCP client keeps per language and environment (``keep_state``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.open: dict[tuple[str, str, str], str] = {}
+
+    async def run(self, key: tuple[str, str, str], code: str, **options: Any) -> tuple[m.ExecuteResult, str]:
+        """Run in the key's session (opened when it has none, or its last one ended);
+        also a note when a new session had to be started."""
+        note = ""
+        for attempt in range(2):
+            session = self.open.get(key)
+            if session is None:
+                client_id, language, environment = key
+                try:
+                    info = await self.client.session_open(language, environment=environment, client_id=client_id)
+                except ServiceError as exc:
+                    return m.ExecuteResult(id="", status=m.Status.REJECTED, error=exc.error), ""
+                session = self.open[key] = info.session
+                note = "(a new session was started: nothing from earlier calls is defined in it)" if attempt else ""
+            result = await self.client.execute(code, session=session, client_id=key[0], **options)
+            lost = result.error is not None and result.error.code is ErrorCode.SESSION_NOT_FOUND
+            if result.session_ended or lost:
+                self.open.pop(key, None)
+            if not lost:
+                return result, note
+        return result, note
+
+    async def close_all(self) -> None:
+        for (client_id, _, _), session in list(self.open.items()):
+            with contextlib.suppress(ServiceError):
+                await self.client.session_close(session, client_id=client_id)
+        self.open.clear()
 
 
 class RunResult(TypedDict, total=False):
@@ -151,6 +293,9 @@ class RunResult(TypedDict, total=False):
     redactions: dict[str, int]
     network: list[dict[str, Any]]
     run_id: str
+    artifacts: list[dict[str, Any]]  # files left in /work/out: {name, size, media_type, dropped, sha256}
+    session: str  # set when the call ran with keep_state
+    session_ended: bool
 
 
 class Identity:
@@ -203,12 +348,14 @@ def _capabilities(asked: list[str]) -> list[m.Capability] | m.ExecuteResult:
 def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPServer:
     client = AsyncClient(socket_path)
     identity = Identity(client_id)
+    sessions = Sessions(client)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
         try:
             yield None
         finally:
+            await sessions.close_all()
             client.close()
 
     server: MCPServer = MCPServer(
@@ -240,19 +387,28 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
             ),
         ] = [],  # noqa: B006 - never mutated; the schema shows the default
         environment: str = "",  # its schema (an enum of the built environments) is set below
+        keep_state: KeepState = False,
+        files: Files = [],  # noqa: B006 - never mutated; the schema shows the default
     ) -> Annotated[CallToolResult, RunResult]:
-        limits = _limits(timeout, floor_ms)
-        caps = _capabilities(capabilities)
-        if isinstance(limits, m.ExecuteResult):
-            return tool_result(limits)
-        if isinstance(caps, m.ExecuteResult):
-            return tool_result(caps)
+        limits, caps, given = _limits(timeout, floor_ms), _capabilities(capabilities), _files(files)
+        for refused in (limits, caps, given):
+            if isinstance(refused, m.ExecuteResult):
+                return tool_result(refused)
+        assert isinstance(limits, m.Limits) and isinstance(caps, list) and isinstance(given, dict)
+        if keep_state:
+            if stdin or caps:
+                why = "stdin" if stdin else "capabilities"
+                return tool_result(_refused(why, f"a keep_state call takes no {why}; pass data as files instead"))
+            key = (identity.of(ctx), language if language != "auto" else "python", environment)
+            result, note = await sessions.run(key, code, limits=limits, files=given)
+            return tool_result(result, note)
         result = await client.execute(
             code,
             language,
             stdin=stdin,
             limits=limits,
             capabilities=caps,
+            files=given,
             client_id=identity.of(ctx),
             environment=environment,
         )

@@ -4,6 +4,7 @@ against a running service and in embedded mode (it starts its own)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import pathlib
 import socket
@@ -47,10 +48,19 @@ def check(out: dict[str, Any]) -> None:
     assert set(out["tools"]) == {"execute_code", "list_runtimes"}
     tool = out["tools"]["execute_code"]
     description = tool.description
-    assert "no network" in description.lower() and "survive" in description and "10 s" in description
+    assert "no network" in description.lower() and "keep_state=true" in description and "10 s" in description
     # Every input field is described; language is an enum of what runs here; the output has a schema.
     properties = tool.input_schema["properties"]
-    assert set(properties) == {"code", "language", "timeout", "stdin", "capabilities", "environment"}
+    assert set(properties) == {
+        "code",
+        "language",
+        "timeout",
+        "stdin",
+        "capabilities",
+        "environment",
+        "keep_state",
+        "files",
+    }
     assert all(p.get("description") for p in properties.values()), properties
     language = properties["language"]
     assert {"python", "javascript", "bash", "auto"} <= set(language["enum"]), language
@@ -85,6 +95,50 @@ async def grant_then_run(client: Client, service: Any) -> tuple[list[str], Any]:
     with service.client() as admin:
         admin.grant(ids[0], m.Capability(m.CapabilityKind.LIMITS, "timeout_ms"), expires_in_s=600)
     return ids, await client.call_tool("execute_code", asked)
+
+
+PLOT = """
+import matplotlib.pyplot as plt
+import csv
+rows = list(csv.reader(open("points.csv")))
+plt.plot([float(x) for x, _ in rows], [float(y) for _, y in rows])
+plt.show()
+open("/work/out/summary.txt", "w").write(f"{len(rows)} points")
+"""
+
+
+def test_an_mcp_client_gets_a_plot_as_an_image_and_keeps_state_when_asked(service: Any) -> None:
+    view = {rt.name: rt for rt in service.status().runtimes}.get("python:data")
+    if view is None or not view.offered:
+        pytest.skip("the data environment (matplotlib) is not built here; `cellblock env build data`")
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "supervisor.tools.cli", "mcp", "--socket", service.socket],
+        env={"PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+    )
+    points = {"name": "points.csv", "content": "1,1\n2,4\n3,9\n"}
+
+    async def go() -> list[Any]:
+        async with Client(params) as client:
+            return [
+                await client.call_tool("execute_code", {"code": PLOT, "files": [points], "environment": "data"}),
+                await client.call_tool("execute_code", {"code": "total = 40", "keep_state": True}),
+                await client.call_tool("execute_code", {"code": "total + 2", "keep_state": True}),
+                await client.call_tool("execute_code", {"code": "total + 2"}),
+            ]
+
+    plot, first, second, fresh = asyncio.run(go())
+    assert plot.is_error is False, plot.content[0].text
+    images = [c for c in plot.content if c.type == "image"]
+    assert len(images) == 1 and images[0].mime_type == "image/png"
+    assert base64.b64decode(images[0].data).startswith(b"\x89PNG\r\n\x1a\n")
+    (summary,) = [c for c in plot.content if c.type == "resource"]
+    assert summary.resource.text == "3 points" and summary.resource.uri.endswith("/out/summary.txt")
+    assert {a["name"] for a in plot.structured_content["artifacts"]} == {"figure-1.png", "summary.txt"}
+    assert first.is_error is False and second.structured_content["stdout"] == "42\n", second.content[0].text
+    assert second.structured_content["session"] == first.structured_content["session"] != ""
+    assert fresh.is_error is True and "NameError" in fresh.structured_content["stderr"]  # no state without it
 
 
 def test_over_stdio(service: object) -> None:

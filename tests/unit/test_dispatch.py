@@ -261,3 +261,64 @@ def test_a_kill_that_loses_the_launcher_mid_tick_still_ends_the_run_once(rec: Re
     d.tick()
     assert [run for run, _, _ in rec.finished] == ["r1"]
     assert d.idle
+
+
+# --- a session's worker ----------------------------------------------------------------------------
+
+
+def session_ticket(run_id: str) -> Ticket:
+    plain = ticket(run_id)
+    plain.job = m.Job(id=run_id, code="1", limits=plain.job.limits, session=True)
+    return plain
+
+
+def alive(run_id: str) -> m.WorkerResult:
+    return m.WorkerResult(id=run_id, status=m.Status.OK, alive=True)
+
+
+def test_a_session_worker_is_held_after_its_result_and_takes_only_its_cells(disp: Dispatcher, rec: Recorder) -> None:
+    warm(disp, "w1")
+    warm(disp, "w2")
+    assert disp.submit(session_ticket("open"))
+    assert disp.result("w1", alive("open"))
+    assert disp.workers["w1"].state is dispatch.WorkerState.HELD
+    assert disp.statistics().held == 1
+    # An ordinary run never lands on a held worker...
+    assert disp.submit(ticket("plain")) and rec.sent[-1] == ("w2", "plain")
+    # ...and a cell goes to it alone, once at a time.
+    assert disp.submit_to("w1", session_ticket("cell-1"))
+    assert not disp.submit_to("w1", session_ticket("cell-2")), "a held worker runs one cell at a time"
+    assert rec.taken == ["w1", "w2"], "a cell does not ask the launcher for a replacement again"
+    assert disp.result("w1", alive("cell-1"))
+    assert disp.workers["w1"].state is dispatch.WorkerState.HELD
+
+
+def test_a_session_result_that_is_not_alive_lets_the_worker_go(disp: Dispatcher) -> None:
+    warm(disp, "w1")
+    disp.submit(session_ticket("open"))
+    disp.result("w1", alive("open"))
+    disp.submit_to("w1", session_ticket("cell"))
+    disp.result("w1", m.WorkerResult(id="cell", status=m.Status.TIMEOUT, alive=False))
+    assert "w1" not in disp.workers
+
+
+def test_a_held_worker_that_dies_is_reported_and_released_ones_are_killed(rec: Recorder) -> None:
+    lost: list[tuple[str, str]] = []
+    effects = Effects(
+        send_job=rec.send_job,
+        taken=rec.taken.append,
+        kill=lambda w, r: rec.killed.append((w, r)),
+        finish=rec.finish,
+        reserve=rec.reserved.append,
+        held_lost=lambda w, d: lost.append((w, d)),
+    )
+    disp = Dispatcher(effects=effects, clock=lambda: rec.now, queue_limit=2, queue_wait_s=30)
+    for worker, run in (("w1", "a"), ("w2", "b")):
+        warm(disp, worker)
+        disp.submit(session_ticket(run))
+        disp.result(worker, alive(run))
+    disp.exited("w1", "killed by SIGKILL")
+    assert lost == [("w1", "killed by SIGKILL")] and "w1" not in disp.workers
+    disp.release("w2", "closed")
+    assert rec.killed == [("w2", "closed")] and "w2" not in disp.workers
+    assert not disp.submit_to("w2", session_ticket("late"))

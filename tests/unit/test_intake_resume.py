@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from protocol import messages as m
+from protocol.profile import Profile
 from supervisor.dispatch import Dispatcher, Effects
 from supervisor.intake import Intake
 from supervisor.policy import Admission, Admitted, Wait
@@ -36,6 +37,8 @@ class OneAtATime:
     def analyse(self, runtime: str, code: str) -> list[m.Finding]:
         return []
 
+    profile = Profile()
+
 
 def setup(queue_limit: int) -> tuple[Intake, Dispatcher, OneAtATime, list[m.Reply]]:
     replies: list[m.Reply] = []
@@ -57,6 +60,7 @@ def setup(queue_limit: int) -> tuple[Intake, Dispatcher, OneAtATime, list[m.Repl
         lambda runtime: "3",
         30.0,
         egress=None,  # type: ignore[arg-type]
+        sessions=None,  # type: ignore[arg-type]
     )
     return intake, dispatcher, policy, replies
 

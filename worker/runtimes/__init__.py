@@ -45,6 +45,7 @@ def offer(profile: Profile, cache_dir: str) -> tuple[dict[str, Runtime], list[m.
                 reason="" if ok else detail,
                 self_test=cls.self_test[0],
                 self_test_expect=cls.self_test[1],
+                sessions=cls.sessions,
             )
         )
         if ok:

@@ -21,6 +21,7 @@ Three shapes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, NoReturn
 
 import msgspec
@@ -44,6 +45,10 @@ class Runtime:
     address_space_rlimit: ClassVar[bool] = True  # RLIMIT_AS is usable (not for V8's reservations)
     address_space_allowance: int = 0  # bytes RLIMIT_AS allows beyond the run's memory (the runtime's own)
     oom_marker: ClassVar[bytes] = b""  # on stderr when the runtime's own heap limit ended the run
+    # Keeps its interpreter between a session's cells: it reads jobs one after
+    # another from the job pipe, reports each cell's end on fd 4, and takes
+    # SIGINT as "stop this cell" (Python: KeyboardInterrupt).
+    sessions: ClassVar[bool] = False
 
     @classmethod
     def for_policy(cls, policy: RuntimePolicy) -> Runtime:
@@ -82,9 +87,12 @@ class Runtime:
         job arrives takes it off the job's latency.
         """
 
-    def encode_job(self, job: Job) -> bytes:
-        """What the monitor writes on the job pipe (the payload reads it to EOF)."""
-        return _encoder.encode(job)
+    def encode_job(self, job: Job, first: bool = True) -> bytes:
+        """What the monitor writes on the job pipe: a 4-byte length, then the job
+        (``worker.payload.read_job``). A session's cells come one after another
+        (``first``: the job that opens it)."""
+        body = _encoder.encode(job)
+        return len(body).to_bytes(4, "little") + body
 
     def exec_interpreter(self, profile: Profile) -> NoReturn:
         """Exec'd runtimes: replace the payload with the warm interpreter."""
@@ -101,6 +109,12 @@ class Runtime:
 
     def run(self, job: Job) -> int:
         """In-process runtimes: run the job's code; return the exit code."""
+        raise NotImplementedError
+
+    def serve_session(self, job: Job, next_job: Callable[[], Job | None], report: Callable[[int], None]) -> int:
+        """In-process runtimes with ``sessions``: run ``job`` and every job after it as
+        cells of one interpreter, reporting each cell's exit code, until there are no
+        more; return the exit code of the process."""
         raise NotImplementedError
 
     memory_error: bool = False  # set by run() when the code ran out of memory

@@ -1,10 +1,20 @@
 """Shell: bash --noprofile --norc, warm, reading the script from the job pipe.
 
-The payload execs bash before the job exists: it says it is ready on fd 4,
-sets an EXIT trap that reports the exit status there, then sources the
-script from fd 3 (``.``
-reads it whole first, so line numbers in errors are the script's own), and
-blocks there until the monitor writes the script.
+The payload execs bash before the job exists: it says it is ready on fd 4
+and blocks reading the job's first word from fd 3. For a one-shot run
+("run") it sets an EXIT trap that reports the exit status there, then
+sources the rest of the pipe as the script (``.`` reads it whole first, so
+line numbers in errors are the script's own).
+
+For a session ("session") it reads cells one after another, each ended by
+a NUL byte, and evaluates each in the same shell: variables, functions and
+the working directory stay. SIGINT is "stop this cell": the foreground
+program gets it too, and a trap returns from the innermost function running
+(the cell's own, unless the cell called one of its functions: then only
+that one returns, and a cell that goes on after it is ended with the
+session at the grace). The trap is set again before every cell: bash never
+re-enters a trap that was left by ``return``. ``exit`` in a cell ends the
+session, and says so on fd 4.
 
 Scripts see a small fixed set of programs (``TOOLS``, the ones this host
 has), copied with the libraries they link into bash's own root: no other
@@ -26,7 +36,27 @@ BASH = shutil.which("bash") or "/bin/bash"
 # Debian's `which` is a /bin/sh script, and there is no sh in this root: the
 # same answer from bash itself (`type -P`), as a function scripts can call.
 WHICH = 'which() { local found=0 name; for name; do type -P "$name" || found=1; done; return $found; }'
-BOOT = WHICH + '; printf R >&4; trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
+SESSION = r"""
+trap 'printf "QX%d" "$?" >&4' EXIT
+__cellblock_cell() { eval "$1"; }
+while :; do
+  trap 'return 130 2>/dev/null' INT
+  if IFS= read -r -d '' __cellblock_code <&3; then
+    __cellblock_cell "$__cellblock_code"; printf 'X%d' "$?" >&4
+  elif [ "$?" -gt 128 ]; then continue
+  else break
+  fi
+done
+trap - EXIT
+exit 0
+"""
+BOOT = (
+    WHICH
+    + "; printf R >&4; IFS= read -r -d '' __cellblock_mode <&3; "
+    + 'if [ "$__cellblock_mode" = session ]; then unset __cellblock_mode; '
+    + SESSION
+    + '\nfi; unset __cellblock_mode; trap \'printf "X%d" "$?" >&4\' EXIT; . /dev/fd/3'
+)
 # coreutils a script reaches for, the text tools around them, and curl for
 # runs holding a network grant (HTTP_PROXY points it at the egress proxy)
 TOOLS = (
@@ -44,6 +74,7 @@ class BashRuntime(Runtime):
     self_test = ("echo $((6 * 7)) | cat", "42\n")
     execs = True
     needs_exec_syscall = True
+    sessions = True
 
     def probe(self) -> tuple[bool, str]:
         if not os.access(BASH, os.X_OK):
@@ -58,8 +89,12 @@ class BashRuntime(Runtime):
         found = [shutil.which(name, path="/usr/bin:/bin") for name in TOOLS]
         return [BASH, *(path for path in found if path)]
 
-    def encode_job(self, job: Job) -> bytes:
-        return job.code.encode()
+    def encode_job(self, job: Job, first: bool = True) -> bytes:
+        if not job.session:
+            return b"run\0" + job.code.encode()
+        # A shell variable cannot hold a NUL: a session's cell is ended by one.
+        cell = job.code.encode().replace(b"\0", b"") + b"\0"
+        return b"session\0" + cell if first else cell
 
     def exec_interpreter(self, profile: Profile) -> NoReturn:
         os.execv(BASH, ["bash", "--noprofile", "--norc", "-c", BOOT, "bash"])  # noqa: S606 - no shell wanted

@@ -8,6 +8,14 @@ so on fd 4, and reads the job (JSON) from fd 3 in its event loop. Code runs as a
 uncaught error prints its stack and exits 1. V8's old space is sized from
 the memory limit, so running out of heap ends as memory_limit rather than
 an opaque crash (the monitor reads V8's own message on stderr).
+
+A job that opens a session keeps node: each cell after it is one more
+line on the job pipe, run as a script in the same global context
+(``vm.runInThisContext``: top-level declarations stay, ``require`` is
+there), its completion value shown as the REPL shows it, and a promise it
+ends with awaited. Top-level ``await`` runs the cell as an async function
+(its declarations then stay inside it). SIGINT stops a cell: a running
+script is interrupted (``breakOnSigint``), an awaited promise abandoned.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ BOOT = r"""
 const fs = require('fs');
 const net = require('net');
 const Module = require('module');
+const vm = require('vm');
+const util = require('util');
 const { Console } = require('console');
 const { Writable } = require('stream');
 const IMPORTS = /^\s*(import\s[\s\S]*?from\s|import\s*['"(]|export\s)/m;
@@ -41,8 +51,10 @@ const ASYNC = /\b(async\s+function|async\s*\()/;
 const isModule = (source) => IMPORTS.test(source) || AWAIT.test(source) && !ASYNC.test(source);
 function fail(err) {
   let text = err && err.stack ? err.stack : String(err);
-  const ours = text.indexOf('\n    at Module._compile (node:internal');  // the frames below are cellblock's
-  if (ours >= 0) text = text.slice(0, ours);
+  for (const below of ['\n    at Module._compile (node:internal', '\n    at Script.runInThisContext (node:vm']) {
+    const ours = text.indexOf(below);  // the frames below are cellblock's
+    if (ours >= 0) text = text.slice(0, ours);
+  }
   console.error(text);
   process.exitCode = 1;
 }
@@ -66,12 +78,13 @@ function decode(chunks) {
   return raw.length === 0 ? null : JSON.parse(raw.toString('utf8'));
 }
 // Everything that does not depend on the job is done before it comes.
+let exitReport = 'X';  // a session's interpreter that exits says so: 'QX'
 function prepare() {
   let reported = false;
   process.on('exit', (code) => {
     if (reported) return;
     reported = true;
-    try { fs.writeSync(4, 'X' + (code === undefined ? 0 : code)); } catch (e) {}
+    try { fs.writeSync(4, exitReport + (code === undefined ? 0 : code)); } catch (e) {}
   });
   process.chdir('/work');
   process.argv = [process.argv[0], '/work/main.js'];
@@ -96,17 +109,80 @@ function run(job) {
 }
 // The job is one line of JSON (no raw newline inside): it runs as soon as
 // its last byte arrives; the pipe is closed first, so only the code's own
-// handles keep node alive.
+// handles keep node alive. A job that opens a session keeps the pipe.
 function readJob(fd, done) {
   const chunks = [];
   let taken = false;
-  const take = () => { if (!taken) { taken = true; input.destroy(); done(decode(chunks)); } };
+  const take = () => {
+    if (taken) return;
+    taken = true;
+    const job = decode(chunks);
+    if (job && job.session) return session(input, job);
+    input.destroy();
+    done(job);
+  };
   const input = new net.Socket({ fd, readable: true, writable: false });
   input.on('data', (chunk) => { chunks.push(chunk); if (chunk[chunk.length - 1] === 10) take(); });
   input.on('end', take);  // the stream then closes itself
   input.on('error', (err) => { fail(err); process.exit(1); });
   return input;
 }
+function session(input, first) {
+  exitReport = 'QX';
+  globalThis.require = Module.createRequire('/work/main.js');
+  let current = null;  // the running cell: { code, stop }
+  let count = 0;
+  process.removeAllListeners('uncaughtException');
+  const stray = (err) => { fail(err); process.exitCode = undefined; if (current) current.code = 1; };
+  process.on('uncaughtException', stray);
+  process.on('unhandledRejection', stray);
+  process.on('SIGINT', () => { if (current) current.stop(); });
+  async function cell(job) {
+    count += 1;
+    const filename = `/work/cell-${count}.js`;
+    const stopped = new Promise((resolve) => { current = { code: 0, stop: () => resolve(STOP) }; });
+    let code = 0;
+    try {
+      const wrapped = AWAIT.test(job.code) && !ASYNC.test(job.code);
+      const source = wrapped ? '(async () => {\n' + job.code + '\n})()' : job.code;
+      let value = vm.runInThisContext(source, { filename, breakOnSigint: true, lineOffset: wrapped ? -1 : 0 });
+      if (value && typeof value.then === 'function') {
+        value = await Promise.race([value, stopped]);
+        if (value === STOP) throw new Error('Script execution interrupted.');
+      }
+      if (value !== undefined && !wrapped) process.stdout.write(util.inspect(value) + '\n');
+    } catch (err) { fail(err); code = 1; }
+    process.exitCode = undefined;
+    code = code || current.code;
+    current = null;
+    return code;
+  }
+  const cells = [first];
+  let pending = [];
+  let busy = false;
+  async function pump() {
+    if (busy) return;
+    busy = true;
+    while (cells.length) fs.writeSync(4, 'X' + await cell(cells.shift()));
+    busy = false;
+  }
+  input.removeAllListeners('data');
+  input.removeAllListeners('end');
+  input.on('data', (chunk) => {
+    let start = 0;
+    for (let end = chunk.indexOf(10); end >= 0; end = chunk.indexOf(10, start)) {
+      pending.push(chunk.subarray(start, end));
+      cells.push(decode(pending));
+      pending = [];
+      start = end + 1;
+    }
+    if (start < chunk.length) pending.push(chunk.subarray(start));
+    pump();
+  });
+  input.on('end', () => { exitReport = 'X'; process.exit(0); });
+  pump();
+}
+const STOP = Symbol('stop');
 // The job pipe is read by the event loop, which is running when the job
 // comes. Fd 5 holds a null job: reading it first walks that same path
 // once (stream, data, decode, end, close, a turn of the loop) before the job.
@@ -121,6 +197,7 @@ readJob(5, () => {}).on('close', () => {
 class NodeJob(msgspec.Struct):
     code: str
     module: bool
+    session: bool = False
 
 
 _json = msgspec.json.Encoder()
@@ -134,6 +211,7 @@ class NodeRuntime(Runtime):
     needs_exec_syscall = True
     address_space_rlimit = False  # V8 reserves far more address space than it uses
     oom_marker = OOM_MARKER
+    sessions = True
 
     def probe(self) -> tuple[bool, str]:
         if not os.access(NODE, os.X_OK):
@@ -144,9 +222,10 @@ class NodeRuntime(Runtime):
             return False, f"node does not run ({exc})"
         return True, f"Node.js {version.lstrip('v')}"
 
-    def encode_job(self, job: Job) -> bytes:
+    def encode_job(self, job: Job, first: bool = True) -> bytes:
         # One line: JSON escapes every newline inside strings.
-        return _json.encode(NodeJob(code=job.code, module=job.language in ("mjs", "esm"))) + b"\n"
+        module = job.language in ("mjs", "esm") and not job.session
+        return _json.encode(NodeJob(code=job.code, module=module, session=job.session)) + b"\n"
 
     def exec_interpreter(self, profile: Profile) -> NoReturn:
         heap_mb = max(16, int(profile.limits.in_bytes().memory_bytes * HEAP_OF_MEMORY) >> 20)

@@ -1,0 +1,77 @@
+"""What ``cellblock status`` shows: the broker's view of the service, in one reply."""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Protocol
+
+import msgspec
+
+from protocol import messages as m
+from protocol.profile import Profile, RunLimits
+from protocol.zmtp import Router
+from supervisor.catalogue import Catalogue
+from supervisor.dispatch import Dispatcher
+from supervisor.intake import Intake
+from supervisor.link import LauncherLink
+from supervisor.sessions import Sessions
+
+
+def _limit_values(limits: RunLimits) -> dict[str, int]:
+    return msgspec.structs.asdict(limits.in_bytes())
+
+
+class Parts(Protocol):
+    """What of the broker a status reply reads."""
+
+    started: float
+    profile: Profile
+    counters: collections.Counter[str]
+    dispatcher: Dispatcher
+    catalogue: Catalogue
+    pools: dict[str, int]
+    launcher: LauncherLink
+    clients: Router
+    workers: Router
+    intake: Intake
+    sessions: Sessions
+
+
+def status_reply(request_id: str, version: str, broker: Parts) -> m.StatusReply:
+    counters = dict(broker.counters)
+    counters["bad_launcher_datagram"] = broker.launcher.bad_datagrams
+    counters["client_disconnects"] = broker.clients.disconnects + broker.clients.dropped
+    counters["client_protocol_errors"] = broker.clients.dropped
+    counters["worker_protocol_errors"] = broker.workers.dropped
+    counters["client_connections_refused"] = broker.clients.refused
+    counters.update(broker.intake.counters)
+    counters.update(broker.sessions.counters)
+    profile, catalogue = broker.profile, broker.catalogue
+    stats = broker.dispatcher.statistics()
+    runtimes = catalogue.statuses(stats.warm, stats.busy, stats.starting, broker.pools)
+    counters.update({f"dispatch_{k}": v for k, v in stats.counters.items()})
+    broker_layer = m.LayerStatus(
+        name="broker", active=os.geteuid() != 0, detail=f"uid {os.geteuid()}; validates, queues, redacts, records"
+    )
+    return m.StatusReply(
+        id=request_id,
+        version=version,
+        uptime_s=round(time.monotonic() - broker.started, 3),
+        mode=catalogue.mode or "starting",
+        profile=profile.name,
+        runtimes=runtimes,
+        layers=[*catalogue.layers, broker_layer],
+        queue=stats.queued,
+        queue_limit=stats.queue_limit,
+        in_flight=stats.in_flight,
+        counters=counters,
+        launcher_generation=catalogue.generation,
+        limits=_limit_values(profile.limits),
+        default_environments={n: p.environment for n, p in profile.runtimes.items() if p.environment},
+        max_limits=_limit_values(profile.max),
+        sessions=broker.sessions.everyone(),
+        session_idle_timeout_s=broker.sessions.config.idle_timeout_s,
+        session_max_lifetime_s=broker.sessions.config.max_lifetime_s,
+    )
