@@ -93,6 +93,7 @@ class Sessions:
         self.by_id: dict[str, Session] = {}
         self.ended: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
+        self.stopping = False  # the service is stopping: no new session
 
     # --- opening -------------------------------------------------------------------------
 
@@ -102,6 +103,8 @@ class Sessions:
         key = request.client_id or f"conn:{client.hex()}"
         if not self.config.enabled:
             raise CellblockError(ErrorCode.INVALID_REQUEST, "sessions are off in this service ([sessions] enabled)")
+        if self.stopping:
+            raise CellblockError(ErrorCode.SHUTTING_DOWN, "the service is stopping; open a session when it is back")
         probe = m.ExecuteRequest(
             id=request.id, code="", language=request.language, environment=request.environment, client_id=key
         )
@@ -248,6 +251,7 @@ class Sessions:
                 self._forget(session, f"its sandbox ended ({detail})")
 
     def close_all(self, reason: str) -> None:
+        self.stopping = True
         for session in list(self.by_id.values()):
             self.end(session, reason)
 

@@ -377,6 +377,11 @@ def cmd_history(args: argparse.Namespace) -> int:
                 extras.append("redacted " + ",".join(f"{k}x{v}" for k, v in sorted(e.redactions.items())))
             if e.findings:
                 extras.append("findings " + ",".join(e.findings))
+            if e.session:
+                extras.append(f"session {e.session}")
+            for label, files in (("in", e.files_in), ("out", e.files_out)):
+                if files:
+                    extras.append(f"files {label} " + ",".join(f"{f.name}({f.size}B)" for f in files))
             print(
                 f"{when}  {e.run_id}  {e.client_id:<16} {e.language:<8} {e.status.value:<19}{code}  "
                 f"{e.wall_ms:.1f}ms  {e.code_bytes}B sha256:{e.code_sha256[:12]}  {'; '.join(extras)}"

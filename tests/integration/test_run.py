@@ -85,8 +85,8 @@ def test_environment_is_built_from_nothing(run: Run) -> None:
 
 
 def test_fresh_working_directory(run: Run) -> None:
-    result = run("import os; print(os.getcwd(), os.listdir('.'))")
-    assert result.stdout == "/work []\n"
+    result = run("import os; print(os.getcwd(), os.listdir('.'), os.listdir('out'))")
+    assert result.stdout == "/work ['out'] []\n"  # only the (empty) folder whose files come back
 
 
 def test_non_daemon_threads_are_joined(run: Run) -> None:

@@ -56,7 +56,7 @@ def test_second_run_sees_nothing_of_the_first(run):
     assert first.status == m.Status.OK, show(first)
     left = json.loads(first.stdout.splitlines()[-1])
     # Run 1 really left all of it behind while it ran.
-    assert left["shm"] >= 0 and left["work"] == ["secret.txt"] and len(left["background"]) == 1, left
+    assert left["shm"] >= 0 and left["work"] == ["out", "secret.txt"] and len(left["background"]) == 1, left
 
     second = run(
         f"""
@@ -66,7 +66,7 @@ def test_second_run_sees_nothing_of_the_first(run):
         ctypes.set_errno(0)
         shm = libc.shmget({key}, 0, 0)
         found = {{
-            "work": os.listdir("/work"),
+            "work": {{name: sorted(os.listdir("/work/" + name)) for name in os.listdir("/work")}},
             "tmp": os.listdir("/tmp"),
             "env": "CELLBLOCK_SECRET" in os.environ,
             "builtins": hasattr(builtins, "cellblock_secret"),
@@ -87,7 +87,7 @@ def test_second_run_sees_nothing_of_the_first(run):
     )
     assert second.status == m.Status.OK, show(second)
     found = json.loads(second.stdout.splitlines()[-1])
-    assert found["work"] == [] and found["tmp"] == [], found
+    assert found["work"] == {"out": []} and found["tmp"] == [], found  # only the empty folder for artifacts
     assert not found["env"] and not found["builtins"] and not found["sys"], found
     assert found["shm"] == "ENOENT", found
     assert found["processes"] == ["1", "2"], found
