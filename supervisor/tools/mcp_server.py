@@ -42,11 +42,12 @@ from mcp_types import (
 from pydantic import BaseModel, Field
 
 from protocol import messages as m
-from protocol.client import AsyncClient, ServiceError
+from protocol.client import AsyncClient
 from protocol.errors import ErrorCode, ErrorInfo
 from protocol.files import is_text
 from protocol.profile import MiB
 from supervisor.policy.validation import MINIMUM
+from supervisor.tools.kept import KeptSessions
 
 OK = m.Status.OK
 SHOWN_BYTES = 16 * 1024  # per stream in the text block; the structured content has it all
@@ -234,42 +235,6 @@ KeepState = Annotated[
 Files = Annotated[list[FileIn], Field(description="Files written into /work before the code runs.")]
 
 
-class Sessions:
-    """The session each MCP client keeps per language and environment (``keep_state``)."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        self.open: dict[tuple[str, str, str], str] = {}
-
-    async def run(self, key: tuple[str, str, str], code: str, **options: Any) -> tuple[m.ExecuteResult, str]:
-        """Run in the key's session (opened when it has none, or its last one ended);
-        also a note when a new session had to be started."""
-        note = ""
-        for attempt in range(2):
-            session = self.open.get(key)
-            if session is None:
-                client_id, language, environment = key
-                try:
-                    info = await self.client.session_open(language, environment=environment, client_id=client_id)
-                except ServiceError as exc:
-                    return m.ExecuteResult(id="", status=m.Status.REJECTED, error=exc.error), ""
-                session = self.open[key] = info.session
-                note = "(a new session was started: nothing from earlier calls is defined in it)" if attempt else ""
-            result = await self.client.execute(code, session=session, client_id=key[0], **options)
-            lost = result.error is not None and result.error.code is ErrorCode.SESSION_NOT_FOUND
-            if result.session_ended or lost:
-                self.open.pop(key, None)
-            if not lost:
-                return result, note
-        return result, note
-
-    async def close_all(self) -> None:
-        for (client_id, _, _), session in list(self.open.items()):
-            with contextlib.suppress(ServiceError):
-                await self.client.session_close(session, client_id=client_id)
-        self.open.clear()
-
-
 class RunResult(TypedDict, total=False):
     """The structured content of an execute_code result (the service's ExecuteResult)."""
 
@@ -348,7 +313,7 @@ def _capabilities(asked: list[str]) -> list[m.Capability] | m.ExecuteResult:
 def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPServer:
     client = AsyncClient(socket_path)
     identity = Identity(client_id)
-    sessions = Sessions(client)
+    sessions = KeptSessions(client)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
@@ -399,7 +364,7 @@ def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPSe
             if stdin or caps:
                 why = "stdin" if stdin else "capabilities"
                 return tool_result(_refused(why, f"a keep_state call takes no {why}; pass data as files instead"))
-            key = (identity.of(ctx), language if language != "auto" else "python", environment)
+            key = (identity.of(ctx), "", language if language != "auto" else "python", environment)
             result, note = await sessions.run(key, code, limits=limits, files=given)
             return tool_result(result, note)
         result = await client.execute(

@@ -3,6 +3,7 @@ the result's figures, output shown as text only, keyboard and narrow windows."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 import textwrap
 from typing import Any
@@ -124,3 +125,42 @@ def test_keyboard_only_and_a_narrow_window(page: Any, console: Console) -> None:
     )
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 400, wide
     page.shots("narrow")
+
+
+def test_blocks_that_keep_state_show_their_plot_and_offer_their_file(page: Any, console: Console) -> None:
+    _, status = console.call("/api/status")
+    data = {rt["name"]: rt for rt in status["runtimes"]}.get("python:data")
+    if data is None or not data["offered"]:
+        pytest.skip("the data environment (pandas, matplotlib) is not built here; `cellblock env build data`")
+    open_console(page, console)
+    page.get_by_label("Example").select_option(label="Python: data that carries over, a file in, a plot back")
+    page.get_by_role("button", name="Load example").click()
+    block(page, 1).get_by_text("detected: python").wait_for()
+    page.get_by_label("Keep state between blocks").check()
+    for number in (1, 2, 3):
+        block(page, number).get_by_role("button", name="Run").click()
+        wait_done(page, number, timeout=60_000)
+        assert block(page, number).get_by_role("status").inner_text() == "✓ done: ok", number
+    first = block(page, 1).get_by_label("stdout of block 1").inner_text()
+    assert "east     39" in first and "north    24" in first, first
+    picture = block(page, 2).get_by_role("img", name="figure-1.png, made by the run")
+    picture.wait_for()
+    width = picture.evaluate("img => img.complete ? img.naturalWidth : 0")
+    assert width > 100, "the PNG must decode in the browser"
+    result = block(page, 2).get_by_role("region", name="Result of block 2").inner_text()
+    assert "state kept for the next block" in result, result
+    link = block(page, 3).get_by_role("link", name="Download units_by_region.csv")
+    with page.expect_download() as wait:
+        link.click()
+    assert pathlib.Path(wait.value.path()).read_text() == "region,units\nsouth,16\nnorth,24\neast,39\n"
+    page.shots("kept-state-plot")
+    assert page.errors == []
+
+
+def test_a_block_without_kept_state_starts_from_nothing(page: Any, console: Console) -> None:
+    open_console(page, console)
+    paste(page, "```python\nname = 'kept'\n```\n\n```python\nprint(name)\n```\n")
+    for number in (1, 2):
+        block(page, number).get_by_role("button", name="Run").click()
+        wait_done(page, number)
+    assert "NameError" in block(page, 2).get_by_label("stderr of block 2").inner_text()

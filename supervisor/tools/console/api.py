@@ -33,6 +33,7 @@ from protocol.wire import to_builtins
 from supervisor.policy import findings
 from supervisor.policy.detect import detect
 from supervisor.tools.export import export_text
+from supervisor.tools.kept import KeptSessions
 
 log = logging.getLogger("cellblock.console")
 
@@ -60,6 +61,11 @@ class AnalyseBody(Body, frozen=True):
     blocks: Annotated[list[Block], msgspec.Meta(max_length=500)]
 
 
+class FileBody(Body, frozen=True):
+    name: Small
+    data: bytes  # base64 in the JSON
+
+
 class RunBody(Body, frozen=True):
     code: Code
     language: Small = "auto"
@@ -67,6 +73,8 @@ class RunBody(Body, frozen=True):
     capabilities: Annotated[list[m.Capability], msgspec.Meta(max_length=32)] = []
     conversation_id: Small = ""
     allow_once: Annotated[list[m.Capability], msgspec.Meta(max_length=32)] = []  # granted for this run only
+    keep_state: bool = False  # run in this conversation's session for the language
+    files: Annotated[list[FileBody], msgspec.Meta(max_length=64)] = []  # written into /work first
 
 
 class GrantBody(Body, frozen=True):
@@ -132,6 +140,18 @@ class Console:
         self._client = client
         self.client_id = client_id
         self._runs: set[asyncio.Task[m.ExecuteResult]] = set()  # runs outlive a closed page
+        self._kept: KeptSessions | None = None
+
+    @property
+    def kept(self) -> KeptSessions:
+        """Each conversation's session per language (the page's "keep state")."""
+        if self._kept is None or self._kept.client is not self.client:
+            self._kept = KeptSessions(self.client)
+        return self._kept
+
+    async def close(self) -> None:
+        if self._kept is not None:
+            await self._kept.close_all()
 
     @property
     def client(self) -> AsyncClient:
@@ -218,7 +238,10 @@ class Console:
         except ServiceError as exc:
             await self._revoke_all(once)
             return m.ExecuteResult(id="", status=m.Status.REJECTED, error=exc.error)
+        files = {f.name: f.data for f in body.files}
         try:
+            if body.keep_state:
+                return await self._in_session(body, files, on_chunk)
             return await self.client.execute(
                 body.code,
                 body.language,
@@ -226,10 +249,29 @@ class Console:
                 capabilities=[*body.capabilities, *body.allow_once],
                 client_id=self.client_id,
                 conversation_id=body.conversation_id,
+                files=files,
                 on_chunk=on_chunk,
             )
         finally:
             await self._revoke_all(once)
+
+    async def _in_session(
+        self, body: RunBody, files: dict[str, bytes], on_chunk: Callable[[m.OutputChunk], None]
+    ) -> m.ExecuteResult:
+        """The block as the next cell of the conversation's session for its language."""
+        language = body.language
+        if language in ("", "auto"):
+            language = detect(body.code, "").language or "python"
+        if body.stdin or body.capabilities or body.allow_once:
+            why = "stdin" if body.stdin else "grants of network or host folders"
+            info = ErrorInfo(code=ErrorCode.INVALID_REQUEST, message=f"a block that keeps state cannot use {why}")
+            return m.ExecuteResult(id="", status=m.Status.REJECTED, error=info)
+        key = (self.client_id, body.conversation_id, language, "")
+        result, note = await self.kept.run(key, body.code, files=files, on_chunk=on_chunk)
+        if note:  # the conversation's earlier state is gone: say so beside the result
+            finding = m.Finding(rule="new_session", line=0, severity="warning", message=note)
+            result = msgspec.structs.replace(result, findings=[finding, *result.findings])
+        return result
 
     async def _revoke_all(self, grant_ids: list[int]) -> None:
         for grant_id in grant_ids:

@@ -43,6 +43,7 @@ def build(socket_path: str, token: str, hosts: set[str], client_id: str, max_bod
         try:
             yield
         finally:
+            await console.close()  # the sessions its pages kept end with it
             client.close()
 
     console = Console(current, client_id)

@@ -151,11 +151,14 @@ class CodeBlock {
     clear(this.stderr);
     this.stdoutBox.hidden = this.stderrBox.hidden = true;
     this.setState("queued");
+    const keep = $("#keep-state").checked;
     const body = {
       code: this.code,
       language: this.select.value,
-      capabilities: this.capabilities(),
+      capabilities: keep ? [] : this.capabilities(),
       conversation_id: conversation(),
+      keep_state: keep,
+      files: await runFiles(),
       ...extra,
     };
     let result = null;
@@ -228,9 +231,34 @@ function ask(required) {
   });
 }
 
+// --- files for the runs: read once when chosen, sent with every run ----------------------
+
+let chosenFiles = [];
+
+export function watchRunFiles() {
+  $("#run-files").addEventListener("change", async (event) => {
+    chosenFiles = await Promise.all(Array.from(event.target.files, readFile));
+    const names = chosenFiles.map((f) => `${f.name} (${words.bytes(f.size)})`);
+    $("#run-files-list").textContent = names.length
+      ? `written into /work before each run: ${names.join(", ")}`
+      : "no files: each run's /work starts empty";
+  });
+}
+
+function readFile(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve({ name: file.name, size: file.size, data: String(reader.result).split(",", 2)[1] || "" });
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function runFiles() {
+  return chosenFiles.map(({ name, data }) => ({ name, data }));
+}
+
 // --- the result panel: a list of sections, each a few rows of a definition list ----------
-// Sessions and artifacts (images, files) will add a section here: one more function
-// returning its rows, with the artifacts shown inline.
 
 const RAN = new Set(["ok", "error", "timeout", "memory_limit", "output_limit", "killed"]);
 
@@ -252,6 +280,8 @@ const SECTIONS = [
   },
   (r) => [["Findings", r.findings.length ? list(r.findings.map((f) => `line ${f.line} (${f.severity}): ${f.message}`)) : "none"]],
   (r) => [["Network", r.network.length ? list(r.network.map(netLine)) : "not used"]],
+  (r) => (r.artifacts && r.artifacts.length ? [["Files out", h("div", { class: "artifacts" }, ...r.artifacts.map(artifact))]] : []),
+  (r) => (r.session ? [["Session", r.session_ended ? `${r.session}: ended with this block (its state is gone)` : `${r.session}: state kept for the next block`]] : []),
   (r) => [
     r.reason && !r.reason.startsWith("exit code") ? ["Reason", r.reason] : null,
     r.error ? ["Error", `${r.error.code}: ${r.error.message}`] : null,
@@ -260,6 +290,18 @@ const SECTIONS = [
   ],
   (r) => [["Runtime", [r.runtime || r.language || "–", r.run_id ? ` · run ${r.run_id}` : ""].join("")]],
 ];
+
+// A file the run left in /work/out: a picture shown inline, anything else a download.
+function artifact(a) {
+  const caption = `${a.name} · ${a.media_type} · ${words.bytes(a.size)}`;
+  if (a.dropped) return h("p", { class: "artifact" }, `${caption}: over the size cap, not sent`);
+  if (a.media_type.startsWith("image/") && a.media_type !== "image/svg+xml") {
+    return h("figure", { class: "artifact" }, h("img", { src: `data:${a.media_type};base64,${a.data}`, alt: `${a.name}, made by the run` }), h("figcaption", {}, caption));
+  }
+  const bytes = Uint8Array.from(atob(a.data), (c) => c.charCodeAt(0));
+  const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+  return h("p", { class: "artifact" }, h("a", { href: url, download: a.name.split("/").pop() }, `Download ${a.name}`), ` (${a.media_type}, ${words.bytes(a.size)})`);
+}
 
 function netLine(d) {
   const count = d.count > 1 ? ` (${d.count} times)` : "";

@@ -72,6 +72,7 @@ $("#paste-form").addEventListener("submit", (event) => {
   event.preventDefault();
   chat.showTranscript($("#paste-text").value);
 });
+chat.watchRunFiles();
 history.init();
 grants.init();
 if (token()) start();
