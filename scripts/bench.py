@@ -385,6 +385,17 @@ def unique_to(pids: list[int]) -> int | None:
     return unique * PAGE
 
 
+def _is_monitor(pid: int) -> bool:
+    """A worker's monitor is pid 1 of a pid namespace of its own (NSpid: <host pid> 1)."""
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return line.split()[-1] == "1" and len(line.split()) > 2
+    except OSError:
+        pass
+    return False
+
+
 def _worker_runtime(group: list[psutil.Process]) -> str:
     names = {p.name() for p in group}
     for proc in group:
@@ -407,6 +418,8 @@ def worker_memory(launcher_pid: int, runtime: str = "python") -> dict[str, float
     charged = []
     for monitor in psutil.Process(launcher_pid).children():
         try:
+            if not _is_monitor(monitor.pid):
+                continue  # a zygote (the launcher's child too), not a worker
             group = [monitor, *monitor.children(recursive=True)]
             if _worker_runtime(group) != runtime:
                 continue
