@@ -27,15 +27,17 @@ MAX_ENTRIES = 4096  # names looked at under /work/out before giving up (a run ca
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _open_dirs(root: int, parts: list[str]) -> int:
-    """The directory ``parts`` below ``root``, made where missing; never through a symlink."""
+def _open_dirs(root: int, parts: list[str], make: bool = True) -> int:
+    """The directory ``parts`` below ``root`` (made where missing, with ``make``); never
+    through a symlink: each part is opened with ``O_NOFOLLOW`` from the one before."""
     fd = os.dup(root)
     try:
         for part in parts:
-            try:
-                os.mkdir(part, 0o700, dir_fd=fd)
-            except FileExistsError:
-                pass
+            if make:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
             child = os.open(part, DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
@@ -172,9 +174,15 @@ class OutDir:
     def _read(self, name: str, size: int) -> bytes:
         *folders, base = name.split("/")
         try:
-            directory = _open_dirs_existing(self.path, folders)
+            top = os.open(self.path, DIR_FLAGS)
         except OSError:
             return b""
+        try:
+            directory = _open_dirs(top, folders, make=False)
+        except OSError:
+            return b""
+        finally:
+            os.close(top)
         try:
             fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
         except OSError:
@@ -188,16 +196,3 @@ class OutDir:
             return data if len(data) == size else b""  # changed meanwhile: named, not sent
         finally:
             os.close(fd)
-
-
-def _open_dirs_existing(path: str, parts: list[str]) -> int:
-    fd = os.open(path, DIR_FLAGS)
-    try:
-        for part in parts:
-            child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
