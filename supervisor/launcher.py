@@ -96,6 +96,7 @@ class Launcher:
                 unprivileged=cfg.unprivileged,
                 instance=cfg.instance,
                 cgroup_parent=cfg.cgroup_parent,
+                uid=os.getuid(),  # before prepare() enters the launcher's user namespace
                 cache_dir=cfg.cache_dir,
                 uids=uids,
                 grant_roots=cfg.grant_roots,
@@ -369,9 +370,11 @@ class Launcher:
         while self.pool.workers and time.monotonic() < deadline:
             self.pool.reap()
             time.sleep(0.01)
-        host.release(self.context, self.config.slots)
         for zygote in self.zygotes.values():
             zygote.stop()
+        for zygote in self.zygotes.values():
+            zygote.wait(5.0)  # out of the launcher's cgroup before it is removed
+        host.release(self.context)
         return 0
 
 
