@@ -6,11 +6,16 @@ it asked for, and the result says ``memory_limit``. The payload is the
 process the OOM killer takes first, so the monitor survives to report.
 Where the running service has no memory cgroup (its status says so: the
 cgroups layer is off, or lists no memory controller), the rlimit fallback
-cannot bound what two tests attack (memory spread over processes, shared
-memory written without mapping it): those skip and say so.
+cannot bound what three tests attack (memory spread over processes, shared
+memory written without mapping it): those skip and say so, unless the test
+run has set up a cgroup for the service (the unprivileged run delegates one:
+scripts/test-unprivileged.sh sets CELLBLOCK_TESTS_MEMORY_CGROUP=1), where
+its absence fails them.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -34,6 +39,8 @@ def _no_memory_cgroup(service) -> str:
 @pytest.fixture(scope="module")
 def memory_cgroup(service) -> None:
     why = _no_memory_cgroup(service)
+    if why and os.environ.get("CELLBLOCK_TESTS_MEMORY_CGROUP") == "1":
+        pytest.fail(f"this test run delegated a memory cgroup, yet {why}")
     if why:
         pytest.skip(why)
 
@@ -166,3 +173,51 @@ def test_shared_memory_written_without_mapping_is_counted(run, memory_cgroup):
     assert result.status == m.Status.MEMORY_LIMIT, show(result)
     hoarded = [int(x.split()[1]) for x in result.stdout.splitlines() if x.startswith("HOARDED")]
     assert not hoarded or max(hoarded) <= 64, show(result)
+
+
+def test_64_blocks_of_100mib_across_processes_end_as_memory_limit(run, memory_cgroup):
+    """32 processes each write two 100 MiB blocks: 6.4 GiB in all, none above any
+    bound a process has on its own (RLIMIT_AS, unprivileged without a cgroup: 256 MiB
+    each). The run's memory cgroup counts them together: children die, so the
+    program, which needs every block, fails, and the run ends as memory_limit."""
+    result = run(
+        """
+        import os, signal, time
+        read_end, write_end = os.pipe()
+        children = []
+        for _ in range(32):
+            pid = os.fork()
+            if pid == 0:
+                blocks = []
+                for _ in range(2):
+                    blocks.append(b"x" * (100 * 2**20))  # written, so every page is really backed
+                    os.write(write_end, b"+")
+                time.sleep(30)
+                os._exit(0)
+            children.append(pid)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        blocks, dead, deadline = 0, set(), time.monotonic() + 8
+        while blocks + 2 * len(dead) < 64 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:
+                blocks += len(os.read(read_end, 64))
+            except BlockingIOError:
+                pass
+            dead |= {pid for pid in children if pid not in dead and os.waitpid(pid, os.WNOHANG)[0]}
+        alive = [pid for pid in children if pid not in dead]
+        print("BLOCKS", blocks, "ALIVE", len(alive), "DEAD", len(dead), flush=True)
+        if not dead and blocks == 64:
+            print("ALL 64 BLOCKS HELD", flush=True)
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        os._exit(1 if dead else 0)
+        """
+    )
+    assert "ALL 64 BLOCKS HELD" not in result.stdout, show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, show(result)
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BLOCKS")), "")
+    if line:  # the payload lived to count: at most the limit's worth of blocks was ever held at once
+        alive = int(line.split()[3])
+        assert alive * 200 <= 256, show(result)
+    assert result.memory_peak_bytes <= 256 * MiB + MiB, show(result)
