@@ -280,6 +280,7 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     findings: list[str]
     capabilities: list[Capability]
     network: list[NetDecision] = []
+    uid: int | None = None  # the uid the kernel gave for the client's connection
 
 
 class HistoryReply(Reply, tag="history_reply", kw_only=True, frozen=True):

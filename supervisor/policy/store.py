@@ -50,7 +50,26 @@ CREATE TABLE IF NOT EXISTS grants (
 );
 CREATE INDEX IF NOT EXISTS grants_client ON grants (client_id);
 """
+# Columns added since the first schema: a database made before them gets each
+# (ALTER TABLE ... ADD COLUMN) when it is opened. Rows are read and written by
+# column name, so the order columns were added in does not matter.
+ADDED_COLUMNS = {"runs": [("uid", "INTEGER")]}
+RUN_COLUMNS = (
+    "run_id, started, finished, client_id, conversation_id, language, code_bytes, code_sha256, status, exit_code, "
+    "wall_ms, cpu_ms, memory_peak_bytes, stdout_truncated, stderr_truncated, redactions, findings, capabilities, "
+    "network, uid"
+)
+RUN_VALUES = ", ".join("?" for _ in RUN_COLUMNS.split(","))
 PRUNE_EVERY = 200
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a database made by an older version lacks."""
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class Store:
@@ -61,6 +80,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        migrate(self.db)
         os.chmod(self.path, 0o600)
         self.clock = clock
         self.retention_s = retention_days * 86400
@@ -81,7 +101,7 @@ class Store:
 
     def record(self, entry: m.HistoryEntry) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_VALUES})",  # noqa: S608 - fixed names
             (
                 entry.run_id,
                 entry.started,
@@ -102,6 +122,7 @@ class Store:
                 json.dumps(entry.findings),
                 msgspec.json.encode(entry.capabilities).decode(),
                 msgspec.json.encode(entry.network).decode(),
+                entry.uid,
             ),
         )
         self._inserts += 1
@@ -138,7 +159,7 @@ class Store:
             where.append("started <= ? AND (started < ? OR run_id < ?)")
             args += [query.before, query.before, query.before_run_id]
         # Only fixed column names are joined in; every value is a bound parameter.
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
+        sql = f"SELECT {RUN_COLUMNS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
         sql += " ORDER BY started DESC, run_id DESC LIMIT ?"
         args.append(query.limit)
         entries = []
@@ -164,6 +185,7 @@ class Store:
                     findings=json.loads(row[16]),
                     capabilities=msgspec.json.decode(row[17], type=list[m.Capability]),
                     network=msgspec.json.decode(row[18], type=list[m.NetDecision]),
+                    uid=row[19],
                 )
             )
         return entries
