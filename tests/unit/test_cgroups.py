@@ -205,3 +205,16 @@ def test_delegate_commands_hand_each_v1_hierarchy_to_the_user() -> None:
     assert "rmdir" in cgroup_parents.undelegate_commands(1234, V1)[0]
     which, commands = cgroup_parents.delegation_advice(1234, V1)
     assert which.startswith("cgroup v1") and all(c.startswith("(root) mkdir") for c in commands)
+
+
+def test_delegation_advice_on_a_v2_host_names_systemd(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory pids\n")
+    manager = tmp_path / "user.slice" / "user-1234.slice" / "user@1234.service"
+    manager.mkdir(parents=True)
+    (manager / "cgroup.controllers").write_text("memory pids\n")  # an older systemd: no cpu
+    which, commands = cgroup_parents.delegation_advice(1234, V2.format(root=tmp_path))
+    assert which.startswith("cgroup v2")
+    assert commands[-1] == "(you)  systemd-run --user --scope -p Delegate=yes cellblock serve"
+    assert any("Delegate=cpu memory pids" in c for c in commands)
+    (manager / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert len(cgroup_parents.delegation_advice(1234, V2.format(root=tmp_path))[1]) == 1  # systemd-run alone

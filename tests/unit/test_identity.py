@@ -8,6 +8,7 @@ import pathlib
 import sqlite3
 import time
 
+import msgspec
 import pytest
 
 from protocol import messages as m
@@ -17,6 +18,7 @@ from protocol.zmtp import routing_id
 from supervisor.config import Config, PolicySection, load_config
 from supervisor.policy import Admitted, Policy, Refused
 from supervisor.policy.store import SCHEMA, Store
+from tests.unit.test_history_paging import entry
 
 SERVICE_UID = 1000
 LIMITS = m.Capability(m.CapabilityKind.LIMITS, "memory_bytes")
@@ -69,30 +71,6 @@ def test_an_untrusted_uid_cannot_grant_and_reads_only_its_own(policy: Policy) ->
     assert isinstance(everyone, m.GrantsReply) and len(everyone.grants) == 2
 
 
-def _entry(run_id: str, uid: int | None) -> m.HistoryEntry:
-    return m.HistoryEntry(
-        run_id=run_id,
-        started=time.time(),
-        finished=time.time(),
-        client_id="c",
-        conversation_id="",
-        language="python",
-        code_bytes=1,
-        code_sha256="0" * 64,
-        status=m.Status.OK,
-        exit_code=0,
-        wall_ms=1.0,
-        cpu_ms=1.0,
-        memory_peak_bytes=1,
-        stdout_truncated=False,
-        stderr_truncated=False,
-        redactions={},
-        findings=[],
-        capabilities=[],
-        uid=uid,
-    )
-
-
 OLD_JSON = ("{}", "[]", "[]", "[]")  # redactions, findings, capabilities, network
 
 
@@ -106,7 +84,7 @@ def test_history_records_the_uid_also_in_a_database_from_before_the_column(tmp_p
     db.commit()
     db.close()
     store = Store(str(tmp_path), time.time, 30, 1000)
-    store.record(_entry("new", 1234))
+    store.record(msgspec.structs.replace(entry(1), run_id="new", uid=1234, started=time.time()))
     entries = {e.run_id: e.uid for e in store.history(m.HistoryRequest(id="h"))}
     assert entries == {"old": None, "new": 1234}
     store.close()
