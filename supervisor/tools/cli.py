@@ -273,7 +273,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         for e in reply.entries:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started))
             code = "" if e.exit_code is None else f" exit {e.exit_code}"
-            extras = []
+            extras = [] if e.uid is None else [f"uid {e.uid}"]
             if e.redactions:
                 extras.append("redacted " + ",".join(f"{k}x{v}" for k, v in sorted(e.redactions.items())))
             if e.findings:

@@ -107,10 +107,15 @@ def test_payload_is_the_first_oom_victim(run):
 
 
 HOLD = """
-    import os, signal, time
-    read_end, write_end = os.pipe()
-    children = []
-    for _ in range({children}):
+    import os, select, signal, time
+    children, dead, reported = [], set(), 0
+    deadline = time.monotonic() + {wait_s}
+
+    def count_dead():
+        dead.update(pid for pid in children if pid not in dead and os.waitpid(pid, os.WNOHANG)[0])
+
+    for _ in range({children}):  # one child at a time: each writes its blocks, then holds them
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             blocks = []
@@ -120,23 +125,21 @@ HOLD = """
             time.sleep(30)
             os._exit(0)
         children.append(pid)
-    os.close(write_end)
-    os.set_blocking(read_end, False)
-
-    def count_dead():
-        dead.update(pid for pid in children if pid not in dead and os.waitpid(pid, os.WNOHANG)[0])
-
-    reported, dead, deadline = 0, set(), time.monotonic() + {wait_s}
-    while reported + {blocks} * len(dead) < {children} * {blocks} and time.monotonic() < deadline:
-        time.sleep(0.05)
-        try:
-            reported += len(os.read(read_end, 64))
-        except BlockingIOError:
-            pass
+        os.close(write_end)
+        got = 0
+        while got < {blocks} and select.select([read_end], [], [], max(0, deadline - time.monotonic()))[0]:
+            chunk = os.read(read_end, 8)
+            if not chunk:
+                break  # it died before it held them all
+            got += len(chunk)
+        os.close(read_end)
+        reported += got
         count_dead()
+        if dead or got < {blocks}:
+            break  # a block is gone (or never came): the program cannot go on
     time.sleep(0.3)  # a kill the kernel has just made shows now
     count_dead()
-    print("REPORTED", reported, "ALIVE", {children} - len(dead), flush=True)
+    print("REPORTED", reported, "ALIVE", len(children) - len(dead), flush=True)
     if not dead and reported == {children} * {blocks}:
         print("ALL HELD", flush=True)
     for pid in children:
@@ -189,10 +192,11 @@ def test_shared_memory_written_without_mapping_is_counted(run, memory_cgroup):
 
 
 def test_64_blocks_of_100mib_across_processes_end_as_memory_limit(run, memory_cgroup):
-    """32 processes each write two 100 MiB blocks: 6.4 GiB in all, none above any
-    bound a process has on its own (RLIMIT_AS, unprivileged without a cgroup: 256 MiB
-    each). The run's memory cgroup counts them together: children die, so the
-    program, which needs every block, fails, and the run ends as memory_limit."""
+    """32 processes, one after another, each write two 100 MiB blocks and hold them:
+    6.4 GiB in all, none above any bound a process has on its own (RLIMIT_AS,
+    unprivileged without a cgroup: 256 MiB each). The run's memory cgroup counts
+    them together: a child dies, so the program, which needs every block, fails,
+    and the run ends as memory_limit."""
     result = run(HOLD.format(children=32, blocks=2, mib=100, wait_s=8))
     assert "ALL HELD" not in result.stdout, show(result)
     assert result.status == m.Status.MEMORY_LIMIT, show(result)
