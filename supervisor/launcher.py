@@ -372,8 +372,9 @@ class Launcher:
             time.sleep(0.01)
         for zygote in self.zygotes.values():
             zygote.stop()
+        deadline = time.monotonic() + 2.0  # all of this within main's wait for the launcher (10 s)
         for zygote in self.zygotes.values():
-            zygote.wait(5.0)  # out of the launcher's cgroup before it is removed
+            zygote.wait(max(0.0, deadline - time.monotonic()))  # out of the launcher's cgroup before it goes
         host.release(self.context)
         return 0
 

@@ -39,7 +39,7 @@ from worker.cgroups import CONTROLLERS, WEIGHT_LAUNCHER, Layout, read_text, v2_c
 
 DELEGATED_V1 = "cellblock/user-{uid}"  # relative to each v1 hierarchy's root
 SERVICE_LEAF = "service"  # v2: where the processes of a delegated cgroup move, so it can hand controllers down
-REMOVE_WAIT_S = 2.0  # a cgroup whose last process is still exiting refuses rmdir for a moment
+REMOVE_WAIT_S = 1.0  # a cgroup whose last process is still exiting refuses rmdir for a moment
 
 
 class Mounts(msgspec.Struct, frozen=True):
