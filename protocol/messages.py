@@ -369,6 +369,7 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     files_in: list[FileRecord] = []  # names, sizes and hashes: never bytes
     files_out: list[FileRecord] = []
     session: str = ""
+    uid: int | None = None  # the uid the kernel gave for the client's connection
 
 
 class HistoryReply(Reply, tag="history_reply", kw_only=True, frozen=True):

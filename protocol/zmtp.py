@@ -42,6 +42,20 @@ class ZmtpError(Exception):
     pass
 
 
+_PEERCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_UID = struct.Struct(">I")
+
+
+def routing_id(uid: int, identity: bytes) -> bytes:
+    """A connection's routing id on a ``Router`` made ``by_uid``: its peer's uid, then the identity it named."""
+    return _UID.pack(uid) + identity
+
+
+def peer_uid(routing: bytes) -> int | None:
+    """The uid the kernel gave for the peer behind a ``by_uid`` routing id (None: not one)."""
+    return _UID.unpack_from(routing)[0] if len(routing) > _UID.size else None
+
+
 def _property(name: bytes, value: bytes) -> bytes:
     return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
 
@@ -222,6 +236,7 @@ class Peer:
     sock: socket.socket
     fd: int
     identity: bytes = b""
+    uid: int = -1  # SO_PEERCRED at accept (``by_uid`` routers only)
     greeted: bool = False  # the peer's 64-byte greeting was read
     ready: bool = False  # its READY command was read
     inbox: bytearray = field(default_factory=bytearray)
@@ -258,6 +273,13 @@ class Router:
     the broker queue without bound. A peer names itself with the READY
     ``Identity`` property, or gets a random one; a second live peer claiming
     a taken identity is refused.
+
+    With ``by_uid`` (the broker's client socket) a connection's routing id is
+    :func:`routing_id` of the uid the kernel reports for its peer
+    (SO_PEERCRED, read at accept: the peer cannot choose it) and the identity
+    it named. So the owner knows which uid sent each message (:func:`peer_uid`),
+    and a reply can only reach a connection of the uid that sent the request:
+    another uid naming the same identity gets a routing id of its own.
     """
 
     BATCH = 256  # messages taken from one connection per call
@@ -277,7 +299,9 @@ class Router:
         max_peers: int = 512,
         idle_s: float = 30.0,
         max_held: int = 128 << 20,
+        by_uid: bool = False,
     ) -> None:
+        self.by_uid = by_uid
         self.max_frame = max_frame
         self.max_held = max_held
         self.max_parts = max_parts
@@ -318,6 +342,14 @@ class Router:
                 continue
             sock.setblocking(False)
             peer = Peer(sock, sock.fileno(), opened=time.monotonic())
+            if self.by_uid:
+                try:
+                    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+                except OSError:
+                    self.dropped += 1
+                    sock.close()
+                    continue
+                peer.uid = _PEERCRED.unpack(creds)[1]
             self.by_fd[peer.fd] = peer
             ready = b"\x05READY" + _property(b"Socket-Type", b"ROUTER")
             peer.outbox += _GREETING + _frame(_COMMAND, ready)
@@ -427,13 +459,14 @@ class Router:
             props = _properties(body[6:])
             if props.get(b"socket-type") not in self.socket_types:
                 raise ZmtpError(f"socket type {props.get(b'socket-type')!r} cannot talk to this ROUTER")
-            identity = props.get(b"identity", b"")
-            if not identity:
-                identity = b"\x00" + os.urandom(4)
-                while identity in self.by_id:
-                    identity = b"\x00" + os.urandom(4)
-            elif len(identity) > 255 or identity[0] == 0 or identity in self.by_id:
-                raise ZmtpError("identity too long, reserved or taken")
+            named = props.get(b"identity", b"")
+            if named and (len(named) > 255 or named[0] == 0):
+                raise ZmtpError("identity too long or reserved")
+            identity = self._routing(peer, named or b"\x00" + os.urandom(4))
+            while not named and identity in self.by_id:
+                identity = self._routing(peer, b"\x00" + os.urandom(4))
+            if identity in self.by_id:
+                raise ZmtpError("identity taken")
             peer.identity = identity
             peer.ready = True
             self.by_id[identity] = peer
@@ -444,6 +477,9 @@ class Router:
             peer.outbox += _frame(_COMMAND, b"\x04PONG" + body[7:23])
             self._flush(peer)
         # other commands (PONG, SUBSCRIBE...) have nothing to do here
+
+    def _routing(self, peer: Peer, identity: bytes) -> bytes:
+        return routing_id(peer.uid, identity) if self.by_uid else identity
 
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Queue a message to ``identity``; False if no such peer is connected, or its queue is full."""

@@ -45,7 +45,7 @@ from protocol.zmtp import Router
 from supervisor.catalogue import Catalogue
 from supervisor.config import Config, pool_targets
 from supervisor.dispatch import Dispatcher, Effects, Ticket
-from supervisor.identity import drop_privileges
+from supervisor.identity import drop_privileges, expose
 from supervisor.intake import Intake
 from supervisor.link import EgressLink, LauncherLink
 from supervisor.log import logger
@@ -144,9 +144,10 @@ class Broker:
             except FileNotFoundError:
                 pass
             routers[name] = Router(
-                path, max_frame=max_frame, watch=self._watch, socket_types=kinds, max_peers=max_peers, max_held=max_held
+                path, max_frame=max_frame, watch=self._watch, socket_types=kinds, max_peers=max_peers,
+                max_held=max_held, by_uid=name == "client.sock",  # each client's uid from the kernel: policy/peers.py
             )
-            os.chmod(path, 0o600)
+            expose(path, self.cfg.config.service.client_group if name == "client.sock" else "")
         self.clients, self.workers = routers["client.sock"], routers["workers.sock"]
         self._listen(self.clients.fileno(), select.EPOLLIN, lambda fd, ev: self.clients.accept())
         self._listen(self.workers.fileno(), select.EPOLLIN, lambda fd, ev: self.workers.accept())
@@ -256,7 +257,7 @@ class Broker:
             case m.StatusRequest(id=rid):
                 self._reply(client, self.status(rid))
             case m.GrantRequest() | m.RevokeRequest() | m.GrantsRequest() | m.HistoryRequest():
-                self._reply(client, self.policy.admin(request))
+                self._reply(client, self.policy.admin(request, client.hex()))
             case m.SessionOpen():
                 self.sessions.open(client, request)  # its reply comes when the session's sandbox is ready
             case m.SessionClose():

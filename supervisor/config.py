@@ -7,6 +7,7 @@ reason. Defaults are what a new user gets from ``make run``.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import pathlib
@@ -37,12 +38,19 @@ class ServiceSection(Strict, frozen=True):
     queue_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
     queue_wait_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     drain_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 90.0
+    # Who else may connect to client.sock: "" only the service's own user (and
+    # root); a group name or gid: its members; "*": every local user. Each
+    # connection is keyed by its uid unless [policy] trusted_uids names it.
+    client_group: str = ""
     broker_uid: Annotated[int, msgspec.Meta(ge=1)] = 599_999  # root mode only
     worker_uid_base: Annotated[int, msgspec.Meta(ge=1000)] = 600_000  # root mode only; + slot
 
 
 class CgroupSection(Strict, frozen=True):
-    parent: str = ""  # a delegated cgroup directory; empty: choose automatically
+    # A cgroup to make the service's cgroups in; empty: choose (root: its own; else a
+    # subtree delegated to the user, worker/cgroup_parents.py). On cgroup v1 it names a
+    # place in one hierarchy, and the same path in each other hierarchy is used too.
+    parent: str = ""
 
 
 class ClientPolicy(Strict, frozen=True):
@@ -54,8 +62,12 @@ class PolicySection(Strict, frozen=True):
     rate_per_minute: Pos = 10
     concurrency: Pos = 3
     over_concurrency: Literal["wait", "refuse"] = "wait"
-    clients: dict[str, ClientPolicy] = {}
+    clients: dict[str, ClientPolicy] = {}  # by key: a client id a trusted uid names, or "uid:<n>"
     grant_roots: list[str] = []  # host paths under which fs grants may be given
+    # Uids whose requests may name their client (client_id) and who may grant and
+    # revoke, besides root and the uid that started the service. Any other uid is
+    # one client, "uid:<n>", whatever id it names (supervisor/policy/peers.py).
+    trusted_uids: list[Annotated[int, msgspec.Meta(ge=0)]] = []
 
 
 class EgressSection(Strict, frozen=True):
@@ -109,6 +121,12 @@ def _check(config: Config, path: str) -> None:
         value = getattr(config.service, name)
         if value and not value.startswith("/"):
             raise ConfigError(path, f"service.{name}", "must be an absolute path")
+    group = config.service.client_group
+    if group not in ("", "*"):
+        try:
+            group_id(group)
+        except KeyError:
+            raise ConfigError(path, "service.client_group", f"no group {group!r} on this host") from None
     if config.cgroups.parent and not config.cgroups.parent.startswith("/sys/fs/cgroup"):
         raise ConfigError(path, "cgroups.parent", "must be a directory under /sys/fs/cgroup")
     for i, root in enumerate(config.policy.grant_roots):
@@ -130,6 +148,11 @@ def _check(config: Config, path: str) -> None:
             valid = False
         if not valid:
             raise ConfigError(path, f"egress.allow_targets[{i}]", "must be ADDRESS:PORT, e.g. 127.0.0.1:8080")
+
+
+def group_id(group: str) -> int:
+    """A group named by name or number (KeyError if there is no such group)."""
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 def load_config(path: str | None) -> Config:

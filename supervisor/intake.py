@@ -115,7 +115,7 @@ class Intake:
         self.counters[f"status_{result.status.value}"] += 1
         self.reply(client, result)
         if client_key:
-            self.policy.finished(client_key, request, result, [], time.time())
+            self.policy.finished(client_key, request, result, [], time.time(), client.hex())
 
     def _fail(
         self,
@@ -301,7 +301,7 @@ class Intake:
         self.policy.released(state.client_key)
         self.counters[f"status_{result.status.value}"] += 1
         self.reply(state.client, result)  # first: the history row is not the client's wait
-        self.policy.finished(state.client_key, request, result, state.capabilities, state.received)
+        self.policy.finished(state.client_key, request, result, state.capabilities, state.received, state.client.hex())
         self._resume(state.client_key)
 
     def _resume(self, client_key: str) -> None:

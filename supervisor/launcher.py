@@ -96,6 +96,7 @@ class Launcher:
                 unprivileged=cfg.unprivileged,
                 instance=cfg.instance,
                 cgroup_parent=cfg.cgroup_parent,
+                uid=os.getuid(),  # before prepare() enters the launcher's user namespace
                 cache_dir=cfg.cache_dir,
                 uids=uids,
                 grant_roots=cfg.grant_roots,
@@ -369,9 +370,12 @@ class Launcher:
         while self.pool.workers and time.monotonic() < deadline:
             self.pool.reap()
             time.sleep(0.01)
-        host.release(self.context, self.config.slots)
         for zygote in self.zygotes.values():
             zygote.stop()
+        deadline = time.monotonic() + 2.0  # all of this within main's wait for the launcher (10 s)
+        for zygote in self.zygotes.values():
+            zygote.wait(max(0.0, deadline - time.monotonic()))  # out of the launcher's cgroup before it goes
+        host.release(self.context)
         return 0
 
 

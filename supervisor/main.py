@@ -94,8 +94,11 @@ class Supervisor:
         if _socket_answers(client_sock):
             raise ServiceRunning(f"a cellblock service already answers on {client_sock}")
         os.makedirs(os.path.dirname(self.rundir), mode=0o755, exist_ok=True)
-        os.makedirs(self.rundir, mode=0o700, exist_ok=True)
-        os.chmod(self.rundir, 0o700)
+        # 0711 when other users may connect to client.sock: they can pass through to it,
+        # not list the directory; every other socket in it is 0600 (supervisor.identity.expose).
+        mode = 0o711 if self.config.service.client_group else 0o700
+        os.makedirs(self.rundir, mode=mode, exist_ok=True)
+        os.chmod(self.rundir, mode)
         os.makedirs(self.statedir, mode=0o700, exist_ok=True)
         if self.root:
             uid = self.config.service.broker_uid

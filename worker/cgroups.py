@@ -2,9 +2,10 @@
 
 Each controller is taken from cgroup v2 when the unified hierarchy offers it,
 else from its v1 hierarchy (this development machine: memory, pids and cpu
-on v1; most current distributions: v2 only). Where no writable cgroup exists
-(unprivileged, nothing delegated) the launcher falls back to rlimits and
-``cellblock status`` says so.
+on v1; most current distributions: v2 only). Where the parents go (root's
+own, or a subtree delegated to the user) is ``worker.cgroup_parents``; where
+no cgroup can be had the launcher falls back to rlimits and ``cellblock
+status`` says so.
 
 The launcher owns a directory per *slot* (``w<N>``) under its parent and
 reuses it for the next worker of that slot; the worker joins it with its
@@ -14,7 +15,6 @@ writes them through those descriptors after it has dropped privileges.
 
 from __future__ import annotations
 
-import errno
 import os
 
 import msgspec
@@ -34,6 +34,7 @@ class Layout(msgspec.Struct, frozen=True, kw_only=True):
 
     parents: dict[str, tuple[int, str]]
     detail: str
+    home: str = ""  # the cpu cgroup the launcher returns to before its own group is removed
 
     def version(self, controller: str) -> int | None:
         entry = self.parents.get(controller)
@@ -44,51 +45,12 @@ class Layout(msgspec.Struct, frozen=True, kw_only=True):
         return ", ".join(parts)
 
 
-class Mounts(msgspec.Struct, frozen=True):
-    v1: dict[str, str]  # controller -> mount point
-    v2: str | None
-
-
-def parse_mountinfo(text: str) -> Mounts:
-    v1: dict[str, str] = {}
-    v2 = None
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        rfields = right.split()
-        if len(fields) < 5 or len(rfields) < 3:
-            continue
-        mount_point, fstype, options = fields[4], rfields[0], rfields[2].split(",")
-        if fstype == "cgroup2" and v2 is None:
-            v2 = mount_point
-        elif fstype == "cgroup":
-            for controller in CONTROLLERS:
-                if controller in options:
-                    v1.setdefault(controller, mount_point)
-    return Mounts(v1, v2)
-
-
-def parse_self_cgroup(text: str) -> dict[str, str]:
-    """'/proc/self/cgroup' -> controller (or '' for v2) -> path."""
-    paths: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            paths[""] = path
-        for controller in controllers.split(","):
-            paths[controller] = path
-    return paths
-
-
-def _read(path: str) -> str:
+def read_text(path: str) -> str:
     with open(path, encoding="ascii") as src:
         return src.read()
 
 
-def _write(path: str, value: str) -> None:
+def write_text(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -96,108 +58,11 @@ def _write(path: str, value: str) -> None:
         os.close(fd)
 
 
-def _v2_controllers(path: str) -> set[str]:
+def v2_controllers(path: str) -> set[str]:
     try:
-        return set(_read(os.path.join(path, "cgroup.controllers")).split())
+        return set(read_text(os.path.join(path, "cgroup.controllers")).split())
     except OSError:
         return set()
-
-
-def detect(
-    instance: str,
-    is_root: bool,
-    parent_hint: str = "",
-    mountinfo: str | None = None,
-    self_cgroup: str | None = None,
-) -> tuple[Layout | None, str]:
-    """Choose a writable parent for each controller; (None, reason) if none."""
-    mounts = parse_mountinfo(mountinfo if mountinfo is not None else _read("/proc/self/mountinfo"))
-    own = parse_self_cgroup(self_cgroup if self_cgroup is not None else _read("/proc/self/cgroup"))
-    parents: dict[str, tuple[int, str]] = {}
-    v2_root = mounts.v2
-    if parent_hint:
-        v2_avail = _v2_controllers(parent_hint) if v2_root and parent_hint.startswith(v2_root) else set()
-        for controller in CONTROLLERS:
-            if controller in v2_avail:
-                parents[controller] = (2, os.path.join(parent_hint, instance))
-            elif controller in mounts.v1 and parent_hint.startswith(mounts.v1[controller]):
-                parents[controller] = (1, os.path.join(parent_hint, instance))
-    else:
-        v2_avail = _v2_controllers(v2_root) if v2_root and is_root else set()
-        for controller in CONTROLLERS:
-            if controller in v2_avail and v2_root:
-                parents[controller] = (2, os.path.join(v2_root, "cellblock", instance))
-            elif controller in mounts.v1:
-                base = mounts.v1[controller]
-                if is_root:
-                    parents[controller] = (1, os.path.join(base, "cellblock", instance))
-                else:
-                    mine = os.path.join(base, own.get(controller, "/").lstrip("/"))
-                    if os.access(mine, os.W_OK):
-                        parents[controller] = (1, os.path.join(mine, f"cellblock-{instance}"))
-    if not parents:
-        if not is_root:
-            return None, "not root and no delegated cgroup is writable (set cgroups.parent)"
-        return None, "no cgroup hierarchy with memory, pids or cpu is mounted"
-    missing = [c for c in CONTROLLERS if c not in parents and not (c == "cpuacct" and parents.get("cpu", (0,))[0] == 2)]
-    detail = ", ".join(f"{c}=v{v}" for c, (v, _) in sorted(parents.items()))
-    if missing:
-        detail += f"; missing: {', '.join(missing)}"
-    return Layout(parents=parents, detail=detail), ""
-
-
-def prepare_host(setting: str, instance: str, is_root: bool, parent: str) -> tuple[Layout | None, str, str]:
-    """Parents for the slots' cgroups, made and the caller placed among them:
-    (layout or None, what the layer is, why it is missing). ``setting`` is the
-    profile's cgroups layer: required, optional or off."""
-    if setting == "off":
-        return None, "off in the profile; rlimits only", ""
-    layout, reason = detect(instance, is_root, parent)
-    if layout is not None:
-        try:
-            create_parents(layout)
-            place_launcher(layout)
-        except OSError as exc:
-            layout, reason = None, f"cannot create cgroups ({exc.strerror})"
-    if layout is None:
-        return None, f"fell back to rlimits: {reason}", reason
-    return layout, layout.detail, ""
-
-
-def create_parents(layout: Layout) -> None:
-    for version, parent in {p for p in layout.parents.values()}:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-        if version == 2:
-            wanted = [c for c, (v, p) in layout.parents.items() if v == 2 and p == parent]
-            # Enable the controllers on every level from the hierarchy root down.
-            levels = []
-            path = parent
-            while _v2_controllers(os.path.dirname(path)) and path != os.path.dirname(path):
-                levels.append(os.path.dirname(path))
-                path = os.path.dirname(path)
-            for level in [*reversed(levels), parent]:
-                try:
-                    _write(os.path.join(level, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
-                except OSError as exc:
-                    if exc.errno not in (errno.EBUSY, errno.ENOENT):
-                        raise
-
-
-def place_launcher(layout: Layout) -> None:
-    """Move the calling launcher into a low-weight cpu group beside the slots.
-
-    Making sandboxes is background work: a run that is waiting to be picked
-    up must win the CPU over the launcher's next clone. The weights only
-    compare inside the group, so the launcher has to be in it.
-    """
-    entry = layout.parents.get("cpu")
-    if entry is None:
-        return
-    version, parent = entry
-    directory = os.path.join(parent, "launcher")
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    _write(os.path.join(directory, "cpu.weight" if version == 2 else "cpu.shares"), WEIGHT_LAUNCHER[version])
-    _write(os.path.join(directory, "cgroup.procs"), "0")
 
 
 def slot_dirs(layout: Layout, index: int) -> dict[str, str]:
@@ -206,9 +71,9 @@ def slot_dirs(layout: Layout, index: int) -> dict[str, str]:
 
 def set_memory_limit(version: int, directory: str, limit: int) -> None:
     if version == 2:
-        _write(os.path.join(directory, "memory.max"), str(limit))
+        write_text(os.path.join(directory, "memory.max"), str(limit))
         try:
-            _write(os.path.join(directory, "memory.swap.max"), "0")
+            write_text(os.path.join(directory, "memory.swap.max"), "0")
         except OSError:
             pass  # no swap accounting: nothing to limit
         return
@@ -217,14 +82,14 @@ def set_memory_limit(version: int, directory: str, limit: int) -> None:
     memsw = os.path.join(directory, "memory.memsw.limit_in_bytes")
     has_memsw = os.path.exists(memsw)
     try:
-        _write(mem, str(limit))
+        write_text(mem, str(limit))
         if has_memsw:
-            _write(memsw, str(limit))
+            write_text(memsw, str(limit))
     except OSError:
         if not has_memsw:
             raise
-        _write(memsw, str(limit))
-        _write(mem, str(limit))
+        write_text(memsw, str(limit))
+        write_text(mem, str(limit))
 
 
 def prepare_slot(layout: Layout, index: int, memory_bytes: int, pids: int, cpu_quota: float) -> dict[str, str]:
@@ -236,16 +101,16 @@ def prepare_slot(layout: Layout, index: int, memory_bytes: int, pids: int, cpu_q
         if controller == "memory":
             set_memory_limit(version, directory, memory_bytes)
         elif controller == "pids":
-            _write(os.path.join(directory, "pids.max"), str(pids))
+            write_text(os.path.join(directory, "pids.max"), str(pids))
         elif controller == "cpu":
             quota = int(cpu_quota * CPU_PERIOD_US)
             if version == 2:
-                _write(os.path.join(directory, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
-                _write(os.path.join(directory, "cpu.weight"), WEIGHT_IDLE[2])
+                write_text(os.path.join(directory, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+                write_text(os.path.join(directory, "cpu.weight"), WEIGHT_IDLE[2])
             else:
-                _write(os.path.join(directory, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
-                _write(os.path.join(directory, "cpu.cfs_quota_us"), str(quota))
-                _write(os.path.join(directory, "cpu.shares"), WEIGHT_IDLE[1])
+                write_text(os.path.join(directory, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                write_text(os.path.join(directory, "cpu.cfs_quota_us"), str(quota))
+                write_text(os.path.join(directory, "cpu.shares"), WEIGHT_IDLE[1])
     return dirs
 
 
@@ -260,31 +125,7 @@ def join(layout: Layout, dirs: dict[str, str]) -> None:
     versions = {directory: layout.parents[c][0] for c, directory in dirs.items()}
     for directory in sorted(versions):
         name = "tasks" if versions[directory] == 1 else "cgroup.procs"
-        _write(os.path.join(directory, name), "0")
-
-
-def remove_slot(dirs: dict[str, str]) -> None:
-    for directory in set(dirs.values()):
-        try:
-            os.rmdir(directory)
-        except OSError:
-            pass
-
-
-def remove_parents(layout: Layout) -> None:
-    for _, parent in {p for p in layout.parents.values()}:
-        try:
-            launcher = os.path.join(parent, "launcher")
-            if os.path.isdir(launcher):
-                # Move ourselves out first: a cgroup with a process cannot go.
-                _write(os.path.join(os.path.dirname(os.path.dirname(parent)), "cgroup.procs"), "0")
-            for name in os.listdir(parent):
-                path = os.path.join(parent, name)
-                if os.path.isdir(path):
-                    os.rmdir(path)
-            os.rmdir(parent)
-        except OSError:
-            pass
+        write_text(os.path.join(directory, name), "0")
 
 
 def _oom_kills(text: str) -> int:

@@ -23,7 +23,18 @@ from protocol import messages as m
 from protocol.messages import HostBind
 from protocol.profile import Environment, Profile
 from protocol.wire import MAX_LAUNCHER_DATAGRAM, launcher_zygote_codec
-from worker import cgroups, environments, mounts, namespaces, payload, privileges, runtimes, seccomp, zygote
+from worker import (
+    cgroup_parents,
+    cgroups,
+    environments,
+    mounts,
+    namespaces,
+    payload,
+    privileges,
+    runtimes,
+    seccomp,
+    zygote,
+)
 from worker import syscalls as sc
 from worker.runtimes.base import Runtime
 from worker.sandbox import Context
@@ -40,6 +51,7 @@ class Host(msgspec.Struct, frozen=True, kw_only=True):
     unprivileged: bool
     instance: str  # names this service's cgroups
     cgroup_parent: str  # a delegated cgroup to use, or "" to choose
+    uid: int = 0  # the service user's uid on the host (the launcher is uid 0 in its user namespace)
     cache_dir: str  # what runtimes build once per host
     uids: tuple[int, int]  # the sandbox uids, [first, last)
     grant_roots: list[str] = []
@@ -95,8 +107,8 @@ def prepare(host: Host) -> Prepared:
     kinds, more = _kinds(host, offered, info)
     info += more
     refused = ""
-    layout, detail, missing = cgroups.prepare_host(
-        profile.layers.cgroups, host.instance, not host.unprivileged, host.cgroup_parent
+    layout, detail, missing = cgroup_parents.prepare_host(
+        profile.layers.cgroups, host.instance, not host.unprivileged, host.cgroup_parent, host.uid
     )
     layers.append(m.LayerStatus(name="cgroups", active=layout is not None, detail=detail))
     if missing and profile.layers.cgroups == "required":
@@ -213,12 +225,11 @@ def prepare_slot(ctx: Context, slot: int) -> dict[str, str]:
     return cgroups.prepare_slot(ctx.layout, slot, memory, fixed.pids, fixed.cpu_quota)
 
 
-def release(ctx: Context, slots: int) -> None:
-    """Remove every slot's cgroups and their parents (the launcher is stopping)."""
+def release(ctx: Context) -> None:
+    """Remove every slot's cgroups and their parents (the launcher is stopping, its workers
+    and zygotes are gone)."""
     if ctx.layout is not None:
-        for slot in range(slots):
-            cgroups.remove_slot(cgroups.slot_dirs(ctx.layout, slot))
-        cgroups.remove_parents(ctx.layout)
+        cgroup_parents.remove_parents(ctx.layout)
 
 
 def check_bind(bind: HostBind, roots: list[str]) -> None:
@@ -303,3 +314,12 @@ class Zygote:
             self.proc.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+    def wait(self, timeout: float) -> None:
+        """Until it has exited (killed after ``timeout``): while it lives, it holds the
+        launcher's cgroup, which cannot be removed."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

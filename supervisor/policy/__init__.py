@@ -3,8 +3,9 @@
 ``Policy`` is the broker's one entry point. Each concern has its module:
 ``validation`` (sizes, limits, capability syntax), ``ratelimit`` (per-client
 rate and concurrency), ``grants`` (which grant covers which need),
-``findings`` (static analysis), ``redact`` (secrets in output) and ``store``
-(SQLite: history and grants). Admission (``admit``, one call, one
+``findings`` (static analysis), ``redact`` (secrets in output), ``peers``
+(who sent a request: the kernel's uid, and whether it may name its client)
+and ``store`` (SQLite: history and grants). Admission (``admit``, one call, one
 answer: Admitted, Refused or Wait): the language, sizes, capabilities
 against grants, limits, rate, concurrency; the static analysis runs after
 the job has gone out.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from protocol.profile import Profile
 from supervisor import results
 from supervisor.config import Config
 from supervisor.policy import findings as findings_mod
-from supervisor.policy import grants, validation
+from supervisor.policy import grants, peers, validation
 from supervisor.policy.detect import detect, unfence
 from supervisor.policy.ratelimit import Limiter
 from supervisor.policy.redact import Redactor, ResultRedactor, StreamRedactor
@@ -145,9 +147,17 @@ def _rate_limited(message: str, retry_after_s: float) -> m.ExecuteResult:
 
 class Policy:
     def __init__(
-        self, config: Config, profile: Profile, state_dir: str, clock: Callable[[], float] = time.time
+        self,
+        config: Config,
+        profile: Profile,
+        state_dir: str,
+        clock: Callable[[], float] = time.time,
+        service_uid: int | None = None,
     ) -> None:
+        """``service_uid``: the uid that started the service, trusted by default (the
+        broker's real uid before it drops, which is when the broker makes its policy)."""
         self.config = config
+        self.trusted = peers.trusted_uids(config, os.getuid() if service_uid is None else service_uid)
         self.profile = profile
         self.clock = clock
         self.store = Store(state_dir, clock, config.history.retention_days, config.history.max_rows)
@@ -159,8 +169,11 @@ class Policy:
 
     # --- admission --------------------------------------------------------------------------
 
-    def client_key(self, connection: str, request: m.ExecuteRequest) -> str:
-        return request.client_id or f"conn:{connection}"
+    def client_key(
+        self, connection: str, request: m.ExecuteRequest | m.SessionOpen | m.SessionClose | m.SessionList
+    ) -> str:
+        """The peer's uid, plus the client id it names when that uid is trusted (``peers``)."""
+        return peers.key_for(peers.uid_of(connection), self.trusted, connection, request.client_id)
 
     def admit(
         self, connection: str, request: m.ExecuteRequest, resolve: Callable[[m.ExecuteRequest], Resolved]
@@ -276,8 +289,9 @@ class Policy:
         result: m.ExecuteResult,
         capabilities: list[m.Capability],
         received_wall: float,
+        connection: str = "",
     ) -> None:
-        """Record the run's metadata (never code, never output)."""
+        """Record the run's metadata (never code, never output), and the uid that asked."""
         if not self.config.history.enabled:
             return
         code = request.code.encode("utf-8", "surrogatepass")
@@ -307,6 +321,7 @@ class Policy:
                     m.FileRecord(name=a.name, size=a.size, sha256=a.sha256, scanned=a.scanned) for a in result.artifacts
                 ],
                 session=request.session,
+                uid=peers.uid_of(connection),
             )
         )
 
@@ -325,7 +340,11 @@ class Policy:
 
     # --- admin requests -----------------------------------------------------------------------
 
-    def admin(self, request: m.Request) -> m.Reply:
+    def admin(self, request: m.Request, connection: str) -> m.Reply:
+        """Grants and history. An untrusted uid reads only its own and cannot grant or revoke."""
+        uid = peers.uid_of(connection)
+        if uid not in self.trusted:
+            request = self._own_only(request, uid)
         match request:
             case m.GrantRequest():
                 cap = request.capability
@@ -344,3 +363,17 @@ class Policy:
             case m.HistoryRequest():
                 return m.HistoryReply(id=request.id, entries=self.store.history(request))
         raise CellblockError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(request).__name__} is not an admin request")
+
+    @staticmethod
+    def _own_only(request: m.Request, uid: int | None) -> m.Request:
+        """An untrusted uid's admin request, narrowed to its own key (or refused)."""
+        match request:
+            case m.GrantRequest() | m.RevokeRequest():
+                raise CellblockError(
+                    ErrorCode.PERMISSION_REQUIRED,
+                    f"uid {uid} may not grant or revoke: only root, the service's own user and "
+                    "[policy] trusted_uids may (cellblock grant, as one of them)",
+                )
+            case m.GrantsRequest() | m.HistoryRequest():
+                return msgspec.structs.replace(request, client_id=peers.key_for(uid, frozenset(), "", ""))
+        return request

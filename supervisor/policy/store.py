@@ -35,10 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (
     redactions TEXT NOT NULL,
     findings TEXT NOT NULL,
     capabilities TEXT NOT NULL,
-    network TEXT NOT NULL,
-    session TEXT NOT NULL DEFAULT '',
-    files_in TEXT NOT NULL DEFAULT '[]',
-    files_out TEXT NOT NULL DEFAULT '[]'
+    network TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 CREATE INDEX IF NOT EXISTS runs_client ON runs (client_id, started);
@@ -53,21 +50,34 @@ CREATE TABLE IF NOT EXISTS grants (
 );
 CREATE INDEX IF NOT EXISTS grants_client ON grants (client_id);
 """
-PRUNE_EVERY = 200
-# Columns added since the first schema: a database made before them gets them
-# (ALTER TABLE), so an upgrade keeps its history.
-ADDED = {
-    "session": "TEXT NOT NULL DEFAULT ''",
-    "files_in": "TEXT NOT NULL DEFAULT '[]'",
-    "files_out": "TEXT NOT NULL DEFAULT '[]'",
+# Columns added since the first schema: a database made before them gets each
+# (ALTER TABLE ... ADD COLUMN) when it is opened. Rows are read and written by
+# column name, so the order columns were added in does not matter.
+ADDED_COLUMNS = {
+    "runs": [
+        ("uid", "INTEGER"),
+        ("session", "TEXT NOT NULL DEFAULT ''"),
+        ("files_in", "TEXT NOT NULL DEFAULT '[]'"),
+        ("files_out", "TEXT NOT NULL DEFAULT '[]'"),
+    ]
 }
-COLUMNS = (
-    "run_id, started, finished, client_id, conversation_id, language, code_bytes, code_sha256, status, "
-    "exit_code, wall_ms, cpu_ms, memory_peak_bytes, stdout_truncated, stderr_truncated, redactions, findings, "
-    "capabilities, network, session, files_in, files_out"
+RUN_COLUMNS = (
+    "run_id, started, finished, client_id, conversation_id, language, code_bytes, code_sha256, status, exit_code, "
+    "wall_ms, cpu_ms, memory_peak_bytes, stdout_truncated, stderr_truncated, redactions, findings, capabilities, "
+    "network, uid, session, files_in, files_out"
 )
-PLACEHOLDERS = ",".join("?" * len(COLUMNS.split(",")))
+RUN_VALUES = ", ".join("?" for _ in RUN_COLUMNS.split(","))
+PRUNE_EVERY = 200
 _files = msgspec.json.Decoder(list[m.FileRecord])
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a database made by an older version lacks."""
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class Store:
@@ -78,10 +88,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
-        for column, declaration in ADDED.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {declaration}")
+        migrate(self.db)
         os.chmod(self.path, 0o600)
         self.clock = clock
         self.retention_s = retention_days * 86400
@@ -102,7 +109,7 @@ class Store:
 
     def record(self, entry: m.HistoryEntry) -> None:
         self.db.execute(
-            f"INSERT OR REPLACE INTO runs ({COLUMNS}) VALUES ({PLACEHOLDERS})",  # noqa: S608 - fixed names
+            f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_VALUES})",  # noqa: S608 - fixed names
             (
                 entry.run_id,
                 entry.started,
@@ -123,6 +130,7 @@ class Store:
                 json.dumps(entry.findings),
                 msgspec.json.encode(entry.capabilities).decode(),
                 msgspec.json.encode(entry.network).decode(),
+                entry.uid,
                 entry.session,
                 msgspec.json.encode(entry.files_in).decode(),
                 msgspec.json.encode(entry.files_out).decode(),
@@ -162,7 +170,7 @@ class Store:
             where.append("started <= ? AND (started < ? OR run_id < ?)")
             args += [query.before, query.before, query.before_run_id]
         # Only fixed column names are joined in; every value is a bound parameter.
-        sql = f"SELECT {COLUMNS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
+        sql = f"SELECT {RUN_COLUMNS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
         sql += " ORDER BY started DESC, run_id DESC LIMIT ?"
         args.append(query.limit)
         entries = []
@@ -188,9 +196,10 @@ class Store:
                     findings=json.loads(row[16]),
                     capabilities=msgspec.json.decode(row[17], type=list[m.Capability]),
                     network=msgspec.json.decode(row[18], type=list[m.NetDecision]),
-                    session=row[19],
-                    files_in=_files.decode(row[20]),
-                    files_out=_files.decode(row[21]),
+                    uid=row[19],
+                    session=row[20],
+                    files_in=_files.decode(row[21]),
+                    files_out=_files.decode(row[22]),
                 )
             )
         return entries

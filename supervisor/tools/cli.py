@@ -372,7 +372,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         for e in reply.entries:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started))
             code = "" if e.exit_code is None else f" exit {e.exit_code}"
-            extras = []
+            extras = [] if e.uid is None else [f"uid {e.uid}"]
             if e.redactions:
                 extras.append("redacted " + ",".join(f"{k}x{v}" for k, v in sorted(e.redactions.items())))
             if e.findings:
@@ -431,8 +431,10 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from supervisor.tools.doctor import run_doctor
+    from supervisor.tools.doctor import print_cgroup_commands, run_doctor
 
+    if args.delegate_cgroups is not None or args.undelegate_cgroups is not None:
+        return print_cgroup_commands(args.delegate_cgroups, args.undelegate_cgroups)
     return run_doctor(_socket_path(args))
 
 
@@ -559,6 +561,10 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     console.set_defaults(func=cmd_console)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
+    doctor.add_argument(
+        "--delegate-cgroups", type=int, metavar="UID", help="cgroup v1: print root's commands that delegate to UID"
+    )
+    doctor.add_argument("--undelegate-cgroups", type=int, metavar="UID", help="print the commands that remove it again")
     _common(doctor)
     doctor.set_defaults(func=cmd_doctor)
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from worker import cgroups
+from worker import cgroup_parents
 from worker.runtimes.swift import find_frontend
 
 OK, WARN, MISSING = "ok", "warn", "MISSING"
@@ -34,6 +34,18 @@ def _userns_probe() -> tuple[bool, str]:
     return False, os.strerror(proc.returncode) if proc.returncode < 200 else f"exit {proc.returncode}"
 
 
+def _cgroups(root: bool) -> tuple[str, str, str, str]:
+    """Whether runs get a memory cgroup (per run, not per process), and if not, how to delegate one."""
+    layout, reason = cgroup_parents.detect("doctor", root)
+    if layout is not None and layout.version("memory") is not None:
+        return ("cgroups", OK, layout.detail, "")
+    which, commands = cgroup_parents.delegation_advice(os.getuid())
+    found = layout.detail if layout is not None else reason
+    fix = f"{which}:" + "".join(f"\n      {line}" for line in commands)
+    fix += "\n    until then each process's memory is bounded (RLIMIT_AS), not each run's"
+    return ("cgroups", WARN, f"no memory cgroup ({found})", fix)
+
+
 def checks() -> list[tuple[str, str, str, str]]:
     """(layer, state, what we found, how to fix)."""
     rows = []
@@ -53,19 +65,7 @@ def checks() -> list[tuple[str, str, str, str]]:
         )
     else:
         rows.append(("namespaces", OK, "root can create every namespace", ""))
-    layout, reason = cgroups.detect("doctor", root)
-    if layout is not None:
-        rows.append(("cgroups", OK, layout.detail, ""))
-    else:
-        rows.append(
-            (
-                "cgroups",
-                WARN,
-                reason,
-                "run as root, or delegate a cgroup (systemd: Delegate=yes) and set cgroups.parent; "
-                "until then memory and pids use rlimits",
-            )
-        )
+    rows.append(_cgroups(root))
     lib = ctypes.util.find_library("seccomp")
     rows.append(
         (
@@ -106,6 +106,18 @@ def checks() -> list[tuple[str, str, str, str]]:
         )
     )
     return rows
+
+
+def print_cgroup_commands(delegate: int | None, undelegate: int | None) -> int:
+    """``--delegate-cgroups UID`` / ``--undelegate-cgroups UID``: root's shell commands, one a
+    line, for ``| sh -e`` (the unprivileged test run uses them); cgroup v1 hierarchies only."""
+    lines = []
+    if delegate is not None:
+        lines += cgroup_parents.delegate_commands(delegate)
+    if undelegate is not None:
+        lines += cgroup_parents.undelegate_commands(undelegate)
+    print("\n".join(lines))
+    return 0
 
 
 def run_doctor(socket_path: str) -> int:

@@ -6,11 +6,16 @@ it asked for, and the result says ``memory_limit``. The payload is the
 process the OOM killer takes first, so the monitor survives to report.
 Where the running service has no memory cgroup (its status says so: the
 cgroups layer is off, or lists no memory controller), the rlimit fallback
-cannot bound what two tests attack (memory spread over processes, shared
-memory written without mapping it): those skip and say so.
+cannot bound what three tests attack (memory spread over processes, shared
+memory written without mapping it): those skip and say so, unless the test
+run has set up a cgroup for the service (the unprivileged run delegates one:
+scripts/test-unprivileged.sh sets CELLBLOCK_TESTS_MEMORY_CGROUP=1), where
+its absence fails them.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -34,6 +39,8 @@ def _no_memory_cgroup(service) -> str:
 @pytest.fixture(scope="module")
 def memory_cgroup(service) -> None:
     why = _no_memory_cgroup(service)
+    if why and os.environ.get("CELLBLOCK_TESTS_MEMORY_CGROUP") == "1":
+        pytest.fail(f"this test run delegated a memory cgroup, yet {why}")
     if why:
         pytest.skip(why)
 
@@ -99,47 +106,63 @@ def test_payload_is_the_first_oom_victim(run):
     assert "PAYLOAD 1000" in result.stdout, show(result)
 
 
+HOLD = """
+    import os, select, signal, time
+    children, dead, reported = [], set(), 0
+    deadline = time.monotonic() + {wait_s}
+
+    def count_dead():
+        dead.update(pid for pid in children if pid not in dead and os.waitpid(pid, os.WNOHANG)[0])
+
+    for _ in range({children}):  # one child at a time: each writes its blocks, then holds them
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            blocks = []
+            for _ in range({blocks}):
+                blocks.append(b"x" * ({mib} * 2**20))  # written, so every page is really backed
+                os.write(write_end, b"+")
+            time.sleep(30)
+            os._exit(0)
+        children.append(pid)
+        os.close(write_end)
+        got = 0
+        while got < {blocks} and select.select([read_end], [], [], max(0, deadline - time.monotonic()))[0]:
+            chunk = os.read(read_end, 8)
+            if not chunk:
+                break  # it died before it held them all
+            got += len(chunk)
+        os.close(read_end)
+        reported += got
+        count_dead()
+        if dead or got < {blocks}:
+            break  # a block is gone (or never came): the program cannot go on
+    time.sleep(0.3)  # a kill the kernel has just made shows now
+    count_dead()
+    print("REPORTED", reported, "ALIVE", len(children) - len(dead), flush=True)
+    if not dead and reported == {children} * {blocks}:
+        print("ALL HELD", flush=True)
+    for pid in children:
+        if pid not in dead:
+            os.kill(pid, signal.SIGKILL)
+    os._exit(1 if dead else 0)  # a program that needs every block fails when one is gone
+"""
+
+
+def _alive(result: m.ExecuteResult) -> int | None:
+    """Children still alive when the payload counted (None: the payload itself was stopped first)."""
+    line = next((x for x in result.stdout.splitlines() if x.startswith("REPORTED")), None)
+    return None if line is None else int(line.split()[3])
+
+
 def test_memory_spread_over_processes_is_bounded(run, memory_cgroup):
     """Eight children hold 48 MiB each under a 128 MiB limit: at most two can."""
-    result = run(
-        """
-        import os, time
-        read_end, write_end = os.pipe()
-        children = []
-        for _ in range(8):
-            pid = os.fork()
-            if pid == 0:
-                block = b"x" * (48 * 2**20)
-                os.write(write_end, b"+")
-                time.sleep(30)
-                os._exit(0)
-            children.append(pid)
-        os.close(write_end)
-        os.set_blocking(read_end, False)
-        reported, dead, deadline = 0, set(), time.monotonic() + 6
-        while reported + len(dead) < 8 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            try:
-                reported += len(os.read(read_end, 64))
-            except BlockingIOError:
-                pass
-            for pid in children:
-                if pid not in dead and os.waitpid(pid, os.WNOHANG)[0]:
-                    dead.add(pid)
-        time.sleep(0.3)
-        for pid in children:
-            if pid not in dead and os.waitpid(pid, os.WNOHANG)[0]:
-                dead.add(pid)
-        print("REPORTED", reported, "HOLDING", 8 - len(dead), flush=True)
-        """,
-        limits=m.Limits(memory_bytes=128 * MiB),
-    )
-    line = next((x for x in result.stdout.splitlines() if x.startswith("REPORTED")), None)
-    if line is None:  # the payload itself was the victim: that is a stop too
+    result = run(HOLD.format(children=8, blocks=1, mib=48, wait_s=6), limits=m.Limits(memory_bytes=128 * MiB))
+    alive = _alive(result)
+    if alive is None:  # the payload itself was the victim: that is a stop too
         assert result.status == m.Status.MEMORY_LIMIT, show(result)
         return
-    holding = int(line.split()[3])
-    assert holding * 48 <= 128, f"{holding} children hold 48 MiB each\n{show(result)}"
+    assert alive * 48 <= 128, f"{alive} children hold 48 MiB each\n{show(result)}"
 
 
 def test_shared_memory_written_without_mapping_is_counted(run, memory_cgroup):
@@ -166,3 +189,17 @@ def test_shared_memory_written_without_mapping_is_counted(run, memory_cgroup):
     assert result.status == m.Status.MEMORY_LIMIT, show(result)
     hoarded = [int(x.split()[1]) for x in result.stdout.splitlines() if x.startswith("HOARDED")]
     assert not hoarded or max(hoarded) <= 64, show(result)
+
+
+def test_64_blocks_of_100mib_across_processes_end_as_memory_limit(run, memory_cgroup):
+    """32 processes, one after another, each write two 100 MiB blocks and hold them:
+    6.4 GiB in all, none above any bound a process has on its own (RLIMIT_AS,
+    unprivileged without a cgroup: 256 MiB each). The run's memory cgroup counts
+    them together: a child dies, so the program, which needs every block, fails,
+    and the run ends as memory_limit."""
+    result = run(HOLD.format(children=32, blocks=2, mib=100, wait_s=8))
+    assert "ALL HELD" not in result.stdout, show(result)
+    assert result.status == m.Status.MEMORY_LIMIT, show(result)
+    alive = _alive(result)
+    assert alive is None or alive * 200 <= 256, show(result)  # never more than the limit's worth at once
+    assert result.memory_peak_bytes <= 256 * MiB + MiB, show(result)

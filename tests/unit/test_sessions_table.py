@@ -11,10 +11,15 @@ import pytest
 from protocol import messages as m
 from protocol.errors import CellblockError, ErrorCode, ErrorInfo
 from protocol.profile import Profile
+from protocol.zmtp import _UID
 from supervisor.config import Config, SessionsSection
 from supervisor.dispatch import Dispatcher, Effects, Ticket
 from supervisor.policy import Policy
 from supervisor.sessions import Sessions
+
+# A connection as the client router names it: the peer's uid (here root's, a trusted
+# uid, whose requests are keyed by the client id they name), then its own id.
+CONN = _UID.pack(0) + b"c"
 
 
 class Kinds:
@@ -72,7 +77,7 @@ def table(world: World, tmp_path: pathlib.Path) -> Sessions:
 def open_one(table: Sessions, world: World, client: str = "alice", worker: str = "w1") -> str:
     table.dispatcher.spawned(worker, "python", 1)
     table.dispatcher.ready(worker, "python", 1)
-    table.open(b"c", m.SessionOpen(id="open", client_id=client))
+    table.open(CONN, m.SessionOpen(id="open", client_id=client))
     (ticket,) = [t for t in table.dispatcher.running.values() if t.worker == worker]
     table.dispatcher.result(worker, m.WorkerResult(id=ticket.run_id, status=m.Status.OK, alive=True))
     reply = world.replies[-1]
@@ -92,13 +97,13 @@ def test_an_idle_session_ends_and_its_owner_is_told_why(table: Sessions, world: 
     table.tick()
     assert world.killed == ["w1"] and table.by_id == {}
     with pytest.raises(CellblockError) as ended:
-        table.for_cell(b"c", cell_request(session))
+        table.for_cell(CONN, cell_request(session))
     assert ended.value.code is ErrorCode.SESSION_NOT_FOUND and "idle for 60 s" in ended.value.message
 
 
 def test_an_old_session_ends_after_its_running_cell(table: Sessions, world: World) -> None:
     session = open_one(table, world)
-    live = table.for_cell(b"c", cell_request(session))
+    live = table.for_cell(CONN, cell_request(session))
     table.cell_started(live)
     world.now += 301
     table.tick()
@@ -110,14 +115,14 @@ def test_an_old_session_ends_after_its_running_cell(table: Sessions, world: Worl
 def test_nobody_else_learns_whether_a_session_exists(table: Sessions, world: World) -> None:
     session = open_one(table, world)
     with pytest.raises(CellblockError) as theirs:
-        table.for_cell(b"c", cell_request(session, client="mallory"))
+        table.for_cell(CONN, cell_request(session, client="mallory"))
     with pytest.raises(CellblockError) as nothing:
-        table.for_cell(b"c", cell_request("s-" + "0" * 20, client="mallory"))
+        table.for_cell(CONN, cell_request("s-" + "0" * 20, client="mallory"))
     assert theirs.value.code is nothing.value.code is ErrorCode.SESSION_NOT_FOUND
     assert theirs.value.message.replace(session, "ID") == nothing.value.message.replace("s-" + "0" * 20, "ID")
     table.end(table.by_id[session], "closed by its client")
     with pytest.raises(CellblockError) as after:
-        table.for_cell(b"c", cell_request(session, client="mallory"))
+        table.for_cell(CONN, cell_request(session, client="mallory"))
     assert "closed by its client" not in after.value.message, "an ended session's reason is its owner's alone"
 
 
@@ -125,7 +130,7 @@ def test_a_session_whose_worker_dies_between_cells_is_gone(table: Sessions, worl
     session = open_one(table, world)
     table.dispatcher.exited("w1", "killed by SIGKILL")
     with pytest.raises(CellblockError) as gone:
-        table.for_cell(b"c", cell_request(session))
+        table.for_cell(CONN, cell_request(session))
     assert "its sandbox ended (killed by SIGKILL)" in gone.value.message
 
 
@@ -133,15 +138,15 @@ def test_sessions_are_capped_per_client_and_in_all(table: Sessions, world: World
     open_one(table, world, "alice", "w1")
     open_one(table, world, "alice", "w2")
     with pytest.raises(CellblockError) as mine:
-        table.open(b"c", m.SessionOpen(id="o", client_id="alice"))
+        table.open(CONN, m.SessionOpen(id="o", client_id="alice"))
     assert mine.value.code is ErrorCode.RATE_LIMITED and "per_client" in mine.value.message
     open_one(table, world, "bob", "w3")
     with pytest.raises(CellblockError) as everyone:
-        table.open(b"c", m.SessionOpen(id="o", client_id="carol"))
+        table.open(CONN, m.SessionOpen(id="o", client_id="carol"))
     assert everyone.value.code is ErrorCode.OVERLOADED and "[sessions] total" in everyone.value.message
 
 
 def test_a_runtime_that_cannot_keep_state_is_refused(table: Sessions) -> None:
     with pytest.raises(CellblockError) as refused:
-        table.open(b"c", m.SessionOpen(id="o", language="swift", client_id="alice"))
+        table.open(CONN, m.SessionOpen(id="o", language="swift", client_id="alice"))
     assert refused.value.code is ErrorCode.INVALID_REQUEST and "cannot keep state" in refused.value.message

@@ -3,6 +3,7 @@ against a libzmq ROUTER, and the broker's ROUTER against libzmq DEALERs."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import select
 import socket
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from protocol.zmtp import Dealer, Parser, Router, ZmtpError, frame_bytes
+from protocol.zmtp import Dealer, Parser, Router, ZmtpError, frame_bytes, peer_uid, routing_id
 
 
 def test_interop_with_libzmq_router(tmp_path: pathlib.Path) -> None:
@@ -201,6 +202,31 @@ def test_router_refuses_garbage_and_a_taken_identity(tmp_path: pathlib.Path, loo
     first.send([b"still", b"here"])
     assert loop.pump() == [(b"w-1", [b"still", b"here"])]
     first.close()
+
+
+def test_router_by_uid_routes_by_the_kernels_uid_and_the_named_identity(
+    tmp_path: pathlib.Path, loops: list[Loop]
+) -> None:
+    """The client socket's router: a connection's routing id is the uid SO_PEERCRED gave
+    at accept, then the identity it named (or a random one); replies go by it."""
+    path = str(tmp_path / "r.sock")
+    loop = Loop(path, max_frame=1000, by_uid=True)
+    loops.append(loop)
+    named = _connect_while_pumping(loop, path, b"app")
+    anonymous = _connect_while_pumping(loop, path, b"")
+    assert isinstance(named, Dealer) and isinstance(anonymous, Dealer)
+    named.send([b"hello"])
+    anonymous.send([b"hi"])
+    got = dict(loop.pump())
+    assert got[routing_id(os.getuid(), b"app")] == [b"hello"]
+    (other,) = set(got) - {routing_id(os.getuid(), b"app")}
+    assert peer_uid(other) == os.getuid() and other[4:5] == b"\x00"  # random: the reserved first byte
+    assert loop.router.send(routing_id(os.getuid(), b"app"), [b"back"])
+    assert not loop.router.send(b"app", [b"x"])  # the bare name routes nowhere
+    loop.pump(0.1)
+    assert named.recv_available() == [[b"back"]]
+    named.close()
+    anonymous.close()
 
 
 def test_router_answers_heartbeats(tmp_path: pathlib.Path, dealers: Dealers, loops: list[Loop]) -> None:
