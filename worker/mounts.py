@@ -89,13 +89,15 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _mkdirs(root: str, path: str, mode: int) -> str:
-    """Create ``path`` under ``root``; new intermediate dirs are 0711 (no listing)."""
+    """Create ``path`` under ``root``; new intermediate dirs are 0111: passed through, never
+    listed, not even by their owner (unprivileged, the template's owner is the uid the
+    sandbox user maps to)."""
     current = root
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):
         current = os.path.join(current, part)
         if not os.path.lexists(current):
-            os.mkdir(current, mode if i == len(parts) - 1 else 0o711)
+            os.mkdir(current, mode if i == len(parts) - 1 else 0o111)
     return current
 
 
@@ -302,6 +304,15 @@ def mask_proc(proc: str) -> None:
                 continue
             if not source:  # a bind of itself, now made read-only
                 sc.mount(None, path, None, RO_BIND | sc.MS_NOEXEC)
+
+
+def hide_monitor() -> None:
+    """/proc/1 (the monitor) covered by an empty read-only tmpfs: the code sees nothing of
+    its monitor, not even the list of its descriptors. (Unprivileged, the monitor's /proc
+    files belong to the sandbox uid: the zygote's memory was made in the launcher's user
+    namespace, whose root is the uid the sandbox maps to.) The last mount of the worker's
+    making; the monitor reads its own status through a descriptor opened before it."""
+    sc.mount("tmpfs", "/proc/1", "tmpfs", SCRATCH | sc.MS_RDONLY, "size=4k,nr_inodes=1,mode=0555")
 
 
 def inodes(size_mb: int) -> int:

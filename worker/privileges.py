@@ -74,12 +74,17 @@ def _status_field(status: bytes, key: bytes) -> list[bytes]:
     return status[start : status.find(b"\n", start)].split()
 
 
-def verify(uid: int, gid: int) -> None:
+def open_status() -> int:
+    """/proc/self/status, opened while it can be (``mounts.hide_monitor`` covers it next);
+    read by ``verify`` after the drop, and closed there."""
+    return os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def verify(uid: int, gid: int, fd: int) -> None:
     # Raw bytes and five look-ups: a text file and a dict of every line cost
     # ~60 copy-on-write faults more in a freshly cloned worker.
-    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        status = b"\n" + os.read(fd, 1 << 14)
+        status = b"\n" + os.pread(fd, 1 << 14, 0)
     finally:
         os.close(fd)
     for key in (b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb"):

@@ -185,8 +185,10 @@ def _enter(spec: m.Spawn, ctx: Context, runtime: Runtime, broker: int) -> int:
         namespaces.set_hostname(profile.sandbox.hostname)
     with step(WorkerExit.SETUP_PRIVILEGES):
         privileges.protect_from_oom(ctx.user_namespace)
+        status = privileges.open_status()
+        mounts.hide_monitor()
         privileges.drop(spec.uid, spec.gid, ctx.user_namespace, ctx.last_cap)
-        privileges.verify(spec.uid, spec.gid)
+        privileges.verify(spec.uid, spec.gid, status)
     program = _filters(ctx, spec.runtime)
     if spec.egress:
         with step(WorkerExit.SETUP_NETWORK):

@@ -13,7 +13,7 @@ from worker import privileges
 def test_verify_refuses_a_process_that_kept_capabilities() -> None:
     # The test process has a full bounding set (root or not): verify must see it.
     with pytest.raises(PermissionError, match="not empty"):
-        privileges.verify(os.getuid(), os.getgid())
+        privileges.verify(os.getuid(), os.getgid(), privileges.open_status())
 
 
 def test_verify_refuses_other_ids() -> None:
@@ -29,8 +29,9 @@ def test_drop_leaves_nothing_that_verify_would_find() -> None:
     if pid == 0:
         code = 1
         try:
+            status_fd = privileges.open_status()  # opened before the drop, as a worker does
             privileges.drop(65534, 65534, False, privileges.cap_last())
-            privileges.verify(65534, 65534)
+            privileges.verify(65534, 65534, status_fd)
             status = pathlib.Path("/proc/self/status").read_text()
             code = 0 if "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status else 2
         finally:
