@@ -1,0 +1,215 @@
+"""Property-based fuzzing of the ZMTP framing (protocol/zmtp.py).
+
+The broker's ``Router`` reads every byte a client sends. For any bytes, in
+any chunks, it must hand over only whole messages within its caps, or drop
+that one connection and count it; never raise, and never hold more than
+one frame's worth of a peer's unfinished input. A valid stream must come
+out exactly as it went in, however it is cut. The client side (``Parser``,
+``Dealer``) must not care how its input is cut either, and its handshake
+ends in a connection or a ``ZmtpError``.
+
+Every test drives the real code on real unix sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import select
+import socket
+import struct
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.zmtp import _GREETING, Dealer, Parser, Router, ZmtpError, frame_bytes
+
+MAX_FRAME = 4096
+MAX_PARTS = 4
+HEADER = 9  # the longest frame header: flags + 8-byte size
+
+
+def _command(body: bytes) -> bytes:
+    if len(body) > 255:
+        return bytes([0x06]) + struct.pack(">Q", len(body)) + body
+    return bytes([0x04, len(body)]) + body
+
+
+def _ready(socket_type: bytes, identity: bytes | None) -> bytes:
+    props = bytes([11]) + b"Socket-Type" + struct.pack(">I", len(socket_type)) + socket_type
+    if identity is not None:
+        props += bytes([8]) + b"Identity" + struct.pack(">I", len(identity)) + identity
+    return _command(b"\x05READY" + props)
+
+
+frames_st = st.lists(st.binary(max_size=300), min_size=1, max_size=MAX_PARTS)
+messages_st = st.lists(frames_st, max_size=12)
+identity_st = st.one_of(st.none(), st.binary(min_size=1, max_size=16).filter(lambda b: b[0] != 0))
+
+
+class Harness:
+    """One real Router on a listening unix socket; each example connects a real client to it."""
+
+    def __init__(self, path: str) -> None:
+        self.events: dict[int, int] = {}
+        self.router = Router(
+            path,
+            max_frame=MAX_FRAME,
+            max_parts=MAX_PARTS,
+            watch=self.events.__setitem__,
+            max_held=64 << 10,
+            idle_s=60.0,
+        )
+        self.path = path
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[tuple[socket.socket, int]]:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(self.path)
+        before = set(self.router.by_fd)
+        self.router.accept()
+        (fd,) = set(self.router.by_fd) - before
+        try:
+            yield client, fd
+        finally:
+            client.close()
+            peer = self.router.by_fd.get(fd)
+            if peer is not None:
+                self.router.close(peer)
+
+    def feed(self, client: socket.socket, fd: int, chunks: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
+        """Send each chunk and let the router read it, as the broker's loop would."""
+        got: list[tuple[bytes, list[bytes]]] = []
+        for chunk in chunks:
+            if fd not in self.router.by_fd:
+                break  # dropped: what the client sends now goes nowhere
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                client.sendall(chunk)
+            got += self.drain(client, fd)
+        return got
+
+    def drain(self, client: socket.socket, fd: int) -> list[tuple[bytes, list[bytes]]]:
+        got: list[tuple[bytes, list[bytes]]] = []
+        for _ in range(1000):
+            got += self.router.receive(fd)
+            while select.select([client], [], [], 0)[0]:  # take the router's greeting and PONGs
+                try:
+                    if not client.recv(1 << 16):
+                        break
+                except ConnectionResetError:
+                    break
+            if fd not in self.router.backlog:
+                break
+        self.check_bounds(fd, got)
+        return got
+
+    def check_bounds(self, fd: int, got: list[tuple[bytes, list[bytes]]]) -> None:
+        for _, parts in got:
+            assert 1 <= len(parts) <= MAX_PARTS
+            assert sum(len(p) for p in parts) <= MAX_FRAME
+        peer = self.router.by_fd.get(fd)
+        if peer is not None:
+            # Never more than one frame's worth of unfinished input held for a peer.
+            assert peer.held <= MAX_FRAME
+            assert len(peer.inbox) <= max(64, HEADER + MAX_FRAME)
+        else:
+            assert self.events.get(fd) == 0  # the owner's loop was told it is gone
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[Harness]:
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(os.path.join(tmp, "router.sock"))
+        yield h
+        h.router.close_all()
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """``data`` split at ``points`` (positions taken modulo its length)."""
+    at = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(at)] or [b""]
+
+
+@given(messages_st, identity_st, st.lists(st.integers(0, 1 << 16), max_size=20), st.booleans())
+def test_a_valid_stream_comes_out_as_it_went_in_however_it_is_cut(
+    harness: Harness, messages: list[list[bytes]], identity: bytes | None, points: list[int], ping: bool
+) -> None:
+    stream = _GREETING + _ready(b"DEALER", identity)
+    if ping:
+        stream += _command(b"\x04PING\x00\x0actx")
+    stream += b"".join(frame_bytes(parts) for parts in messages)
+    with harness.connection() as (client, fd):
+        got = harness.feed(client, fd, cut(stream, points))
+        assert fd in harness.router.by_fd, "a valid stream was dropped"
+        assert [parts for _, parts in got] == messages
+        if identity is not None:
+            assert all(who == identity for who, _ in got)
+
+
+@st.composite
+def mutated_streams(draw: st.DrawFn) -> bytes:
+    """A valid stream, then a few bytes changed, inserted, removed or cut off."""
+    stream = bytearray(_GREETING + _ready(draw(st.sampled_from([b"DEALER", b"REQ", b"ROUTER", b""])), None))
+    for parts in draw(messages_st):
+        stream += frame_bytes(parts)
+    for _ in range(draw(st.integers(0, 6))):
+        where = draw(st.integers(0, max(len(stream) - 1, 0)))
+        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "size"]))
+        if op == "flip" and stream:
+            stream[where] ^= 1 << draw(st.integers(0, 7))
+        elif op == "insert":
+            stream[where:where] = draw(st.binary(min_size=1, max_size=16))
+        elif op == "delete":
+            del stream[where : where + draw(st.integers(1, 16))]
+        elif op == "truncate":
+            del stream[where:]
+        else:  # a long-frame header claiming a size anywhere up to 2**64 - 1
+            stream[where:where] = bytes([draw(st.sampled_from([0, 1, 2, 3, 4, 6]))]) + struct.pack(
+                ">Q", draw(st.integers(0, (1 << 64) - 1))
+            )
+    return bytes(stream)
+
+
+@given(st.one_of(mutated_streams(), st.binary(max_size=4096)), st.lists(st.integers(0, 1 << 16), max_size=20))
+def test_any_bytes_give_messages_within_the_caps_or_a_counted_drop(
+    harness: Harness, stream: bytes, points: list[int]
+) -> None:
+    dropped = harness.router.dropped
+    with harness.connection() as (client, fd):
+        harness.feed(client, fd, cut(stream, points))
+        if fd not in harness.router.by_fd:
+            assert harness.router.dropped == dropped + 1
+
+
+@given(st.one_of(mutated_streams(), st.binary(max_size=2048)), st.lists(st.integers(0, 4096), max_size=12))
+def test_the_client_parser_does_not_care_how_its_input_is_cut(stream: bytes, points: list[int]) -> None:
+    whole = Parser()
+    whole.feed(stream)
+    expected = whole.take()
+    pieces = Parser()
+    got: list[list[bytes]] = []
+    for chunk in cut(stream, points):
+        pieces.feed(chunk)
+        got += pieces.take()
+    assert got == expected
+
+
+@given(st.one_of(st.binary(max_size=512), mutated_streams()))
+def test_the_dealer_handshake_ends_in_a_connection_or_a_zmtp_error(answer: bytes) -> None:
+    """Whatever the far end answers (then closes), the handshake is a Dealer or a ZmtpError."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(answer)
+        theirs.shutdown(socket.SHUT_WR)
+        try:
+            dealer = Dealer.over(ours, b"fuzz", timeout=5.0)
+        except ZmtpError:
+            return
+        # A real handshake: the rest of what it sent are messages, or EOF.
+        for _ in range(100):
+            if dealer.recv_available() is None:
+                break
