@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from protocol.zmtp import _GREETING, Dealer, Parser, Router, ZmtpError, frame_bytes
@@ -150,12 +150,39 @@ def test_a_valid_stream_comes_out_as_it_went_in_however_it_is_cut(
             assert all(who == identity for who, _ in got)
 
 
+at_caps = st.tuples(st.integers(MAX_FRAME - 3, MAX_FRAME + 3), st.integers(1, MAX_PARTS + 1)).map(
+    lambda size_count: [b"x" * (size_count[0] // size_count[1])] * size_count[1]
+)
+
+
+@given(st.lists(st.one_of(frames_st, at_caps), min_size=1, max_size=6), st.lists(st.integers(0, 1 << 16), max_size=8))
+def test_messages_at_the_caps_pass_until_the_first_over_them_drops_the_peer(
+    harness: Harness, messages: list[list[bytes]], points: list[int]
+) -> None:
+    within = [len(p) <= MAX_PARTS and sum(map(len, p)) <= MAX_FRAME for p in messages]
+    expected = messages[: within.index(False)] if False in within else messages
+    dropped = harness.router.dropped
+    stream = _GREETING + _ready(b"DEALER", None) + b"".join(frame_bytes(parts) for parts in messages)
+    with harness.connection() as (client, fd):
+        got = harness.feed(client, fd, cut(stream, points))
+        assert [parts for _, parts in got] == expected
+        assert (fd in harness.router.by_fd) == all(within)
+        assert harness.router.dropped == dropped + (not all(within))
+
+
 @st.composite
-def mutated_streams(draw: st.DrawFn) -> bytes:
-    """A valid stream, then a few bytes changed, inserted, removed or cut off."""
-    stream = bytearray(_GREETING + _ready(draw(st.sampled_from([b"DEALER", b"REQ", b"ROUTER", b""])), None))
+def mutated_streams(draw: st.DrawFn, greeting: bool = True) -> bytes:
+    """A valid stream (with its greeting and READY, or the frames after them), then a few
+    bytes changed, inserted, removed or cut off."""
+    stream = bytearray()
+    if greeting:
+        stream += _GREETING + _ready(draw(st.sampled_from([b"DEALER", b"REQ", b"ROUTER", b""])), None)
     for parts in draw(messages_st):
         stream += frame_bytes(parts)
+        if draw(st.integers(0, 3)) == 0:  # one at the caps: a frame or message just under or over, or a part too many
+            size = draw(st.integers(MAX_FRAME - 3, MAX_FRAME + 3))
+            count = draw(st.integers(1, MAX_PARTS + 1))
+            stream += frame_bytes([b"x" * (size // count)] * count)
     for _ in range(draw(st.integers(0, 6))):
         where = draw(st.integers(0, max(len(stream) - 1, 0)))
         op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "size"]))
@@ -181,11 +208,12 @@ def test_any_bytes_give_messages_within_the_caps_or_a_counted_drop(
     dropped = harness.router.dropped
     with harness.connection() as (client, fd):
         harness.feed(client, fd, cut(stream, points))
+        event("dropped" if fd not in harness.router.by_fd else "open")
         if fd not in harness.router.by_fd:
             assert harness.router.dropped == dropped + 1
 
 
-@given(st.one_of(mutated_streams(), st.binary(max_size=2048)), st.lists(st.integers(0, 4096), max_size=12))
+@given(st.one_of(mutated_streams(greeting=False), st.binary(max_size=2048)), st.lists(st.integers(0, 4096), max_size=12))
 def test_the_client_parser_does_not_care_how_its_input_is_cut(stream: bytes, points: list[int]) -> None:
     whole = Parser()
     whole.feed(stream)
@@ -198,7 +226,16 @@ def test_the_client_parser_does_not_care_how_its_input_is_cut(stream: bytes, poi
     assert got == expected
 
 
-@given(st.one_of(st.binary(max_size=512), mutated_streams()))
+# What a ROUTER answers a DEALER (its greeting and READY, then a message), cut off anywhere.
+router_answers = st.tuples(st.integers(0, 200), st.booleans()).map(
+    lambda cut_ping: (
+        _GREETING + _ready(b"ROUTER", None) + (_command(b"\x04PING\x00\x01c") if cut_ping[1] else b"")
+        + frame_bytes([b"CB/1", b"body"])
+    )[: 64 + cut_ping[0]]
+)
+
+
+@given(st.one_of(st.binary(max_size=512), mutated_streams(), router_answers))
 def test_the_dealer_handshake_ends_in_a_connection_or_a_zmtp_error(answer: bytes) -> None:
     """Whatever the far end answers (then closes), the handshake is a Dealer or a ZmtpError."""
     ours, theirs = socket.socketpair()
