@@ -213,7 +213,9 @@ def test_any_bytes_give_messages_within_the_caps_or_a_counted_drop(
             assert harness.router.dropped == dropped + 1
 
 
-@given(st.one_of(mutated_streams(greeting=False), st.binary(max_size=2048)), st.lists(st.integers(0, 4096), max_size=12))
+@given(
+    st.one_of(mutated_streams(greeting=False), st.binary(max_size=2048)), st.lists(st.integers(0, 4096), max_size=12)
+)
 def test_the_client_parser_does_not_care_how_its_input_is_cut(stream: bytes, points: list[int]) -> None:
     whole = Parser()
     whole.feed(stream)
