@@ -18,7 +18,9 @@ import pathlib
 import posixpath
 import re
 import tempfile
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -141,30 +143,38 @@ def test_binds_are_planned_inside_their_grants(asked: list[tuple[m.CapabilityKin
         assert bind.writable or need.kind is K.FS_READ
 
 
-ROOT = pathlib.Path(tempfile.mkdtemp(prefix="cellblock-fuzz-roots-"))
-(ROOT / "shared" / "data").mkdir(parents=True, exist_ok=True)
-(ROOT / "outside").mkdir(exist_ok=True)
-if not (ROOT / "shared" / "escape").exists():
-    os.symlink(ROOT / "outside", ROOT / "shared" / "escape")
-GRANT_ROOTS = [str(ROOT / "shared")]
+@pytest.fixture(scope="module")
+def root() -> Iterator[pathlib.Path]:
+    """Grant roots on disk: shared/ may be granted; shared/escape is a symlink out of it."""
+    with tempfile.TemporaryDirectory(prefix="cellblock-fuzz-roots-") as tmp:
+        base = pathlib.Path(tmp)
+        (base / "shared" / "data").mkdir(parents=True)
+        (base / "outside").mkdir()
+        os.symlink(base / "outside", base / "shared" / "escape")
+        yield base
+
+
+ROOTED = "{root}"  # stands for the fixture's directory in drawn paths
 rooted = st.lists(st.sampled_from(["data", "escape", "..", ".", "outside", "x", ""]), max_size=5).map(
-    lambda parts: str(ROOT / "shared") + "/" + "/".join(parts)
+    lambda parts: ROOTED + "/shared/" + "/".join(parts)
 )
 
 
 @given(st.sampled_from([K.FS_READ, K.FS_WRITE]), st.one_of(rooted, paths))
-def test_a_path_grant_is_refused_or_lies_under_a_grant_root(kind: m.CapabilityKind, target: str) -> None:
+def test_a_path_grant_is_refused_or_lies_under_a_grant_root(
+    root: pathlib.Path, kind: m.CapabilityKind, target: str
+) -> None:
     """As the broker takes a GrantRequest: check, normalize, then resolve against the roots."""
-    cap = m.Capability(kind, target)
+    cap = m.Capability(kind, target.replace(ROOTED, str(root)))
+    grant_roots = [str(root / "shared")]
     if not _accepted(cap):
         return
     try:
-        granted = validation.check_grant_path(validation.normalized(cap), GRANT_ROOTS, "capability.target")
+        granted = validation.check_grant_path(validation.normalized(cap), grant_roots, "capability.target")
     except CellblockError as exc:
         assert exc.code is ErrorCode.INVALID_REQUEST
         return
-    real_root = os.path.realpath(GRANT_ROOTS[0])
-    assert grants.path_covers(real_root, granted.target)
+    assert grants.path_covers(os.path.realpath(grant_roots[0]), granted.target)
     assert posixpath.realpath(granted.target) == granted.target
 
 
