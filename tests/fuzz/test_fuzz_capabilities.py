@@ -91,10 +91,12 @@ def test_an_accepted_capability_is_canonical_once_normalized(kind: m.CapabilityK
             assert norm.target in ("timeout_ms", "cpu_ms", "memory_bytes", "output_bytes")
 
 
-@given(domains, domains, st.booleans(), st.booleans())
+@given(domains, st.one_of(domains, st.tuples(label, st.booleans())), st.booleans(), st.booleans())
 def test_a_domain_grant_covers_the_name_or_its_subdomains_only(
-    granted: str, host: str, star: bool, upper: bool
+    granted: str, host: str | tuple[str, bool], star: bool, upper: bool
 ) -> None:
+    if isinstance(host, tuple):  # the granted name with a label in front: a subdomain, or a look-alike
+        host = host[0] + ("." if host[1] else "") + granted
     pattern = ("*." + granted) if star else granted
     asked = host.upper() if upper else host
     if star:
