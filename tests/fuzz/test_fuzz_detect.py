@@ -55,9 +55,12 @@ def test_any_code_and_hint_give_a_guess_from_the_closed_sets(code: str, hint: st
 @given(code_st)
 def test_unfence_gives_the_code_and_a_one_line_info(code: str) -> None:
     body, info = unfence(code)
-    assert "\n" not in info and "`" not in info
-    if not info:
-        assert body == code or body.strip("\n") == code.strip("\n").lstrip(" ").lstrip("`~").lstrip("\n")
+    assert "\n" not in info and "`" not in info and info == info.strip()
+    if body != code:  # taken off: the code opened with a fence line, and what is left is inside it
+        assert code.strip("\n").lstrip(" ").startswith(("```", "~~~")) and body.endswith("\n")
+        assert len(body) < len(code)
+    else:
+        assert info == ""
     _check(detect(body, info))
 
 
