@@ -369,9 +369,14 @@ class Launcher:
         while self.pool.workers and time.monotonic() < deadline:
             self.pool.reap()
             time.sleep(0.01)
-        host.release(self.context, self.config.slots)
+        # The zygotes go first: they were started in the launcher's own cpu cgroup,
+        # which cannot be removed while a process is in it (the soak found every
+        # service leaving <cpu>/cellblock/<instance>/launcher behind).
         for zygote in self.zygotes.values():
             zygote.stop()
+        for zygote in self.zygotes.values():
+            zygote.wait_stopped(5.0)
+        host.release(self.context, self.config.slots)
         return 0
 
 

@@ -302,3 +302,11 @@ class Zygote:
             self.proc.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+    def wait_stopped(self, timeout: float) -> None:
+        """Blocks until the zygote has exited (SIGKILL after ``timeout``)."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
