@@ -351,6 +351,9 @@ class Upstream:
         self.httpd.server_close()
 
 
+IDLE_WCHANS = {"anon_pipe_read", "pipe_read", "pipe_wait", "do_epoll_wait", "ep_poll", "0"}
+
+
 class Service:
     def __init__(self, tmp: pathlib.Path, pool: int, upstream_port: int) -> None:
         self.uid_base = 300_000_000 + (os.getpid() % 4096) * 1024  # away from the tests' ranges
@@ -386,6 +389,19 @@ class Service:
                     if proc.children():
                         found.append(proc)
         return found
+
+    def busy_workers(self) -> list[psutil.Process]:
+        """Workers running a job: their payload is doing something other than waiting for one
+        (an idle payload sleeps reading its job pipe, or in node's event loop)."""
+        busy = []
+        for worker in self.workers():
+            with contextlib.suppress(psutil.Error, OSError):
+                for payload in worker.children():
+                    wchan = pathlib.Path(f"/proc/{payload.pid}/wchan").read_text().strip()
+                    if payload.status() == psutil.STATUS_RUNNING or wchan not in IDLE_WCHANS:
+                        busy.append(worker)
+                        break
+        return busy
 
     def tree(self) -> set[tuple[int, float]]:
         with contextlib.suppress(psutil.Error):
@@ -461,8 +477,11 @@ class Faults(threading.Thread):
         return len(recent) < budget
 
     def victim(self, kind: str) -> psutil.Process | None:
-        if kind == "worker":
-            workers = self.svc.workers()
+        if kind == "worker":  # one running a job if one comes within 2 s (its client is owed worker_lost)
+            deadline = time.monotonic() + 2.0
+            while not (workers := self.svc.busy_workers()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            workers = workers or self.svc.workers()
             return self.rng.choice(workers) if workers else None
         return self.svc.child(MARKERS[kind])
 
