@@ -16,21 +16,19 @@ build/fuzz-artifacts/ and the exit status is libFuzzer's (non-zero).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pathlib
-import select
-import socket
 import sys
 import tempfile
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-MAX_FRAME = 4096
-MAX_PARTS = 4
 
 
 def seeds(corpus: pathlib.Path) -> None:
     """A few valid streams to start from (libFuzzer mutates them)."""
+    from zmtp_harness import MAX_FRAME
+
     from protocol.zmtp import _GREETING, frame_bytes
 
     body = b"\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER"
@@ -46,50 +44,12 @@ def seeds(corpus: pathlib.Path) -> None:
         (corpus / f"seed-{name}").write_bytes(b"\x10" + data)
 
 
-class Target:
-    def __init__(self, router_cls: type, path: str) -> None:
-        self.events: dict[int, int] = {}
-        self.router = router_cls(
-            path, max_frame=MAX_FRAME, max_parts=MAX_PARTS, watch=self.events.__setitem__, max_held=64 << 10
-        )
-        self.path = path
-
-    def one(self, data: bytes) -> None:
-        step = max(1, data[0] * 8) if data else 1
-        stream = data[1:]
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.connect(self.path)
-        before = set(self.router.by_fd)
-        self.router.accept()
-        (fd,) = set(self.router.by_fd) - before
-        try:
-            for at in range(0, max(len(stream), 1), step):
-                if fd not in self.router.by_fd:
-                    break
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    client.sendall(stream[at : at + step])
-                self.take(client, fd)
-        finally:
-            client.close()
-            peer = self.router.by_fd.get(fd)
-            if peer is not None:
-                self.router.close(peer)
-
-    def take(self, client: socket.socket, fd: int) -> None:
-        for _ in range(1000):
-            for _, parts in self.router.receive(fd):
-                assert 1 <= len(parts) <= MAX_PARTS and sum(map(len, parts)) <= MAX_FRAME
-            while select.select([client], [], [], 0)[0]:
-                with contextlib.suppress(ConnectionResetError):
-                    if not client.recv(1 << 16):
-                        break
-            if fd not in self.router.backlog:
-                break
-        peer = self.router.by_fd.get(fd)
-        if peer is None:
-            assert self.events.get(fd) == 0
-        else:
-            assert peer.held <= MAX_FRAME and len(peer.inbox) <= max(64, 9 + MAX_FRAME)
+def one(harness: Any, data: bytes) -> None:
+    """The first byte says how the rest is cut (chunks of 8 x that many bytes)."""
+    step = max(1, data[0] * 8) if data else 1
+    stream = data[1:]
+    with harness.connection() as (client, fd):
+        harness.feed(client, fd, [stream[at : at + step] for at in range(0, max(len(stream), 1), step)])
 
 
 def main() -> int:
@@ -104,13 +64,15 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     with atheris.instrument_imports():
-        from protocol.zmtp import Router
+        import protocol.zmtp  # noqa: F401 - instrumented before the harness imports it
+    sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+    from zmtp_harness import Harness
     corpus = pathlib.Path(args.corpus)
     seeds(corpus)
     artifacts = ROOT / "build" / "fuzz-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        target = Target(Router, os.path.join(tmp, "router.sock"))
+        harness = Harness(os.path.join(tmp, "router.sock"))
         argv = [
             sys.argv[0],
             str(corpus),
@@ -122,7 +84,7 @@ def main() -> int:
             "-print_final_stats=1",
             *rest,
         ]
-        atheris.Setup(argv, target.one)
+        atheris.Setup(argv, lambda data: one(harness, data))
         atheris.Fuzz()
     return 0
 

@@ -13,10 +13,8 @@ Every test drives the real code on real unix sockets.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import select
 import socket
 import struct
 import tempfile
@@ -25,12 +23,9 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
+from zmtp_harness import MAX_FRAME, MAX_PARTS, Harness
 
-from protocol.zmtp import _GREETING, Dealer, Parser, Router, ZmtpError, frame_bytes
-
-MAX_FRAME = 4096
-MAX_PARTS = 4
-HEADER = 9  # the longest frame header: flags + 8-byte size
+from protocol.zmtp import _GREETING, Dealer, Parser, ZmtpError, frame_bytes
 
 
 def _command(body: bytes) -> bytes:
@@ -49,75 +44,6 @@ def _ready(socket_type: bytes, identity: bytes | None) -> bytes:
 frames_st = st.lists(st.binary(max_size=300), min_size=1, max_size=MAX_PARTS)
 messages_st = st.lists(frames_st, max_size=12)
 identity_st = st.one_of(st.none(), st.binary(min_size=1, max_size=16).filter(lambda b: b[0] != 0))
-
-
-class Harness:
-    """One real Router on a listening unix socket; each example connects a real client to it."""
-
-    def __init__(self, path: str) -> None:
-        self.events: dict[int, int] = {}
-        self.router = Router(
-            path,
-            max_frame=MAX_FRAME,
-            max_parts=MAX_PARTS,
-            watch=self.events.__setitem__,
-            max_held=64 << 10,
-            idle_s=60.0,
-        )
-        self.path = path
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[tuple[socket.socket, int]]:
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.connect(self.path)
-        before = set(self.router.by_fd)
-        self.router.accept()
-        (fd,) = set(self.router.by_fd) - before
-        try:
-            yield client, fd
-        finally:
-            client.close()
-            peer = self.router.by_fd.get(fd)
-            if peer is not None:
-                self.router.close(peer)
-
-    def feed(self, client: socket.socket, fd: int, chunks: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
-        """Send each chunk and let the router read it, as the broker's loop would."""
-        got: list[tuple[bytes, list[bytes]]] = []
-        for chunk in chunks:
-            if fd not in self.router.by_fd:
-                break  # dropped: what the client sends now goes nowhere
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                client.sendall(chunk)
-            got += self.drain(client, fd)
-        return got
-
-    def drain(self, client: socket.socket, fd: int) -> list[tuple[bytes, list[bytes]]]:
-        got: list[tuple[bytes, list[bytes]]] = []
-        for _ in range(1000):
-            got += self.router.receive(fd)
-            while select.select([client], [], [], 0)[0]:  # take the router's greeting and PONGs
-                try:
-                    if not client.recv(1 << 16):
-                        break
-                except ConnectionResetError:
-                    break
-            if fd not in self.router.backlog:
-                break
-        self.check_bounds(fd, got)
-        return got
-
-    def check_bounds(self, fd: int, got: list[tuple[bytes, list[bytes]]]) -> None:
-        for _, parts in got:
-            assert 1 <= len(parts) <= MAX_PARTS
-            assert sum(len(p) for p in parts) <= MAX_FRAME
-        peer = self.router.by_fd.get(fd)
-        if peer is not None:
-            # Never more than one frame's worth of unfinished input held for a peer.
-            assert peer.held <= MAX_FRAME
-            assert len(peer.inbox) <= max(64, HEADER + MAX_FRAME)
-        else:
-            assert self.events.get(fd) == 0  # the owner's loop was told it is gone
 
 
 @pytest.fixture(scope="module")
