@@ -462,10 +462,13 @@ class Faults(threading.Thread):
 
     RECOVERY_LIMIT_S = 60.0
 
+    KINDS = ("worker", "launcher", "egress", "broker")
+
     def __init__(self, svc: Service, port: int, started: float, stop_at: float, every: float,
-                 rng: random.Random) -> None:
+                 rng: random.Random, kinds: tuple[str, ...] = KINDS) -> None:
         super().__init__(name="faults", daemon=True)
         self.svc, self.port, self.started, self.stop_at, self.every, self.rng = svc, port, started, stop_at, every, rng
+        self.kinds = kinds
         self.done: list[Fault] = []
         self.kills: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
 
@@ -520,7 +523,7 @@ class Faults(threading.Thread):
         order: list[str] = []
         while time.monotonic() < self.stop_at:
             if not order:
-                order = ["worker", "launcher", "egress", "broker"]
+                order = list(self.kinds)
                 self.rng.shuffle(order)
             kind = order.pop()
             if self.allowed(kind, time.monotonic()):
@@ -655,7 +658,8 @@ def load(svc: Service, args: argparse.Namespace, port: int, languages: set[str])
         for n in range(args.clients)
     ]
     garbage = Garbage(svc.socket, ledger, stop_at, random.Random(rng.random()))
-    faults = Faults(svc, port, started, stop_at, args.fault_every, random.Random(rng.random()))
+    faulted = tuple(args.faults.split(","))
+    faults = Faults(svc, port, started, stop_at, args.fault_every, random.Random(rng.random()), faulted)
     threads: list[threading.Thread] = [*loaders, garbage]
     if args.fault_every > 0:
         threads.append(faults)
@@ -745,6 +749,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rate", type=float, default=2.0, help="requests a second, per client")
     parser.add_argument("--fault-every", type=float, default=8.0, help="seconds between faults, about (0: none)")
+    parser.add_argument("--faults", default=",".join(Faults.KINDS), help="which parts to kill, in turn")
     parser.add_argument("--pool", type=int, default=4, help="warm Python workers")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", help="write the figures here too")
