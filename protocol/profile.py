@@ -177,6 +177,8 @@ def decode_toml(data: bytes, path: str, into: type[T]) -> T:
         raise ConfigError(path, key, reason) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses per nesting level: "a = [[[[..." past the interpreter's limit
+        raise ConfigError(path, "", "not valid TOML (arrays or tables nested too deeply)") from None
 
 
 def _key_from(message: str) -> tuple[str, str]:
@@ -209,4 +211,6 @@ def load_profile(name_or_path: str) -> Profile:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read ({exc.strerror})") from None
+    except ValueError:  # a NUL byte in the name
+        raise ConfigError(repr(str(path)), "", "cannot read (a file name cannot hold a NUL byte)") from None
     return decode_profile(data, str(path), path.stem)

@@ -140,8 +140,8 @@ def explain_bad_request(frames: list[bytes], exc: Exception) -> m.ErrorReply:
         rid = raw.get("id")
         if isinstance(rid, str) and 0 < len(rid) <= 128:
             request_id = rid
-        tag = raw.get("type")
-        if info.code == ErrorCode.BAD_MESSAGE and tag in _ALL_TAGS and tag not in _CLIENT_TAGS:
+        tag = raw.get("type")  # any msgpack value: a list or a map is not hashable
+        if info.code == ErrorCode.BAD_MESSAGE and isinstance(tag, str) and tag in _ALL_TAGS - _CLIENT_TAGS:
             info = ErrorInfo(
                 code=ErrorCode.UNEXPECTED_MESSAGE,
                 message=f"message type {tag!r} is not accepted on the client socket",

@@ -79,6 +79,11 @@ print("\n".join(deps))
 PYEOF
 )
 echo "$deps" | tr '\n' '\0' | xargs -0 "$VENV/bin/python" -m pip install -q
+# atheris (the fuzz extra): `make fuzz`'s coverage-guided target. Not required:
+# where no wheel fits, make fuzz runs the property-based targets alone and says so.
+fuzz_deps=$("$VENV/bin/python" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["fuzz"]))')
+"$VENV/bin/python" -m pip install -q --only-binary=atheris $fuzz_deps >/dev/null 2>&1 \
+    || echo "setup: atheris could not be installed; make fuzz will skip its coverage-guided target" >&2
 # The project itself, editable: `from protocol.client import Client` and the
 # `cellblock` command work from any directory, and run this checkout's code.
 "$VENV/bin/python" -m pip install -q --no-deps -e . >/dev/null 2>&1 \

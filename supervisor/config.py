@@ -116,7 +116,19 @@ class Config(Strict, frozen=True):
     redaction: RedactionSection = RedactionSection()
 
 
+def _paths(config: Config) -> dict[str, str]:
+    """Every path (or file name) the config names, by its key."""
+    service = config.service
+    named = {f"service.{name}": getattr(service, name) for name in ("runtime_dir", "state_dir", "cache_dir", "profile")}
+    named["cgroups.parent"] = config.cgroups.parent
+    named |= {f"policy.grant_roots[{i}]": root for i, root in enumerate(config.policy.grant_roots)}
+    return named
+
+
 def _check(config: Config, path: str) -> None:
+    for key, value in _paths(config).items():
+        if "\0" in value:  # the OS refuses it later, with a ValueError rather than this file's name
+            raise ConfigError(path, key, "must not contain a NUL byte")
     for name in ("runtime_dir", "state_dir", "cache_dir"):
         value = getattr(config.service, name)
         if value and not value.startswith("/"):

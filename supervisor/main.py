@@ -48,6 +48,21 @@ class ServiceRunning(Exception):
     pass
 
 
+def notify_systemd(state: bytes) -> None:
+    """sd_notify(3) without libsystemd: under a Type=notify unit, tell systemd READY=1 once
+    the broker serves (so `systemctl start` returns then) and STOPPING=1 when the drain begins."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state, address)
+    except OSError as exc:
+        log(f"could not notify systemd ({exc})")
+
+
 def _socket_answers(path: str) -> bool:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -227,6 +242,7 @@ class Supervisor:
                     f"serving on ipc://{os.path.join(self.rundir, 'client.sock')} (profile {self.profile.name}, "
                     f"{'root' if self.root else 'unprivileged'} mode)"
                 )
+                notify_systemd(b"READY=1")
                 if self.ready_fd >= 0:
                     os.write(self.ready_fd, b"R")
                     os.close(self.ready_fd)
@@ -297,6 +313,7 @@ class Supervisor:
             pass
 
     def _shutdown(self) -> int:
+        notify_systemd(b"STOPPING=1")
         # The broker drains first: each request in flight still gets its reply.
         for child, timeout in (
             (self.broker, self.config.service.drain_s + 5),

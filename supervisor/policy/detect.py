@@ -11,9 +11,10 @@ from __future__ import annotations
 import ast
 import json
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
+import re2  # type: ignore[import-untyped]
 
 ALIASES = {
     "py": "python",
@@ -46,56 +47,68 @@ class Guess(msgspec.Struct, frozen=True, kw_only=True):
     alternatives: list[str] = []
 
 
-JS_SIGNS = (
-    (re.compile(r"\b(?:const|let|var)\s+[\w${}\[\],\s]+=", re.M), 3),
-    (re.compile(r"\bconsole\.(?:log|error|warn)\s*\("), 4),
-    (re.compile(r"\brequire\s*\(\s*['\"]"), 4),
-    (re.compile(r"=>"), 2),
-    (re.compile(r"\bfunction\s*\w*\s*\("), 3),
-    (re.compile(r"===|!=="), 3),
-    (re.compile(r";\s*$", re.M), 1),
-    (re.compile(r"\bimport\s+[\w{}\s,*]+\s+from\s+['\"]"), 3),
-    (re.compile(r"\bprocess\.(?:argv|env|exit|stdout)\b"), 3),
-    (re.compile(r"\b(?:async|await)\b"), 1),
+# The signs are RE2 (linear time, as for redaction): the broker runs them on
+# client code of up to the profile's code cap, in its single thread, before
+# any rate limit, and Python's backtracking engine took minutes to hours on
+# inputs such as a megabyte of blank lines or "import a " repeated (found by
+# tests/fuzz/test_fuzz_detect.py). They read the code as UTF-8 bytes; \w, \s
+# and \b are ASCII's, which is what the keywords they look for are made of.
+Signs = tuple[tuple[Any, int], ...]  # (an RE2 pattern, its weight)
+
+
+def _signs(*table: tuple[str, int]) -> Signs:
+    return tuple((re2.compile(pattern.encode()), weight) for pattern, weight in table)
+
+
+JS_SIGNS = _signs(
+    (r"\b(?:const|let|var)\s+[\w${}\[\],\s]+=", 3),
+    (r"\bconsole\.(?:log|error|warn)\s*\(", 4),
+    (r"\brequire\s*\(\s*['\"]", 4),
+    (r"=>", 2),
+    (r"\bfunction\s*\w*\s*\(", 3),
+    (r"===|!==", 3),
+    (r"(?m);\s*$", 1),
+    (r"\bimport\s+[\w{}\s,*]+\s+from\s+['\"]", 3),
+    (r"\bprocess\.(?:argv|env|exit|stdout)\b", 3),
+    (r"\b(?:async|await)\b", 1),
 )
-SHELL_SIGNS = (
+SHELL_SIGNS = _signs(
     (
-        re.compile(
-            r"^\s*(?:echo|printf|cd|ls|grep|cat|export|source|mkdir|rm|cp|mv|chmod|curl|wget|apt|sudo|pip|npm|git|"
-            r"find|sed|awk|tar|touch|head|tail|sort|uniq|wc|test|read|set|unset|alias|which|env)\b(?!\s*[(=.])",
-            re.M,
-        ),
+        # A command word not followed by "(", "=" or "." (RE2 has no lookahead:
+        # the first thing after the word and its blanks is any other character, or the end).
+        r"(?m)^\s*(?:echo|printf|cd|ls|grep|cat|export|source|mkdir|rm|cp|mv|chmod|curl|wget|apt|sudo|pip|npm|git|"
+        r"find|sed|awk|tar|touch|head|tail|sort|uniq|wc|test|read|set|unset|alias|which|env)\b\s*(?:[^\s(=.]|\z)",
         3,
     ),
-    (re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\$\(|\$\?|\$#|\$@"), 3),
-    (re.compile(r"^\s*(?:if\s+\[|fi\s*$|then\s*$|done\s*$|do\s*$|esac\s*$|elif\s+\[)", re.M), 4),
-    (re.compile(r"\s(?:\|\||&&)\s|\s\|\s+\w|\s2>&1|\s>\s*/dev/null"), 2),
-    (re.compile(r"^\s*\w+=[^=\s]"), 1),
-    (re.compile(r"^\s*for\s+\w+\s+in\s+[^:]*;\s*do|^\s*while\s+.*;\s*do", re.M), 4),
+    (r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\$\(|\$\?|\$#|\$@", 3),
+    (r"(?m)^\s*(?:if\s+\[|fi\s*$|then\s*$|done\s*$|do\s*$|esac\s*$|elif\s+\[)", 4),
+    (r"\s(?:\|\||&&)\s|\s\|\s+\w|\s2>&1|\s>\s*/dev/null", 2),
+    (r"^\s*\w+=[^=\s]", 1),
+    (r"(?m)^\s*for\s+\w+\s+in\s+[^:]*;\s*do|^\s*while\s+.*;\s*do", 4),
 )
-PY_SIGNS = (
-    (re.compile(r"^\s*(?:def|class)\s+\w+.*:\s*$", re.M), 4),
-    (re.compile(r"^\s*(?:import\s+\w+|from\s+[\w.]+\s+import\s)", re.M), 4),
-    (re.compile(r"\bprint\s*\("), 2),
-    (re.compile(r"^\s*(?:if|elif|for|while|with|try|except)\b.*:\s*$", re.M), 3),
-    (re.compile(r"\b(?:None|True|False|self|elif|lambda)\b"), 1),
-    (re.compile(r"\bf['\"]"), 1),
+PY_SIGNS = _signs(
+    (r"(?m)^\s*(?:def|class)\s+\w+.*:\s*$", 4),
+    (r"(?m)^\s*(?:import\s+\w+|from\s+[\w.]+\s+import\s)", 4),
+    (r"\bprint\s*\(", 2),
+    (r"(?m)^\s*(?:if|elif|for|while|with|try|except)\b.*:\s*$", 3),
+    (r"\b(?:None|True|False|self|elif|lambda)\b", 1),
+    (r"\bf['\"]", 1),
 )
-SWIFT_SIGNS = (
-    (re.compile(r"\\\("), 3),  # string interpolation: "\(x)"
-    (re.compile(r"^\s*import\s+(?:Foundation|Glibc|Dispatch|Darwin|SwiftUI|UIKit|Combine)\s*$", re.M), 5),
-    (re.compile(r"\bfunc\s+\w+\s*(?:<[^>]*>)?\s*\([^)]*\)\s*(?:(?:async\s+)?(?:throws\s+)?->\s*[^{]+)?\{"), 4),
-    (re.compile(r"\b(?:guard|if)\s+(?:let|var)\s+\w+"), 4),
-    (re.compile(r"\b(?:let|var)\s+\w+\s*:\s*\[?[A-Z]\w*"), 3),  # a typed binding: let x: Int
-    (re.compile(r"^\s*(?:struct|enum|protocol|extension)\s+[A-Z]\w*[^{]*\{", re.M), 4),
-    (re.compile(r"\bfor\s+\w+\s+in\s+[\w.]+\s*\.\.[.<]"), 4),  # for i in 0..<n
-    (re.compile(r"^\s*(?:let|var)\s+\w+\s*=", re.M), 1),
-    (re.compile(r"^\s*print\s*\(", re.M), 2),  # JavaScript has no print(); Python's code parses
-    (re.compile(r"\$0\b|\.(?:map|filter|forEach|reduce|sorted)\s*\{"), 4),  # closures: { $0 * 2 }
+SWIFT_SIGNS = _signs(
+    (r"\\\(", 3),  # string interpolation: "\(x)"
+    (r"(?m)^\s*import\s+(?:Foundation|Glibc|Dispatch|Darwin|SwiftUI|UIKit|Combine)\s*$", 5),
+    (r"\bfunc\s+\w+\s*(?:<[^>]*>)?\s*\([^)]*\)\s*(?:(?:async\s+)?(?:throws\s+)?->\s*[^{]+)?\{", 4),
+    (r"\b(?:guard|if)\s+(?:let|var)\s+\w+", 4),
+    (r"\b(?:let|var)\s+\w+\s*:\s*\[?[A-Z]\w*", 3),  # a typed binding: let x: Int
+    (r"(?m)^\s*(?:struct|enum|protocol|extension)\s+[A-Z]\w*[^{]*\{", 4),
+    (r"\bfor\s+\w+\s+in\s+[\w.]+\s*\.\.[.<]", 4),  # for i in 0..<n
+    (r"(?m)^\s*(?:let|var)\s+\w+\s*=", 1),
+    (r"(?m)^\s*print\s*\(", 2),  # JavaScript has no print(); Python's code parses
+    (r"\$0\b|\.(?:map|filter|forEach|reduce|sorted)\s*\{", 4),  # closures: { $0 * 2 }
 )
 
 
-def _score(code: str, signs: tuple[tuple[re.Pattern[str], int], ...]) -> int:
+def _score(code: bytes, signs: Signs) -> int:
     return sum(weight for pattern, weight in signs if pattern.search(code))
 
 
@@ -107,7 +120,9 @@ def _python_parses(code: str) -> bool:
     return True
 
 
-_FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n")
+# Possessive (no backtracking): a first line of a megabyte of blanks or tildes
+# without its newline took hours with "[ \t]*" before the info string.
+_FENCE = re.compile(r"^(?P<fence>`{3,}+|~{3,}+)(?P<info>[^\n`]*+)\n")
 
 
 def unfence(code: str) -> tuple[str, str]:
@@ -127,8 +142,9 @@ def unfence(code: str) -> tuple[str, str]:
 
 
 def detect(code: str, hint: str = "") -> Guess:
-    if hint:
-        tag = hint.strip().lower().split()[0].split(",")[0].lstrip("{.").rstrip("}")
+    words = hint.strip().lower().split()  # a hint of only blanks is no hint
+    if words:
+        tag = words[0].split(",")[0].lstrip("{.").rstrip("}")
         if tag in ALIASES:
             return Guess(language=ALIASES[tag], confidence="certain", reason=f"code fence says {tag}")
     first = code.lstrip().split("\n", 1)[0]
@@ -136,7 +152,8 @@ def detect(code: str, hint: str = "") -> Guess:
         words = first[2:].split()
         if words and words[0].endswith("/env"):
             words = [w for w in words[1:] if not w.startswith("-")]
-        name = re.sub(r"[\d.]+$", "", words[0].rsplit("/", 1)[-1]) if words else ""
+        # python3.11 -> python; rstrip, not re.sub("[\d.]+$"): that was quadratic in a long word
+        name = words[0].rsplit("/", 1)[-1].rstrip("0123456789.") if words else ""
         if name in ALIASES:
             return Guess(language=ALIASES[name], confidence="certain", reason=f"shebang names {name}")
     stripped = code.strip()
@@ -145,20 +162,21 @@ def detect(code: str, hint: str = "") -> Guess:
     if stripped[0] in "[{":
         try:
             json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):  # "[[[[..." nests past the interpreter's limit
             pass
         else:
             return Guess(language=None, confidence="unknown", reason="this is JSON data, not a program")
     parses = _python_parses(code)
-    py_signs = _score(code, PY_SIGNS)
+    raw = code.encode("utf-8", "surrogatepass")  # a console's JSON may carry a lone surrogate
+    py_signs = _score(raw, PY_SIGNS)
     # A one-line expression or assignment parses as Python whatever it was
     # meant to be ("ls -la" is a subtraction): parsing counts for little there.
     trivial = "\n" not in stripped and py_signs == 0
     scores = {
         "python": py_signs + ((1 if trivial else 3) if parses else -8),
-        "javascript": _score(code, JS_SIGNS),
-        "bash": _score(code, SHELL_SIGNS),
-        "swift": _score(code, SWIFT_SIGNS),
+        "javascript": _score(raw, JS_SIGNS),
+        "bash": _score(raw, SHELL_SIGNS),
+        "swift": _score(raw, SWIFT_SIGNS),
     }
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     (best, top), (second, runner_up) = ranked[0], ranked[1]

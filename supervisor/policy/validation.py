@@ -20,7 +20,8 @@ from supervisor.policy.grants import path_covers
 
 # Below these a sandbox cannot start its interpreter, whatever the code is.
 MINIMUM = {"memory_bytes": 16 * MiB, "timeout_ms": 10, "cpu_ms": 10, "output_bytes": 64}
-_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}$")
+# Matched whole (fullmatch): "$" would also match before a final newline.
+_DOMAIN = re.compile(r"(\*\.)?([a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}")
 
 
 def check_sizes(profile: Profile, request: m.ExecuteRequest) -> None:
@@ -136,7 +137,7 @@ def check_capability(cap: m.Capability, index: int) -> None:
             if not cap.target.startswith("/") or "\0" in cap.target:
                 raise CellblockError(ErrorCode.INVALID_REQUEST, "a path capability needs an absolute path", field)
         case m.CapabilityKind.NET:
-            if not _DOMAIN.match(cap.target.lower()):
+            if not _DOMAIN.fullmatch(cap.target.lower()):
                 raise CellblockError(
                     ErrorCode.INVALID_REQUEST, "a net capability needs a domain or *.domain pattern", field
                 )

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+from supervisor.tools import unit_check
 from worker import cgroup_parents
 from worker.runtimes.swift import find_frontend
 
@@ -105,6 +106,7 @@ def checks() -> list[tuple[str, str, str, str]]:
             "" if bwrap else "apt-get install bubblewrap (only for the benchmark's baseline)",
         )
     )
+    rows += unit_check.rows()  # an installed contrib/cellblock.service, if any
     return rows
 
 

@@ -72,6 +72,8 @@ class Embedded:
             cmd += ["--profile", self.profile]
         env = dict(os.environ)
         env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        # A host app that is itself a Type=notify unit: its systemd must not hear our READY=1.
+        env.pop("NOTIFY_SOCKET", None)
         env.update(self.extra_env)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the service's life
         self.proc = subprocess.Popen(
