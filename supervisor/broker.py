@@ -147,6 +147,8 @@ class Broker:
                 path, max_frame=max_frame, watch=self._watch, socket_types=kinds, max_peers=max_peers, max_held=max_held
             )
             os.chmod(path, 0o600)
+            if name == "client.sock" and self.cfg.drop_to >= 0:  # the gateway, at the broker's uid, connects
+                os.chown(path, self.cfg.drop_to, -1)
         self.clients, self.workers = routers["client.sock"], routers["workers.sock"]
         self._listen(self.clients.fileno(), select.EPOLLIN, lambda fd, ev: self.clients.accept())
         self._listen(self.workers.fileno(), select.EPOLLIN, lambda fd, ev: self.workers.accept())
@@ -254,9 +256,9 @@ class Broker:
             case m.ExecuteRequest():
                 self.intake.execute(client, request)
             case m.StatusRequest(id=rid):
-                self._reply(client, self.status(rid))
+                self._reply(client, self.status(rid, client))
             case m.GrantRequest() | m.RevokeRequest() | m.GrantsRequest() | m.HistoryRequest():
-                self._reply(client, self.policy.admin(request))
+                self._reply(client, self.policy.admin(request, client.hex()))
             case m.SessionOpen():
                 self.sessions.open(client, request)  # its reply comes when the session's sandbox is ready
             case m.SessionClose():
@@ -318,8 +320,8 @@ class Broker:
 
     # --- status ----------------------------------------------------------------------------------
 
-    def status(self, request_id: str) -> m.StatusReply:
-        return status_reply(request_id, VERSION, self)
+    def status(self, request_id: str, client: bytes = b"") -> m.StatusReply:
+        return status_reply(request_id, VERSION, self, client.hex())
 
     def _maybe_ready(self) -> None:
         if self.ready_sent or self.cfg.ready_fd < 0 or not self.catalogue.runtimes:

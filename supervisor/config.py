@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import pathlib
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -17,6 +18,7 @@ import msgspec
 from protocol.profile import DATA_ENVIRONMENT, ConfigError, Environment, Profile, decode_toml, load_profile
 
 Pos = Annotated[int, msgspec.Meta(ge=1)]
+GATEWAY_STATUS_FILE = "gateway.status"  # in the runtime directory: the gateway's report, read by the broker
 
 
 class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -38,6 +40,13 @@ class ServiceSection(Strict, frozen=True):
     queue_wait_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     drain_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 90.0
     broker_uid: Annotated[int, msgspec.Meta(ge=1)] = 599_999  # root mode only
+    # TCP listeners beside client.sock, served by the gateway (supervisor/gateway.py)
+    # with CURVE always: "tcp://0.0.0.0:7878". Plain TCP is refused at load.
+    listen: list[str] = []
+    server_key: str = ""  # this node's key pair: a .key_secret file of `cellblock keys new`
+    authorized_keys: str = ""  # the client public keys allowed (protocol/curve.py), reloaded on change
+    max_remote_peers: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256  # live CURVE connections
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 2.0  # a silent peer is cut after 3 of these
     worker_uid_base: Annotated[int, msgspec.Meta(ge=1000)] = 600_000  # root mode only; + slot
 
 
@@ -109,6 +118,7 @@ def _check(config: Config, path: str) -> None:
         value = getattr(config.service, name)
         if value and not value.startswith("/"):
             raise ConfigError(path, f"service.{name}", "must be an absolute path")
+    _check_listen(config.service, path)
     if config.cgroups.parent and not config.cgroups.parent.startswith("/sys/fs/cgroup"):
         raise ConfigError(path, "cgroups.parent", "must be a directory under /sys/fs/cgroup")
     for i, root in enumerate(config.policy.grant_roots):
@@ -130,6 +140,33 @@ def _check(config: Config, path: str) -> None:
             valid = False
         if not valid:
             raise ConfigError(path, f"egress.allow_targets[{i}]", "must be ADDRESS:PORT, e.g. 127.0.0.1:8080")
+
+
+LISTEN = re.compile(r"^tcp://(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+
+
+def _check_listen(service: ServiceSection, path: str) -> None:
+    """TCP only with CURVE: a key pair for the node and a list of the clients allowed."""
+    for i, endpoint in enumerate(service.listen):
+        match = LISTEN.match(endpoint)
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise ConfigError(path, f"service.listen[{i}]", "must be tcp://ADDRESS:PORT, e.g. tcp://0.0.0.0:7878")
+    if not service.listen:
+        return
+    for key, what in (
+        ("server_key", "this node's CURVE key pair (`cellblock keys new`, its .key_secret file)"),
+        ("authorized_keys", "a file of the client public keys allowed"),
+    ):
+        value = getattr(service, key)
+        if not value:
+            raise ConfigError(
+                path,
+                f"service.{key}",
+                f"a TCP listener needs CURVE and this names {what}; plain TCP is refused: anyone who "
+                "reaches the port could run code, and the code and its output would cross the network in clear",
+            )
+        if not value.startswith("/"):
+            raise ConfigError(path, f"service.{key}", "must be an absolute path")
 
 
 def load_config(path: str | None) -> Config:

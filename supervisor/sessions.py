@@ -99,7 +99,7 @@ class Sessions:
     def open(self, client: bytes, request: m.SessionOpen) -> None:
         """Start opening a session; its SessionReply (or ErrorReply) follows. Raises
         CellblockError for a request that cannot be a session."""
-        key = request.client_id or f"conn:{client.hex()}"
+        key = self.policy.client_key(client.hex(), request)
         if not self.config.enabled:
             raise CellblockError(ErrorCode.INVALID_REQUEST, "sessions are off in this service ([sessions] enabled)")
         probe = m.ExecuteRequest(
@@ -178,7 +178,7 @@ class Sessions:
     def for_cell(self, client: bytes, request: m.ExecuteRequest) -> Session:
         """The session a cell names, if the cell's client owns it and it is free; the
         request's language must be the session's (or none)."""
-        session = self._owned(request.client_id or f"conn:{client.hex()}", request.session, request.conversation_id)
+        session = self._owned(self.policy.client_key(client.hex(), request), request.session, request.conversation_id)
         if session.state != "idle":
             doing = "still opening" if session.state == "opening" else "running another cell"
             raise CellblockError(
@@ -222,7 +222,7 @@ class Sessions:
     # --- ending -------------------------------------------------------------------------------
 
     def close(self, client: bytes, request: m.SessionClose) -> m.SessionReply:
-        session = self._owned(request.client_id or f"conn:{client.hex()}", request.session, "", any_conversation=True)
+        session = self._owned(self.policy.client_key(client.hex(), request), request.session, "", any_conversation=True)
         info = self.info(session)
         self.end(session, "closed by its client")
         return m.SessionReply(id=request.id, session=msgspec.structs.replace(info, state="ended", ended="closed"))
@@ -311,7 +311,7 @@ class Sessions:
         )
 
     def listing(self, client: bytes, request: m.SessionList) -> m.SessionsReply:
-        key = request.client_id or f"conn:{client.hex()}"
+        key = self.policy.client_key(client.hex(), request)
         mine = [self.info(s) for s in self.by_id.values() if s.client_key == key]
         return m.SessionsReply(id=request.id, sessions=mine)
 

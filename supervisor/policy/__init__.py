@@ -26,7 +26,7 @@ from protocol.profile import Profile
 from supervisor import results
 from supervisor.config import Config
 from supervisor.policy import findings as findings_mod
-from supervisor.policy import grants, validation
+from supervisor.policy import grants, principal, validation
 from supervisor.policy.detect import detect, unfence
 from supervisor.policy.ratelimit import Limiter
 from supervisor.policy.redact import Redactor, ResultRedactor, StreamRedactor
@@ -134,6 +134,19 @@ def _language(request: m.ExecuteRequest) -> tuple[m.ExecuteRequest, m.Finding | 
     return msgspec.structs.replace(request, language=guess.language), finding
 
 
+def _own(request: m.Request, remote: str) -> m.Request:
+    """An admin request of a remote client, narrowed to what it may see of its own."""
+    if isinstance(request, m.GrantRequest | m.RevokeRequest):
+        raise CellblockError(
+            ErrorCode.PERMISSION_REQUIRED,
+            f"a remote client ({remote}) cannot grant or revoke; an operator does, on the node: "
+            f"cellblock grant {remote} ...",
+        )
+    if isinstance(request, m.GrantsRequest | m.HistoryRequest):
+        return msgspec.structs.replace(request, client_id=remote)
+    return request
+
+
 def _record(name: str, data: bytes) -> m.FileRecord:
     return m.FileRecord(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -159,8 +172,12 @@ class Policy:
 
     # --- admission --------------------------------------------------------------------------
 
-    def client_key(self, connection: str, request: m.ExecuteRequest) -> str:
-        return request.client_id or f"conn:{connection}"
+    def client_key(
+        self, connection: str, request: m.ExecuteRequest | m.SessionOpen | m.SessionClose | m.SessionList
+    ) -> str:
+        """A remote client is its CURVE key's identity, whatever client_id it names
+        (``principal``); a local one the client_id it names, or its connection."""
+        return principal.remote(connection) or request.client_id or f"conn:{connection}"
 
     def admit(
         self, connection: str, request: m.ExecuteRequest, resolve: Callable[[m.ExecuteRequest], Resolved]
@@ -325,7 +342,12 @@ class Policy:
 
     # --- admin requests -----------------------------------------------------------------------
 
-    def admin(self, request: m.Request) -> m.Reply:
+    def admin(self, request: m.Request, connection: str = "") -> m.Reply:
+        """Grants and history. A remote client (a CURVE key) cannot grant or revoke, and
+        reads only its own grants and history: granting is the operator's, on the node."""
+        remote = principal.remote(connection)
+        if remote is not None:
+            request = _own(request, remote)
         match request:
             case m.GrantRequest():
                 cap = request.capability

@@ -233,6 +233,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ServiceRunning as exc:
         print(f"cellblock: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # a listener's key files, read at start
+        print(f"cellblock: bad configuration: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -425,6 +428,26 @@ def cmd_console(args: argparse.Namespace) -> int:
     return console_main(args.socket, default, args.config, args.host, args.port, args.client_id)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``cellblock keys new NAME``: a CURVE key pair for a node or a client (libzmq makes it)."""
+    from protocol.curve import new_pair
+
+    try:
+        public_path, secret_path, public = new_pair(args.name)
+    except FileExistsError as exc:
+        print(f"cellblock: {exc.filename} exists; keys are never overwritten", file=sys.stderr)
+        return 1
+    print(public.decode())
+    print(f"cellblock: wrote {public_path} (public) and {secret_path} (secret, mode 0600)", file=sys.stderr)
+    print(
+        "cellblock: a client: add the first line to the node's authorized_keys (optionally with a name after it) "
+        f"and pass --client-key {secret_path}; a node: [service] server_key = {secret_path!r}, and clients "
+        f"pass --server-key {public_path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from supervisor.tools.doctor import run_doctor
 
@@ -552,6 +575,11 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     console.add_argument("--client-id", default="console", help="the cellblock client the console acts as")
     _common(console)
     console.set_defaults(func=cmd_console)
+
+    keys = sub.add_parser("keys", help="CURVE keys for TCP: keys new NAME writes NAME.key and NAME.key_secret")
+    keys.add_argument("action", choices=["new"])
+    keys.add_argument("name", help="path and base name of the two files")
+    keys.set_defaults(func=cmd_keys)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
     _common(doctor)
