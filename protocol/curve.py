@@ -56,14 +56,6 @@ def parse_key(text: str) -> bytes:
     return z85.encode(raw)
 
 
-def _is_key(word: str) -> bool:
-    try:
-        parse_key(word)
-    except KeyProblem:
-        return False
-    return True
-
-
 def identity(key_z85: bytes, name: str = "") -> str:
     """The policy identity of a client key: ``curve:<name>``, or ``curve:<key in hex>``."""
     return f"curve:{name}" if name else f"curve:{z85.decode(key_z85).hex()}"
@@ -73,9 +65,15 @@ def parse_authorized(text: str, source: str = "authorized_keys") -> dict[bytes, 
     """Z85 public key -> identity, from an authorized_keys text; a bad line names its number."""
     keys: dict[bytes, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
+        # Z85 has "#" among its characters, but never first: a 32-bit group's first
+        # digit is at most 82 ("#" is 84). So a word starting with "#" starts a comment.
         parts = line.split()
-        if not parts or (parts[0].startswith("#") and not _is_key(parts[0])):
-            continue  # Z85 has "#" among its characters: a comment is a line whose first word is no key
+        for i, word in enumerate(parts):
+            if word.startswith("#"):
+                del parts[i:]
+                break
+        if not parts:
+            continue
         if len(parts) > 2:
             raise KeyProblem(f"{source}:{number}: expected a key and at most one name, got {len(parts)} words")
         try:

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -100,6 +102,31 @@ class Node:
         return self.endpoint.removeprefix("tcp://")
 
 
+def expand(endpoints: Iterable[str]) -> list[str]:
+    """Each ``tcp://NAME:PORT`` becomes one endpoint per address NAME resolves to (a
+    headless Service's DNS name gives every node's); addresses stay as they are."""
+    out: list[str] = []
+    for endpoint in endpoints:
+        host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            literal = True
+        except ValueError:
+            literal = False
+        if literal or not sep or not port.isdigit():
+            out.append(endpoint)
+            continue
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError:
+            out.append(endpoint)  # libzmq resolves it again when it connects
+            continue
+        for info in infos:
+            address = str(info[4][0])
+            out.append(f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}")
+    return list(dict.fromkeys(out))
+
+
 def session_id(node: Node, session: str) -> str:
     return f"{session}@{node.hostport}" if session else session
 
@@ -117,8 +144,8 @@ class AsyncNodes:
     ) -> None:
         """``server_key``: the nodes' public key (Z85 or base64, or a ``.key`` file);
         ``client_key``: this client's ``.key_secret`` file. ``timeout_s``: a node whose
-        heartbeats stop this long is down."""
-        self.endpoints = list(dict.fromkeys(endpoints))
+        heartbeats stop this long is down. A name is resolved once, here (``expand``)."""
+        self.endpoints = expand(endpoints)
         if not self.endpoints:
             raise ValueError("no endpoint given")
         self.server_key = load_public(server_key)
@@ -176,13 +203,15 @@ class AsyncNodes:
             self._route(node, await node.sock.recv_multipart())
 
     def _drain(self, node: Node) -> None:
-        """Replies already here are routed before a lost connection fails what waits."""
+        """Replies already here are routed before a lost connection fails what waits
+        (read through a plain shadow of the socket: the asyncio one answers with futures)."""
+        raw: zmq.Socket[bytes] = zmq.Socket.shadow(node.sock.underlying)
         while True:
             try:
-                frames = node.sock.recv_multipart(flags=zmq.NOBLOCK)
+                frames = raw.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._route(node, frames)  # type: ignore[arg-type]
+            self._route(node, frames)
 
     async def _watch(self, node: Node) -> None:
         assert self._changed is not None
