@@ -62,7 +62,7 @@ def test_a_comment_may_follow_a_key_and_a_key_may_hold_a_hash() -> None:
     raw = bytes(28) + (84).to_bytes(4, "big")  # Z85 ends in "#" here; no key can start with it (first digit <= 82)
     key = z85.encode(raw)
     assert b"#" in key
-    assert parse_authorized(f"{key.decode()} x   # rotated in May\n") == {key: "curve:x"}
+    assert parse_authorized(f"{key.decode()} x   #rotated in May\n") == {key: "curve:x"}
     assert z85.encode(b"\xff\xff\xff\xff" + bytes(28))[:1] == b"%"  # the largest first digit: 82
 
 
@@ -92,6 +92,7 @@ def test_a_remote_identity_comes_from_the_gateway_routing_id_only() -> None:
     routing = principal.routing_id("curve:tenant-a", b"\x00\x01\x02\x03\x04")
     assert principal.remote(routing.hex()) == "curve:tenant-a"
     assert principal.remote(b"\x00abcd".hex()) is None
+    assert principal.remote(b"my-local-app/curve:x".hex()) is None  # a local client naming itself: not a key
     assert principal.remote(b"curve:".hex()) is None
     assert principal.remote("not hex") is None
     assert principal.remote(b"curve:/x".hex()) is None
