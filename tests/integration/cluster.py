@@ -143,7 +143,7 @@ def _namespaces(count: int) -> tuple[list[tuple[str, str, str]], str]:
     return made, "network namespaces, one veth pair each"
 
 
-def start_cluster(base: pathlib.Path, count: int = 3, uid_bases: list[int] | None = None) -> Cluster:
+def start_cluster(base: pathlib.Path, count: int = 3, uid_bases: list[int] | None = None, pool: int = 3) -> Cluster:
     keys = base / "keys"
     keys.mkdir()
     os.chmod(base, 0o755)
@@ -163,29 +163,29 @@ def start_cluster(base: pathlib.Path, count: int = 3, uid_bases: list[int] | Non
         service = (
             f'listen = ["{node.endpoint}"]\nserver_key = "{keys}/server.key_secret"\n'
             f'authorized_keys = "{keys}/authorized_keys"\nheartbeat_s = 0.5\n'
-            'pool = {python = 3, "python:data" = 1, javascript = 1, bash = 1, swift = 1}\n'
+            f'pool = {{python = {pool}, "python:data" = 1, javascript = 1, bash = 1, swift = 1}}\n'
         )
         if uid_bases:
             service += f"worker_uid_base = {uid_bases[i]}\n"
         node.config = write_config(directory, service=service)
         cluster.nodes.append(node)
-    _start_all(cluster)
+    _start_all(cluster, pool)
     return cluster
 
 
-def start_node(node: Node) -> None:
+def start_node(node: Node, pool: int = 3) -> None:
     prefix = ["nsenter", f"--net=/run/netns/{node.netns}"] if node.netns else None
-    node.embedded = Embedded(config=node.config, pool=3, prefix=prefix)
+    node.embedded = Embedded(config=node.config, pool=pool, prefix=prefix)
     node.embedded.start()
 
 
-def _start_all(cluster: Cluster) -> None:
+def _start_all(cluster: Cluster, pool: int) -> None:
     """All nodes at once: each start waits for its pools to warm."""
     errors: list[BaseException] = []
 
     def one(node: Node) -> None:
         try:
-            start_node(node)
+            start_node(node, pool)
         except BaseException as exc:  # noqa: BLE001 - reported below, after every start has ended
             errors.append(exc)
 
