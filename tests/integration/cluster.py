@@ -150,7 +150,6 @@ def start_cluster(base: pathlib.Path, count: int = 3, uid_bases: list[int] | Non
     os.chmod(keys, 0o755)
     for name in ("server", "tester", "stranger"):
         new_pair(str(keys / name))
-    os.chmod(keys / "server.key_secret", 0o644)  # test only: the unprivileged run's service reads it as itself
     made, mode = _namespaces(count)
     cluster = Cluster([], keys, mode, [ns for ns, _, _ in made])
     cluster.authorize(f"{cluster.public('tester')} tester")

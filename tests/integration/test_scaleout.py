@@ -310,6 +310,59 @@ def test_status_shows_the_listener_peers_and_refusals(cluster: Cluster) -> None:
     assert "curve:tester" in out.stdout and "refused handshakes:" in out.stdout, out.stdout
 
 
+def cli(cluster: Cluster, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    remote = ["--server-key", cluster.server_key, "--client-key", cluster.client_key()]
+    for endpoint in cluster.endpoints:
+        remote += ["--endpoint", endpoint]
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.tools.cli", *args, *remote],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_the_cli_runs_on_the_nodes_and_a_session_id_outlives_the_process(cluster: Cluster) -> None:
+    ran = cli(cluster, "run", "--env", "none", "-", stdin="print(6 * 7)")
+    assert ran.returncode == 0 and ran.stdout == "42\n", ran.stderr
+    opened = cli(cluster, "session", "open", "--env", "none")
+    assert opened.returncode == 0, opened.stderr
+    session = opened.stdout.splitlines()[0]
+    assert session.startswith("s-") and "@" in session
+    first = cli(cluster, "run", "--session", session, "-", stdin="kept = 'from the first process'")
+    assert first.returncode == 0, first.stderr
+    second = cli(cluster, "run", "--session", session, "-", stdin="print(kept)")  # another process, same sandbox
+    assert second.returncode == 0 and second.stdout == "from the first process\n", second.stderr
+    assert cli(cluster, "session", "close", session).returncode == 0
+    status = cli(cluster, "status", "--check", "ready")
+    assert status.returncode == 0 and status.stdout.count("ready: ok") == 3, (status.stdout, status.stderr)
+
+
+def test_mcp_over_the_nodes(cluster: Cluster) -> None:
+    mcp = pytest.importorskip("mcp")
+    from mcp.client.stdio import StdioServerParameters
+
+    args = ["-m", "supervisor.tools.cli", "mcp", "--server-key", cluster.server_key, "--client-key"]
+    args += [cluster.client_key(), *(x for e in cluster.endpoints for x in ("--endpoint", e))]
+    params = StdioServerParameters(command=sys.executable, args=args, env={"PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+
+    async def go() -> tuple[object, object]:
+        async with mcp.Client(params) as client:
+            once = await client.call_tool("execute_code", {"code": "print(2 + 2)", "environment": "none"})
+            await client.call_tool("execute_code", {"code": "x = 41", "keep_state": True, "environment": "none"})
+            kept = await client.call_tool(
+                "execute_code", {"code": "print(x + 1)", "keep_state": True, "environment": "none"}
+            )
+            return once, kept
+
+    once, kept = asyncio.run(go())
+    assert once.structured_content["stdout"] == "4\n", once  # type: ignore[attr-defined]
+    assert kept.structured_content["stdout"] == "42\n", kept  # type: ignore[attr-defined]
+
+
 def test_sigkill_of_a_node_mid_load_every_run_gets_one_reply_and_none_runs_twice(cluster: Cluster) -> None:
     victim = cluster.nodes[2]
     killed = threading.Event()
