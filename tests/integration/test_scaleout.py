@@ -107,6 +107,18 @@ def fresh_nodes(cluster: Cluster, endpoints: list[str] | None = None, key: str =
     return AsyncNodes(endpoints or cluster.endpoints, cluster.server_key, cluster.client_key(key), **kw)  # type: ignore[arg-type]
 
 
+def cellblock(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.tools.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
 def test_one_client_spreads_runs_over_three_nodes(cluster: Cluster) -> None:
     nodes = fresh_nodes(cluster)
     try:
@@ -183,14 +195,7 @@ def test_a_client_without_curve_or_with_another_server_key_is_refused(cluster: C
 def test_plain_tcp_is_refused_at_config_load(tmp_path: pathlib.Path) -> None:
     config = tmp_path / "plain.toml"
     config.write_text('[service]\nlisten = ["tcp://127.0.0.1:7999"]\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "supervisor.tools.cli", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = cellblock("serve", "--config", str(config))
     assert proc.returncode == 2, proc.stderr
     assert "service.server_key" in proc.stderr and "plain TCP is refused" in proc.stderr, proc.stderr
 
@@ -297,32 +302,18 @@ def test_status_shows_the_listener_peers_and_refusals(cluster: Cluster) -> None:
     with Nodes(cluster.endpoints[2:], cluster.server_key, cluster.client_key()) as nodes:
         nodes.execute("print(1)", **NONE)
         assert wait_for(lambda: any(p.client_id == "curve:tester" for p in gateway(cluster, 2).peers))
-        out = subprocess.run(
-            [sys.executable, "-m", "supervisor.tools.cli", "status", "--socket", cluster.nodes[2].socket],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        out = cellblock("status", "--socket", cluster.nodes[2].socket)
     assert out.returncode == 0, out.stderr
     assert f"tcp listener: {cluster.endpoints[2]} (CURVE)" in out.stdout, out.stdout
     assert "curve:tester" in out.stdout and "refused handshakes:" in out.stdout, out.stdout
 
 
 def cli(cluster: Cluster, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI against the cluster's nodes over TCP."""
     remote = ["--server-key", cluster.server_key, "--client-key", cluster.client_key()]
     for endpoint in cluster.endpoints:
         remote += ["--endpoint", endpoint]
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor.tools.cli", *args, *remote],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return cellblock(*args, *remote, stdin=stdin)
 
 
 def test_the_cli_runs_on_the_nodes_and_a_session_id_outlives_the_process(cluster: Cluster) -> None:
