@@ -304,6 +304,30 @@ class RuntimeStatus(msgspec.Struct, frozen=True, kw_only=True):
     setup_failures: int = 0
 
 
+class GatewayPeer(msgspec.Struct, frozen=True, kw_only=True):
+    client_id: str  # "curve:<name>": the identity of an authorized key
+    relays: int  # its connections the gateway relays to the broker
+
+
+class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The TCP listener (``supervisor/gateway.py``); written by the gateway, read by the broker."""
+
+    listen: list[str]
+    running: bool = True  # False: configured, but the gateway has not reported for a while
+    pid: int = 0
+    updated: float = 0.0  # wall time of the report
+    server_key: str = ""  # this node's public key (Z85): what clients pass as --server-key
+    authorized_keys: int = 0  # keys in the file as last loaded
+    keys_loaded: float = 0.0  # wall time of that load
+    keys_error: str = ""  # the last reload failed (the keys before it stay in force): why
+    connections: int = 0  # CURVE connections past their handshake, now
+    peers: list[GatewayPeer] = []  # who they are (omitted in a reply to a remote client)
+    refused_unknown_key: int = 0  # handshakes refused: the key is not in authorized_keys
+    refused_handshake: int = 0  # handshakes that failed: not CURVE, the wrong server key, garbage
+    refused_full: int = 0  # handshakes refused: max_remote_peers connections already
+    counters: dict[str, int] = {}
+
+
 class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     id: str
     version: str
@@ -323,6 +347,7 @@ class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     sessions: list[SessionInfo] = []
     session_idle_timeout_s: float = 0.0  # a session ends after this long without a cell
     session_max_lifetime_s: float = 0.0  # and after this long in all
+    gateway: GatewayStatus | None = None  # the TCP listener, when [service] listen names one
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):

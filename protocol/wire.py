@@ -150,6 +150,26 @@ def explain_bad_request(frames: list[bytes], exc: Exception) -> m.ErrorReply:
     return m.ErrorReply(id=request_id, error=info)
 
 
+class _Head(msgspec.Struct):
+    type: str = ""
+    id: str = ""
+
+
+_head = msgspec.msgpack.Decoder(_Head)
+
+
+def peek(frames: list[bytes]) -> tuple[str, str]:
+    """A message's tag and id, read without decoding the rest (the gateway relays frames
+    it never decodes; it needs only these two): ("", "") when there are none."""
+    if len(frames) != 2 or frames[0] != VERSION:
+        return "", ""
+    try:
+        head = _head.decode(frames[1])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "", ""
+    return head.type, head.id[:128]
+
+
 _json_encoder = msgspec.json.Encoder()
 
 

@@ -56,6 +56,11 @@ def peer_uid(routing: bytes) -> int | None:
     return _UID.unpack_from(routing)[0] if len(routing) > _UID.size else None
 
 
+def named_part(routing: bytes) -> bytes:
+    """What the peer named itself, from a ``by_uid`` routing id."""
+    return routing[_UID.size :]
+
+
 def _property(name: bytes, value: bytes) -> bytes:
     return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
 

@@ -41,6 +41,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench_tcp  # noqa: E402
 import psutil  # noqa: E402
 
 from protocol import messages as m  # noqa: E402
@@ -66,6 +67,14 @@ RUNTIME_CODE = {
 }
 SWIFT_POOL = 2  # a warm Swift worker holds a 200 MiB frontend: fewer of them
 SLOW = {"swift": 0.2}  # share of the runs a runtime gets (a Swift run compiles: ~60 ms)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -617,11 +626,14 @@ def main() -> int:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="cellblock-bench-"))
         os.chmod(tmp, 0o711)
         config = tmp / "bench.toml"
+        server_key, tcp_client_key, authorized = bench_tcp.keys(tmp)
+        tcp_endpoint = f"tcp://127.0.0.1:{free_port()}"
         config.write_text(
             f'[service]\nstate_dir = "{tmp / "state"}"\nqueue_limit = 10000\n'
             f"pool = {{javascript = {JS_POOL}, bash = {BASH_POOL}, swift = {SWIFT_POOL}, "
-            f'"python:data" = {DATA_POOL}}}\n\n'
-            "[policy]\nrate_per_minute = 10000000\nconcurrency = 1000\n"
+            f'"python:data" = {DATA_POOL}}}\n'
+            + bench_tcp.listen_config(tcp_endpoint, server_key, authorized)
+            + "\n[policy]\nrate_per_minute = 10000000\nconcurrency = 1000\n"
         )
         embedded = Embedded(config=str(config), pool=args.pool)
         socket = embedded.start()
@@ -668,6 +680,31 @@ def main() -> int:
                 service[f"throughput_{clients}"] = throughput(socket, PRINT1, "python", clients, seconds)
                 print(
                     f"  {clients} clients: {service[f'throughput_{clients}']['runs_per_s']:.0f} runs/s",  # type: ignore[index]
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if embedded is not None:  # the same node over its gateway (TCP + CURVE), turn about with IPC
+                service["tcp"] = bench_tcp.tcp_rows(
+                    socket,
+                    tcp_endpoint,
+                    server_key.replace(".key_secret", ".key"),
+                    tcp_client_key,
+                    int(200 * scale),
+                    seconds,
+                    lambda: wait_warm(client, "python", pool),
+                    next(
+                        (
+                            p.pid
+                            for p in psutil.Process(embedded.proc.pid).children()  # type: ignore[union-attr]
+                            if "supervisor.gateway" in " ".join(p.cmdline())
+                        ),
+                        None,
+                    ),
+                )
+                tcp = service["tcp"]
+                print(
+                    f"  TCP+CURVE: p50 {tcp['latency_ms_tcp_curve_p50']:.3f} ms (IPC {tcp['latency_ms_ipc_p50']:.3f}), "  # type: ignore[index]
+                    f"8 clients {tcp['throughput_8_tcp_curve']:.0f} runs/s (IPC {tcp['throughput_8_ipc']:.0f})",  # type: ignore[index]
                     file=sys.stderr,
                     flush=True,
                 )
@@ -795,6 +832,18 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
     for key, value in s.items():
         if key.startswith("throughput_8_"):
             rows.append((f"throughput {key[13:]}, 8 clients", f"{value['runs_per_s']:.0f} runs/s"))
+    if "tcp" in s:
+        t = s["tcp"]
+        rows.append(
+            (
+                "print(1) over TCP + CURVE (one node, turn about with IPC)",
+                f"p50 {t['latency_ms_tcp_curve_p50']:.3f} ms vs IPC {t['latency_ms_ipc_p50']:.3f} ms "
+                f"({t['tcp_over_ipc_latency']:.2f}x); 8 clients {t['throughput_8_tcp_curve']:.0f} vs "
+                f"{t['throughput_8_ipc']:.0f} runs/s ({t['tcp_over_ipc_throughput']:.2f}x); "
+                f"cpu per run: gateway {t['gateway_cpu_ms_per_run']:.2f} ms, "
+                f"client {t['client_cpu_ms_per_run_tcp']:.2f} ms (IPC {t['client_cpu_ms_per_run_ipc']:.2f})",
+            )
+        )
     split = s.get("cpu_ms_per_run_8")
     if split:
         parts = ", ".join(f"{k} {split[k]:.1f}" for k in ("launcher", "workers", "broker", "clients", "other"))

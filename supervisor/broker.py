@@ -99,7 +99,9 @@ class Broker:
             queue_wait_s=cfg.config.service.queue_wait_s,
         )
         self.catalogue = Catalogue(cfg.profile, self.dispatcher.fail_queued)
-        self.policy = Policy(cfg.config, cfg.profile, cfg.statedir, time.time)
+        self.policy = Policy(
+            cfg.config, cfg.profile, cfg.statedir, time.time, relay_uid=cfg.drop_to if cfg.drop_to >= 0 else None
+        )
         self.egress = EgressLink(cfg.rundir)
         self.launcher = LauncherLink(cfg.rundir, self._forget)
         self.launcher_mask = 0
@@ -148,6 +150,8 @@ class Broker:
                 max_held=max_held, by_uid=name == "client.sock",  # each client's uid from the kernel: policy/peers.py
             )
             expose(path, self.cfg.config.service.client_group if name == "client.sock" else "")
+            if name == "client.sock" and self.cfg.drop_to >= 0:  # the gateway, at the broker's uid, connects
+                os.chown(path, self.cfg.drop_to, -1)
         self.clients, self.workers = routers["client.sock"], routers["workers.sock"]
         self._listen(self.clients.fileno(), select.EPOLLIN, lambda fd, ev: self.clients.accept())
         self._listen(self.workers.fileno(), select.EPOLLIN, lambda fd, ev: self.workers.accept())
@@ -255,7 +259,7 @@ class Broker:
             case m.ExecuteRequest():
                 self.intake.execute(client, request)
             case m.StatusRequest(id=rid):
-                self._reply(client, self.status(rid))
+                self._reply(client, self.status(rid, client))
             case m.GrantRequest() | m.RevokeRequest() | m.GrantsRequest() | m.HistoryRequest():
                 self._reply(client, self.policy.admin(request, client.hex()))
             case m.SessionOpen():
@@ -319,8 +323,8 @@ class Broker:
 
     # --- status ----------------------------------------------------------------------------------
 
-    def status(self, request_id: str) -> m.StatusReply:
-        return status_reply(request_id, VERSION, self)
+    def status(self, request_id: str, client: bytes = b"") -> m.StatusReply:
+        return status_reply(request_id, VERSION, self, client.hex())
 
     def _maybe_ready(self) -> None:
         if self.ready_sent or self.cfg.ready_fd < 0 or not self.catalogue.runtimes:

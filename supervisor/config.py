@@ -11,6 +11,7 @@ import grp
 import ipaddress
 import os
 import pathlib
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -18,6 +19,7 @@ import msgspec
 from protocol.profile import DATA_ENVIRONMENT, ConfigError, Environment, Profile, decode_toml, load_profile
 
 Pos = Annotated[int, msgspec.Meta(ge=1)]
+GATEWAY_STATUS_FILE = "gateway.status"  # in the runtime directory: the gateway's report, read by the broker
 
 
 class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -43,6 +45,13 @@ class ServiceSection(Strict, frozen=True):
     # connection is keyed by its uid unless [policy] trusted_uids names it.
     client_group: str = ""
     broker_uid: Annotated[int, msgspec.Meta(ge=1)] = 599_999  # root mode only
+    # TCP listeners beside client.sock, served by the gateway (supervisor/gateway.py)
+    # with CURVE always: "tcp://0.0.0.0:7878". Plain TCP is refused at load.
+    listen: list[str] = []
+    server_key: str = ""  # this node's key pair: a .key_secret file of `cellblock keys new`
+    authorized_keys: str = ""  # the client public keys allowed (protocol/curve.py), reloaded on change
+    max_remote_peers: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256  # live CURVE connections
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 2.0  # a silent peer is cut after 3 of these
     worker_uid_base: Annotated[int, msgspec.Meta(ge=1000)] = 600_000  # root mode only; + slot
 
 
@@ -139,6 +148,7 @@ def _check(config: Config, path: str) -> None:
             group_id(group)
         except KeyError:
             raise ConfigError(path, "service.client_group", f"no group {group!r} on this host") from None
+    _check_listen(config.service, path)
     if config.cgroups.parent and not config.cgroups.parent.startswith("/sys/fs/cgroup"):
         raise ConfigError(path, "cgroups.parent", "must be a directory under /sys/fs/cgroup")
     for i, root in enumerate(config.policy.grant_roots):
@@ -165,6 +175,33 @@ def _check(config: Config, path: str) -> None:
 def group_id(group: str) -> int:
     """A group named by name or number (KeyError if there is no such group)."""
     return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+
+
+LISTEN = re.compile(r"^tcp://(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+
+
+def _check_listen(service: ServiceSection, path: str) -> None:
+    """TCP only with CURVE: a key pair for the node and a list of the clients allowed."""
+    for i, endpoint in enumerate(service.listen):
+        match = LISTEN.match(endpoint)
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise ConfigError(path, f"service.listen[{i}]", "must be tcp://ADDRESS:PORT, e.g. tcp://0.0.0.0:7878")
+    if not service.listen:
+        return
+    for key, what in (
+        ("server_key", "this node's CURVE key pair (`cellblock keys new`, its .key_secret file)"),
+        ("authorized_keys", "a file of the client public keys allowed"),
+    ):
+        value = getattr(service, key)
+        if not value:
+            raise ConfigError(
+                path,
+                f"service.{key}",
+                f"a TCP listener needs CURVE and this names {what}; plain TCP is refused: anyone who "
+                "reaches the port could run code, and the code and its output would cross the network in clear",
+            )
+        if not value.startswith("/"):
+            raise ConfigError(path, f"service.{key}", "must be an absolute path")
 
 
 def load_config(path: str | None) -> Config:

@@ -27,11 +27,13 @@ import uuid
 import msgspec
 import prctl
 
-from protocol.profile import Profile
+from protocol.curve import KeyProblem, load_pair, read_authorized
+from protocol.profile import ConfigError, Profile
 from supervisor import broker as broker_mod
 from supervisor import egress as egress_mod
+from supervisor import gateway as gateway_mod
 from supervisor import launcher as launcher_mod
-from supervisor.config import Config, cache_dir, pool_targets, runtime_dir, state_dir
+from supervisor.config import GATEWAY_STATUS_FILE, Config, cache_dir, pool_targets, runtime_dir, state_dir
 from supervisor.log import logger
 from supervisor.signals import SignalQueue, drain_wakeup
 
@@ -95,6 +97,8 @@ class Supervisor:
         self.launcher = Child("launcher")
         self.broker = Child("broker")
         self.egress = Child("egress")
+        self.gateway = Child("gateway")
+        self.server_keys: tuple[bytes, bytes] | None = None  # (public, secret) when [service] listen
         self.stopping = False
         self.exit_code = 0
         self.ready_r = -1
@@ -121,6 +125,18 @@ class Supervisor:
                 os.chown(path, uid, uid)
             for name in os.listdir(self.statedir):
                 os.chown(os.path.join(self.statedir, name), uid, uid)
+        self._check_keys()
+
+    def _check_keys(self) -> None:
+        """A TCP listener's keys are read now, so a bad file stops the start and names itself."""
+        service = self.config.service
+        if not service.listen:
+            return
+        try:
+            self.server_keys = load_pair(service.server_key)
+            read_authorized(service.authorized_keys)
+        except KeyProblem as exc:
+            raise ConfigError("service.listen", "", str(exc)) from None
 
     # --- children ---------------------------------------------------------------------------
 
@@ -197,6 +213,28 @@ class Supervisor:
             )
         )
 
+    def _gateway_payload(self) -> bytes:
+        service = self.config.service
+        assert self.server_keys is not None
+        return msgspec.msgpack.encode(
+            gateway_mod.GatewayConfig(
+                rundir=self.rundir,
+                listen=service.listen,
+                public_key=self.server_keys[0],
+                secret_key=self.server_keys[1],
+                authorized_keys=service.authorized_keys,
+                max_peers=service.max_remote_peers,
+                heartbeat_s=service.heartbeat_s,
+                drop_to=service.broker_uid if self.root else -1,
+                supervisor_fd=self.lifeline_r,
+                drain_s=service.drain_s,
+            )
+        )
+
+    def start_gateway(self) -> None:
+        if self.server_keys is not None:
+            self._spawn(self.gateway, "supervisor.gateway", self._gateway_payload())
+
     def start_launcher(self) -> None:
         self._spawn(self.launcher, "supervisor.launcher", self._launcher_payload())
 
@@ -215,6 +253,7 @@ class Supervisor:
         self.start_launcher()
         self.start_egress()
         self.start_broker()
+        self.start_gateway()
         ready_pending = True
         while True:
             watch = [wake_r]
@@ -238,8 +277,9 @@ class Supervisor:
                 ready = False
             if ready_pending and ready:
                 ready_pending = False
+                tcp = "".join(f" and {endpoint} (CURVE)" for endpoint in self.config.service.listen)
                 log(
-                    f"serving on ipc://{os.path.join(self.rundir, 'client.sock')} (profile {self.profile.name}, "
+                    f"serving on ipc://{os.path.join(self.rundir, 'client.sock')}{tcp} (profile {self.profile.name}, "
                     f"{'root' if self.root else 'unprivileged'} mode)"
                 )
                 notify_systemd(b"READY=1")
@@ -257,7 +297,10 @@ class Supervisor:
     handle_sigint = handle_sigterm
 
     def handle_sighup(self) -> None:
-        pass
+        """The gateway reads authorized_keys again; nothing else reloads (restart for that)."""
+        proc = self.gateway.proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGHUP)
 
     def handle_sigchld(self) -> None:
         while True:
@@ -271,6 +314,7 @@ class Supervisor:
                 (self.launcher, self.start_launcher),
                 (self.broker, self.start_broker),
                 (self.egress, self.start_egress),
+                (self.gateway, self.start_gateway),
             ):
                 if child.proc is not None and child.proc.pid == pid:
                     child.proc.returncode = os.waitstatus_to_exitcode(status)
@@ -314,9 +358,11 @@ class Supervisor:
 
     def _shutdown(self) -> int:
         notify_systemd(b"STOPPING=1")
-        # The broker drains first: each request in flight still gets its reply.
+        # The broker drains first: each request in flight still gets its reply, through the
+        # gateway too for remote clients, so the gateway stops only after the broker.
         for child, timeout in (
             (self.broker, self.config.service.drain_s + 5),
+            (self.gateway, 5.0),
             (self.egress, 5.0),
             (self.launcher, 10.0),
         ):
@@ -333,7 +379,7 @@ class Supervisor:
                     break
             except ChildProcessError:
                 break
-        for name in ("client.sock", "workers.sock", "launcher.sock", "egress.ctl"):
+        for name in ("client.sock", "workers.sock", "launcher.sock", "egress.ctl", GATEWAY_STATUS_FILE):
             try:
                 os.unlink(os.path.join(self.rundir, name))
             except OSError:

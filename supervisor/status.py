@@ -13,9 +13,11 @@ from protocol import messages as m
 from protocol.profile import Profile, RunLimits
 from protocol.zmtp import Router
 from supervisor.catalogue import Catalogue
+from supervisor.config import GATEWAY_STATUS_FILE, Config
 from supervisor.dispatch import Dispatcher
 from supervisor.intake import Intake
 from supervisor.link import LauncherLink
+from supervisor.policy import Policy, peers
 from supervisor.sessions import Sessions
 
 
@@ -25,6 +27,9 @@ def _limit_values(limits: RunLimits) -> dict[str, int]:
 
 class Parts(Protocol):
     """What of the broker a status reply reads."""
+
+    @property
+    def cfg(self) -> BrokerSettings: ...
 
     started: float
     profile: Profile
@@ -37,9 +42,42 @@ class Parts(Protocol):
     workers: Router
     intake: Intake
     sessions: Sessions
+    policy: Policy
 
 
-def status_reply(request_id: str, version: str, broker: Parts) -> m.StatusReply:
+class BrokerSettings(Protocol):
+    @property
+    def rundir(self) -> str: ...
+
+    @property
+    def config(self) -> Config: ...
+
+
+GATEWAY_STALE_S = 5.0  # it reports each second; older than this, it is not running
+
+
+def gateway_status(rundir: str, listen: list[str], operator: bool) -> m.GatewayStatus | None:
+    """The TCP listener's own report (``supervisor/gateway.py``); who is connected only
+    for an operator (a trusted local uid), never for a remote client."""
+    if not listen:
+        return None
+    try:
+        with open(os.path.join(rundir, GATEWAY_STATUS_FILE), "rb") as src:
+            report = msgspec.msgpack.decode(src.read(), type=m.GatewayStatus)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return m.GatewayStatus(listen=listen, running=False)
+    if time.time() - report.updated > GATEWAY_STALE_S:
+        report = msgspec.structs.replace(report, running=False)
+    if not operator:
+        report = msgspec.structs.replace(report, peers=[])
+    return report
+
+
+def _operator(policy: Policy, requester: str) -> bool:
+    return policy.remote(requester) is None and peers.uid_of(requester) in policy.trusted
+
+
+def status_reply(request_id: str, version: str, broker: Parts, requester: str = "") -> m.StatusReply:
     counters = dict(broker.counters)
     counters["bad_launcher_datagram"] = broker.launcher.bad_datagrams
     counters["client_disconnects"] = broker.clients.disconnects + broker.clients.dropped
@@ -74,4 +112,7 @@ def status_reply(request_id: str, version: str, broker: Parts) -> m.StatusReply:
         sessions=broker.sessions.everyone(),
         session_idle_timeout_s=broker.sessions.config.idle_timeout_s,
         session_max_lifetime_s=broker.sessions.config.max_lifetime_s,
+        gateway=gateway_status(
+            broker.cfg.rundir, broker.cfg.config.service.listen, _operator(broker.policy, requester)
+        ),
     )

@@ -28,7 +28,7 @@ from protocol.profile import Profile
 from supervisor import results
 from supervisor.config import Config
 from supervisor.policy import findings as findings_mod
-from supervisor.policy import grants, peers, validation
+from supervisor.policy import grants, peers, principal, validation
 from supervisor.policy.detect import detect, unfence
 from supervisor.policy.ratelimit import Limiter
 from supervisor.policy.redact import Redactor, ResultRedactor, StreamRedactor
@@ -136,6 +136,19 @@ def _language(request: m.ExecuteRequest) -> tuple[m.ExecuteRequest, m.Finding | 
     return msgspec.structs.replace(request, language=guess.language), finding
 
 
+def _own(request: m.Request, remote: str) -> m.Request:
+    """An admin request of a remote client, narrowed to what it may see of its own."""
+    if isinstance(request, m.GrantRequest | m.RevokeRequest):
+        raise CellblockError(
+            ErrorCode.PERMISSION_REQUIRED,
+            f"a remote client ({remote}) cannot grant or revoke; an operator does, on the node: "
+            f"cellblock grant {remote} ...",
+        )
+    if isinstance(request, m.GrantsRequest | m.HistoryRequest):
+        return msgspec.structs.replace(request, client_id=remote)
+    return request
+
+
 def _record(name: str, data: bytes) -> m.FileRecord:
     return m.FileRecord(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -153,11 +166,15 @@ class Policy:
         state_dir: str,
         clock: Callable[[], float] = time.time,
         service_uid: int | None = None,
+        relay_uid: int | None = None,
     ) -> None:
         """``service_uid``: the uid that started the service, trusted by default (the
-        broker's real uid before it drops, which is when the broker makes its policy)."""
+        broker's real uid before it drops, which is when the broker makes its policy).
+        ``relay_uid``: the gateway's (the broker's uid after the drop, in root mode); a
+        connection's routing id names a CURVE identity only from it or a trusted uid."""
         self.config = config
         self.trusted = peers.trusted_uids(config, os.getuid() if service_uid is None else service_uid)
+        self.relays = self.trusted | ({relay_uid} if relay_uid is not None else set())
         self.profile = profile
         self.clock = clock
         self.store = Store(state_dir, clock, config.history.retention_days, config.history.max_rows)
@@ -172,8 +189,17 @@ class Policy:
     def client_key(
         self, connection: str, request: m.ExecuteRequest | m.SessionOpen | m.SessionClose | m.SessionList
     ) -> str:
-        """The peer's uid, plus the client id it names when that uid is trusted (``peers``)."""
+        """A remote client (relayed by the gateway) is its CURVE key's identity, whatever
+        client_id it names (``principal``); a local one is its uid, plus the client id it
+        names when that uid is trusted (``peers``)."""
+        remote = self.remote(connection)
+        if remote is not None:
+            return remote
         return peers.key_for(peers.uid_of(connection), self.trusted, connection, request.client_id)
+
+    def remote(self, connection: str) -> str | None:
+        """The CURVE identity behind a connection the gateway made for a remote client."""
+        return principal.remote(connection, self.relays)
 
     def admit(
         self, connection: str, request: m.ExecuteRequest, resolve: Callable[[m.ExecuteRequest], Resolved]
@@ -341,9 +367,13 @@ class Policy:
     # --- admin requests -----------------------------------------------------------------------
 
     def admin(self, request: m.Request, connection: str) -> m.Reply:
-        """Grants and history. An untrusted uid reads only its own and cannot grant or revoke."""
+        """Grants and history. A remote client (a CURVE key) or an untrusted uid reads only
+        its own and cannot grant or revoke: granting is the operator's, on the node."""
+        remote = self.remote(connection)
         uid = peers.uid_of(connection)
-        if uid not in self.trusted:
+        if remote is not None:
+            request = _own(request, remote)
+        elif uid not in self.trusted:
             request = self._own_only(request, uid)
         match request:
             case m.GrantRequest():

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -233,25 +234,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ServiceRunning as exc:
         print(f"cellblock: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # a listener's key files, read at start
+        print(f"cellblock: bad configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check(status: m.StatusReply, what: str) -> int:
+    """``status --check``: live (the broker answers) or ready (it offers a runtime, and its TCP
+    listener, if configured, is running): exit 0, or 1 with the reason. For probes."""
+    problem = ""
+    if what == "ready":
+        if not any(rt.offered for rt in status.runtimes):
+            problem = "no runtime offered yet"
+        elif status.gateway is not None and not status.gateway.running:
+            problem = "the TCP listener (gateway) is not running"
+    print(f"cellblock: {what}: {problem or 'ok'}", file=sys.stderr if problem else sys.stdout)
+    return 1 if problem else 0
+
+
+def _fetch_status(args: argparse.Namespace) -> list[m.StatusReply] | None:
+    if args.endpoint:
+        from protocol.nodes import Nodes, expand
+
+        replies = []
+        for endpoint in expand(args.endpoint):
+            with Nodes([endpoint], args.server_key, args.client_key, connect_timeout=3.0) as nodes:
+                replies.append(nodes.status())
+        return replies
+    with Client(_socket_path(args), connect_timeout=1.0) as client:
+        return [client.status()]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = _socket_path(args)
-    with Client(path, connect_timeout=1.0) as client:
-        try:
-            status = client.status()
-        except ServiceError as exc:
-            print(f"cellblock: {exc.error.message}", file=sys.stderr)
-            if exc.error.code == "connection_lost":
-                print(
-                    "cellblock: start one with `cellblock serve` (as root: `sudo .venv/bin/cellblock serve`), "
-                    "`cellblock run` starts its own for one call",
-                    file=sys.stderr,
-                )
-            return 1
-    if args.json:
+    try:
+        replies = _fetch_status(args)
+    except ServiceError as exc:
+        print(f"cellblock: {exc.error.message}", file=sys.stderr)
+        if exc.error.code == "connection_lost" and not args.check:
+            print(
+                "cellblock: start one with `cellblock serve` (as root: `sudo .venv/bin/cellblock serve`), "
+                "`cellblock run` starts its own for one call",
+                file=sys.stderr,
+            )
+        return 1
+    assert replies
+    if args.check:
+        return max(_check(status, args.check) for status in replies)
+    for status in replies:
+        _print_status(status, args.json)
+    return 0
+
+
+def _print_status(status: m.StatusReply, json: bool) -> None:
+    if json:
         sys.stdout.buffer.write(to_json(status) + b"\n")
-        return 0
+        return
     print(f"cellblock {status.version}  mode: {status.mode}  profile: {status.profile}  up {status.uptime_s:.0f}s")
     print(f"queue: {status.queue}/{status.queue_limit}  in flight: {status.in_flight}")
     print("runtimes:")
@@ -269,10 +306,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"sessions: {len(status.sessions)}")
         for session in status.sessions:
             _print_session(session)
+    if status.gateway is not None:
+        _print_gateway(status.gateway)
     interesting = {k: v for k, v in sorted(status.counters.items()) if v}
     if interesting:
         print("counters: " + ", ".join(f"{k}={v}" for k, v in interesting.items()))
-    return 0
+
+
+def _print_gateway(gw: m.GatewayStatus) -> None:
+    state = "" if gw.running else "  NOT RUNNING (the gateway has not reported; see the service's log)"
+    for endpoint in gw.listen:
+        print(f"tcp listener: {endpoint} (CURVE){state}")
+    print(f"  server key {gw.server_key}  authorized keys {gw.authorized_keys}")
+    if gw.keys_error:
+        print(f"  authorized_keys: {gw.keys_error}")
+    peers = ", ".join(f"{p.client_id} x{p.relays}" for p in gw.peers)
+    print(f"  connections {gw.connections}" + (f": {peers}" if peers else ""))
+    print(
+        f"  refused handshakes: unknown key {gw.refused_unknown_key}, failed (no CURVE, another server key) "
+        f"{gw.refused_handshake}, over max_remote_peers {gw.refused_full}"
+    )
+    if gw.counters:
+        print("  " + ", ".join(f"{k}={v}" for k, v in sorted(gw.counters.items())))
 
 
 # --- grants, history, export ------------------------------------------------------------------
@@ -280,7 +335,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _with_service(args: argparse.Namespace, action: Callable[[Client], int], daemon: bool = False) -> int:
     """Run ``action`` against the running service, or an embedded one (same state dir);
-    ``daemon``: only a running service will do (a session outlives this command)."""
+    ``daemon``: only a running service will do (a session outlives this command).
+    With ``--endpoint``: the nodes named, over TCP with CURVE."""
+    if getattr(args, "endpoint", None):
+        return _with_nodes(args, action)
     path = _socket_path(args)
     embedded = None
     if not service_answers(path):
@@ -308,6 +366,26 @@ def _with_service(args: argparse.Namespace, action: Callable[[Client], int], dae
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _with_nodes(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
+    from protocol.curve import KeyProblem
+    from protocol.nodes import Nodes
+
+    if not args.server_key or not args.client_key:
+        print("cellblock: --endpoint needs --server-key (the nodes' public key) and --client-key", file=sys.stderr)
+        return 2
+    try:
+        nodes = Nodes(args.endpoint, args.server_key, args.client_key, retries=getattr(args, "retry", False))
+    except KeyProblem as exc:
+        print(f"cellblock: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with nodes:
+            return action(nodes)
+    except ServiceError as exc:
+        print(f"cellblock: {exc.error.code.value}: {exc.error.message}", file=sys.stderr)
+        return 1
 
 
 def parse_capability(text: str) -> m.Capability:
@@ -419,8 +497,14 @@ def cmd_harness(args: argparse.Namespace) -> int:
 def cmd_mcp(args: argparse.Namespace) -> int:
     from supervisor.tools import mcp_server
 
+    remote = None
+    if args.endpoint:
+        if not args.server_key or not args.client_key:
+            print("cellblock: --endpoint needs --server-key and --client-key", file=sys.stderr)
+            return 2
+        remote = (args.endpoint, args.server_key, args.client_key)
     default = args.socket or _socket_path(args)
-    return mcp_server.main(args.socket, default, args.http, args.config, args.client_id)
+    return mcp_server.main(args.socket, default, args.http, args.config, args.client_id, remote)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -428,6 +512,26 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     default = args.socket or _socket_path(args)
     return console_main(args.socket, default, args.config, args.host, args.port, args.client_id)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``cellblock keys new NAME``: a CURVE key pair for a node or a client (libzmq makes it)."""
+    from protocol.curve import new_pair
+
+    try:
+        public_path, secret_path, public = new_pair(args.name)
+    except FileExistsError as exc:
+        print(f"cellblock: {exc.filename} exists; keys are never overwritten", file=sys.stderr)
+        return 1
+    print(public.decode())
+    print(f"cellblock: wrote {public_path} (public) and {secret_path} (secret, mode 0600)", file=sys.stderr)
+    print(
+        "cellblock: a client: add the first line to the node's authorized_keys (optionally with a name after it) "
+        f"and pass --client-key {secret_path}; a node: [service] server_key = {secret_path!r}, and clients "
+        f"pass --server-key {public_path}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -451,9 +555,19 @@ def _positive(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, remote: bool = True) -> None:
     p.add_argument("--socket", help="client socket of a running service")
     p.add_argument("--config", help="service config file (to find its socket)")
+    if remote:
+        p.add_argument(
+            "--endpoint",
+            action="append",
+            default=[],
+            metavar="tcp://HOST:PORT",
+            help="a node over TCP with CURVE (repeat for several; a name resolving to many is many)",
+        )
+        p.add_argument("--server-key", metavar="KEY|FILE", help="the nodes' public key (Z85, or its .key file)")
+        p.add_argument("--client-key", metavar="FILE", help="this client's .key_secret file (cellblock keys new)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,6 +611,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.add_argument("--stream", action="store_true", help="print output as it is produced")
     run.add_argument("--client-id", default="")
+    run.add_argument(
+        "--retry",
+        action="store_true",
+        help="with --endpoint: if the node is lost mid-run, run it again on another (it may run twice)",
+    )
     run.add_argument("--session", default="", help="run as the next cell of this session (cellblock session open)")
     run.add_argument(
         "--file",
@@ -530,8 +649,11 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     serve.add_argument("--lifeline-fd", type=int, default=-1, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
-    status = sub.add_parser("status", help="pool, queue, counters and sandbox layers")
+    status = sub.add_parser("status", help="pool, queue, counters, sandbox layers, the TCP listener")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--check", choices=["live", "ready"], help="for probes: exit 0 if the service is live (answers) or ready"
+    )
     _common(status)
     status.set_defaults(func=cmd_status)
 
@@ -540,7 +662,7 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     harness.add_argument("--profile", help="profile of the embedded service (name or path)")
     harness.add_argument("--category", action="append", help="only these categories")
     harness.add_argument("--json", help="where to write the report (default harness-results/harness.json)")
-    _common(harness)
+    _common(harness, remote=False)
     harness.set_defaults(func=cmd_harness)
 
     mcp = sub.add_parser("mcp", help="MCP server with the execute_code tool (stdio, or --http PORT)")
@@ -557,15 +679,20 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     console.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     console.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     console.add_argument("--client-id", default="console", help="the cellblock client the console acts as")
-    _common(console)
+    _common(console, remote=False)
     console.set_defaults(func=cmd_console)
+
+    keys = sub.add_parser("keys", help="CURVE keys for TCP: keys new NAME writes NAME.key and NAME.key_secret")
+    keys.add_argument("action", choices=["new"])
+    keys.add_argument("name", help="path and base name of the two files")
+    keys.set_defaults(func=cmd_keys)
 
     doctor = sub.add_parser("doctor", help="what this host is missing, and how to fix it")
     doctor.add_argument(
         "--delegate-cgroups", type=int, metavar="UID", help="cgroup v1: print root's commands that delegate to UID"
     )
     doctor.add_argument("--undelegate-cgroups", type=int, metavar="UID", help="print the commands that remove it again")
-    _common(doctor)
+    _common(doctor, remote=False)
     doctor.set_defaults(func=cmd_doctor)
 
 
@@ -578,12 +705,12 @@ def _add_admin(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     grant.add_argument("--conversation")
     grant.add_argument("--expires", type=int, metavar="SECONDS")
-    _common(grant)
+    _common(grant, remote=False)
     grant.set_defaults(func=cmd_grant)
 
     revoke = sub.add_parser("revoke", help="revoke a grant by its id")
     revoke.add_argument("grant_id", type=int)
-    _common(revoke)
+    _common(revoke, remote=False)
     revoke.set_defaults(func=cmd_revoke)
 
     grants = sub.add_parser("grants", help="list grants")

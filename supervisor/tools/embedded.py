@@ -35,11 +35,14 @@ class Embedded:
         pool: int = 1,
         profile: str | None = None,
         extra_env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
+        """``prefix``: a command that execs the service (``nsenter --net=...``: tests of many nodes)."""
         self.config = config
         self.pool = pool
         self.profile = profile
         self.extra_env = extra_env or {}
+        self.prefix = prefix or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.tmp = ""
         self.rundir = ""
@@ -53,6 +56,7 @@ class Embedded:
         ready_r, ready_w = os.pipe()
         lifeline_r, self.lifeline = os.pipe()  # both ends close-on-exec here: no other child inherits it
         cmd = [
+            *self.prefix,
             sys.executable,
             "-m",
             "supervisor.tools.cli",

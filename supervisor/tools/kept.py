@@ -8,6 +8,7 @@ from typing import Any
 from protocol import messages as m
 from protocol.client import AsyncClient, ServiceError
 from protocol.errors import ErrorCode
+from protocol.nodes import AsyncNodes
 
 Key = tuple[str, str, str, str]  # (client id, conversation id, language, environment)
 
@@ -17,7 +18,7 @@ class KeptSessions:
     use, opened again when it has ended. The MCP server's ``keep_state`` and the
     console's "keep state" are this."""
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: AsyncClient | AsyncNodes) -> None:
         self.client = client
         self.open: dict[Key, str] = {}
 

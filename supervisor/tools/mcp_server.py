@@ -42,14 +42,17 @@ from mcp_types import (
 from pydantic import BaseModel, Field
 
 from protocol import messages as m
-from protocol.client import AsyncClient
+from protocol.client import AsyncClient, ServiceError
 from protocol.errors import ErrorCode, ErrorInfo
 from protocol.files import is_text
+from protocol.nodes import AsyncNodes
 from protocol.profile import MiB
 from supervisor.policy.validation import MINIMUM
 from supervisor.tools.kept import KeptSessions
 
 OK = m.Status.OK
+# Over TCP: (endpoints, the nodes' public key, this client's key file), for AsyncNodes.
+Remote = tuple[list[str], str, str]
 SHOWN_BYTES = 16 * 1024  # per stream in the text block; the structured content has it all
 
 
@@ -310,8 +313,10 @@ def _capabilities(asked: list[str]) -> list[m.Capability] | m.ExecuteResult:
         return _refused("capabilities", str(exc))
 
 
-def build(socket_path: str, status: m.StatusReply, client_id: str = "") -> MCPServer:
-    client = AsyncClient(socket_path)
+def build(socket_path: str, status: m.StatusReply, client_id: str = "", remote: Remote | None = None) -> MCPServer:
+    """Over ``remote`` nodes each run goes to one of them (``protocol.nodes``), and the
+    client is the key's identity there: ``client_id`` and per-session ids do not apply."""
+    client: AsyncClient | AsyncNodes = AsyncNodes(*remote) if remote else AsyncClient(socket_path)
     identity = Identity(client_id)
     sessions = KeptSessions(client)
 
@@ -433,10 +438,38 @@ def _runtimes(status: m.StatusReply) -> CallToolResult:
 
 
 def main(
-    socket_path: str | None, default_socket: str, http_port: int | None, config: str | None, client_id: str = ""
+    socket_path: str | None,
+    default_socket: str,
+    http_port: int | None,
+    config: str | None,
+    client_id: str = "",
+    remote: Remote | None = None,
 ) -> int:
+    if remote is not None:
+        from protocol.nodes import Nodes
+
+        try:
+            with Nodes(*remote) as nodes:
+                status = nodes.status()
+        except ServiceError as exc:
+            raise SystemExit(f"cellblock mcp: {exc.error.message}") from None
+        _serve(build("", status, client_id, remote), http_port)
+        return 0
+    return _local(socket_path, default_socket, http_port, config, client_id)
+
+
+def _serve(server: MCPServer, http_port: int | None) -> None:
     import anyio
 
+    if http_port is None:
+        anyio.run(server.run_stdio_async)
+    else:
+        anyio.run(lambda: server.run_streamable_http_async(host="127.0.0.1", port=http_port))
+
+
+def _local(
+    socket_path: str | None, default_socket: str, http_port: int | None, config: str | None, client_id: str
+) -> int:
     from protocol.client import Client, ServiceError, service_answers
     from supervisor.tools.embedded import Embedded
 
@@ -453,11 +486,7 @@ def main(
                 status = client.status()
             except ServiceError as exc:
                 raise SystemExit(f"cellblock mcp: {exc.error.message}") from None
-        server = build(path, status, client_id)
-        if http_port is None:
-            anyio.run(server.run_stdio_async)
-        else:
-            anyio.run(lambda: server.run_streamable_http_async(host="127.0.0.1", port=http_port))
+        _serve(build(path, status, client_id), http_port)
     finally:
         if embedded is not None:
             embedded.stop()
