@@ -318,6 +318,17 @@ def _busy_ticks() -> int:
     return user + nice + system + irq + softirq
 
 
+def _ticks_of(pids: list[int]) -> int:
+    """The own user+system ticks of these processes (one that has exited counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += _process_ticks(pid)[0]
+        except OSError:
+            pass
+    return total
+
+
 def _process_ticks(pid: int) -> tuple[int, int]:
     """(its own user+system, that of its reaped children), in ticks."""
     with open(f"/proc/{pid}/stat") as src:
@@ -328,18 +339,22 @@ def _process_ticks(pid: int) -> tuple[int, int]:
 def cpu_per_run(socket: str, clients: int, seconds: float, launcher: int, broker: int) -> dict[str, float]:
     """Throughput at ``clients`` with the machine's cpu split by process, in ms per run.
 
-    The launcher's own time is making sandboxes (clone, namespaces, reaping);
-    its reaped children are the workers (monitor and payload, from their
-    making to their exit); the bench process is the clients. What no process
-    of ours is charged with (kernel threads tearing down namespaces, other
-    load) is "other". On N cpus, R runs/s is possible only within N*1000/R ms.
+    The launcher's own time is asking for sandboxes and reaping them; the
+    zygotes' is cloning workers (each worker is a clone of its kind's zygote,
+    made the launcher's child by CLONE_PARENT); the launcher's reaped children
+    are the workers (monitor and payload, from their making to their exit);
+    the bench process is the clients. What no process of ours is charged with
+    (kernel threads tearing down namespaces, other load) is "other". On N
+    cpus, R runs/s is possible only within N*1000/R ms.
     """
     hz = os.sysconf("SC_CLK_TCK")
-    before = (_busy_ticks(), _process_ticks(launcher), _process_ticks(broker)[0])
+    zygotes = [p.pid for p in psutil.Process(launcher).children() if not _is_monitor(p.pid)]
+    before = (_busy_ticks(), _process_ticks(launcher), _process_ticks(broker)[0], _ticks_of(zygotes))
     own = resource.getrusage(resource.RUSAGE_SELF)
     result = throughput(socket, PRINT1, "python", clients, seconds)
     mine = resource.getrusage(resource.RUSAGE_SELF)
     busy, (launcher_self, workers), broker_self = (_busy_ticks(), _process_ticks(launcher), _process_ticks(broker)[0])
+    zygotes_self = _ticks_of(zygotes)
     runs = result["runs_per_s"] * seconds
     if runs <= 0:
         return {}
@@ -347,6 +362,7 @@ def cpu_per_run(socket: str, clients: int, seconds: float, launcher: int, broker
     split = {
         "total": (busy - before[0]) * per_run,
         "launcher": (launcher_self - before[1][0]) * per_run,
+        "zygotes": (zygotes_self - before[3]) * per_run,
         "workers": (workers - before[1][1]) * per_run,
         "broker": (broker_self - before[2]) * per_run,
         "clients": (mine.ru_utime + mine.ru_stime - own.ru_utime - own.ru_stime) * 1000 / runs,
@@ -846,7 +862,8 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
         )
     split = s.get("cpu_ms_per_run_8")
     if split:
-        parts = ", ".join(f"{k} {split[k]:.1f}" for k in ("launcher", "workers", "broker", "clients", "other"))
+        names = ("launcher", "zygotes", "workers", "broker", "clients", "other")
+        parts = ", ".join(f"{k} {split[k]:.1f}" for k in names if k in split)
         rows.append(
             (
                 "cpu per run, 8 clients",

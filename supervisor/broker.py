@@ -106,6 +106,7 @@ class Broker:
         self.launcher = LauncherLink(cfg.rundir, self._forget)
         self.launcher_mask = 0
         self.pools = pool_targets(cfg.config, cfg.profile)
+        self.dispatcher.cold = frozenset(kind for kind, warm in self.pools.items() if warm == 0)
         self.sessions = Sessions(cfg.config, self.dispatcher, self.policy, self.catalogue, self._reply)
         self.intake = Intake(
             self.policy,

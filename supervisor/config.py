@@ -35,7 +35,9 @@ class ServiceSection(Strict, frozen=True):
     # Default: /var/cache/cellblock (root), $XDG_CACHE_HOME/cellblock otherwise.
     cache_dir: str = ""
     package_index: str = ""  # pip's index URL for `cellblock env build`; "" is pip's own default
-    pool: dict[str, Annotated[int, msgspec.Meta(ge=0, le=256)]] = {}  # warm workers per runtime
+    # Warm workers per kind ("python", "python:data"); 0 keeps none warm: each run or
+    # session of that kind gets a worker made for it (tens of ms more), as a run with grants does.
+    pool: dict[str, Annotated[int, msgspec.Meta(ge=0, le=256)]] = {}
     slots: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 256
     queue_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
     queue_wait_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0

@@ -119,6 +119,9 @@ class Dispatcher:
     running: dict[str, Ticket] = field(default_factory=dict)
     stash: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     reserved: dict[str, Ticket] = field(default_factory=dict)  # run id -> waiting for its own worker
+    # Kinds no worker is kept warm for (``pool`` 0 in the config): each of their
+    # runs and sessions gets a worker made for it, as a run with grants does.
+    cold: frozenset[str] = frozenset()
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
 
     # --- jobs ---------------------------------------------------------------------
@@ -128,6 +131,8 @@ class Dispatcher:
 
         ``urgent`` (the service's own self-test): first in the queue, and
         never refused for a full one, so client load cannot starve it."""
+        if ticket.reserve is None and ticket.runtime in self.cold:
+            ticket.reserve = m.Reserve(run=ticket.run_id, runtime=ticket.runtime)
         if ticket.reserve is not None:
             if len(self.queue) + len(self.reserved) >= self.queue_limit:
                 self.counters["overloaded"] += 1

@@ -167,3 +167,24 @@ def test_a_package_pip_cannot_install_stops_the_build_and_the_service_says_so(
         refused = client.execute("print(1)", environment="broken")
         assert refused.status is m.Status.REJECTED and "not built" in refused.error.message  # type: ignore[union-attr]
         assert client.execute("print('still serving')").stdout == "still serving\n"
+
+
+def test_a_kind_kept_warm_by_no_worker_still_runs_runs_and_sessions(
+    data: None, service_factory: Callable[..., Service]
+) -> None:
+    """``pool = {"python:data" = 0}`` keeps no data worker warm: a run or a session of it
+    gets a sandbox made for it (it used to wait queue_wait_s and end overloaded)."""
+    svc = service_factory(pool=1, service='pool = {python = 1, "python:data" = 0, bash = 0}\n')
+    runtimes = {rt.name: rt for rt in svc.status().runtimes}
+    assert runtimes["python:data"].warm == 0 and runtimes["bash"].warm == 0
+    with svc.client() as client:
+        for _ in range(2):  # the default environment of python is data here
+            result = client.execute("import pandas; print(pandas.DataFrame({'a': [1, 2]})['a'].sum())")
+            assert result.status is m.Status.OK and result.stdout == "3\n", result
+        assert client.execute("echo $((6 * 7))", "bash").stdout == "42\n"
+        opened = client.session_open("python")
+        assert client.execute("import numpy as np; x = np.arange(4)", session=opened.session).status is m.Status.OK
+        assert client.execute("int(x.sum())", session=opened.session).stdout == "6\n"
+        client.session_close(opened.session)
+    counters = svc.status().counters
+    assert counters["dispatch_reserved"] >= 4 and counters.get("dispatch_overloaded", 0) == 0

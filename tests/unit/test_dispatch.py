@@ -207,6 +207,18 @@ def test_reserved_run_goes_only_to_its_own_worker(disp: Dispatcher, rec: Recorde
     assert rec.sent[-1] == ("w-pool", "j2")
 
 
+def test_a_kind_kept_warm_by_no_worker_gets_one_made_for_each_run(disp: Dispatcher, rec: Recorder) -> None:
+    disp.cold = frozenset({"python:data"})
+    warm(disp, "w-pool")  # a warm worker of another kind is never used for it
+    assert disp.submit(ticket("r1", runtime="python:data"))
+    assert [(r.run, r.runtime) for r in rec.reserved] == [("r1", "python:data")] and rec.sent == []
+    disp.spawned("w-own", "python:data", 7, reserved_for="r1")
+    disp.ready("w-own", "python:data", 7)
+    assert rec.sent == [("w-own", "r1")]
+    assert disp.submit(ticket("j2"))  # a kind with warm workers still takes one
+    assert rec.sent[-1] == ("w-pool", "j2") and len(rec.reserved) == 1
+
+
 def test_reserve_failure_ends_the_run_with_the_launchers_reason(disp: Dispatcher, rec: Recorder) -> None:
     disp.submit(reserved_ticket("r1"))
     disp.reserve_failed("r1", ErrorCode.PERMISSION_REQUIRED, "/data leads to /etc, outside the grant /data")
