@@ -203,6 +203,10 @@ def become_payload(
             code = int(WorkerExit.RUNTIME_MISSING)
             child = runtime.spawn_interpreter(profile)
             code = int(WorkerExit.INTERNAL)
+        # Before Ready, not after the job came: dropping the worker's modules frees
+        # objects shared with the zygote (each one a copy-on-write page), 0.4-0.6 ms
+        # that were on every run's latency (wall_ms of print(1): 0.92-1.04 -> 0.46-0.49 ms).
+        forget_the_worker(type(runtime).__module__)
         os.write(REPORT, READY)
         job = read_job()
         if job is None:
@@ -210,11 +214,9 @@ def become_payload(
         memory = job.limits.memory_bytes + runtime.address_space_allowance
         if job.session and runtime.sessions and not child:
             rlimits.apply_session(memory, memory_fallback)
-            forget_the_worker(type(runtime).__module__)
             code = runtime.serve_session(job, read_job, lambda cell: report(runtime, cell, memory_fallback))
         else:
             rlimits.apply_job(job.limits.cpu_ms, memory, memory_fallback, child)
-            forget_the_worker(type(runtime).__module__)
             code = runtime.run_child(child, job) if child else runtime.run(job)
             report(runtime, code, memory_fallback)
     finally:
