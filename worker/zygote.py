@@ -144,6 +144,7 @@ def main() -> int:
         monitor.warm_job_path(runtime)
     except Exception as exc:  # noqa: BLE001 - an optimisation: workers rehearse on their own too
         _log(f"could not warm the {runtime.name} job path: {exc!r}")
+    payload.note_the_worker(type(runtime).__module__)
     gc.collect()
     gc.freeze()  # forks then share the heap instead of copying pages the collector touched
     return serve(link, setup, runtime)
