@@ -523,6 +523,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         print(f"cellblock: {exc.filename} exists; keys are never overwritten", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"cellblock: cannot write {exc.filename or args.name}: {exc.strerror}", file=sys.stderr)
+        return 1
     print(public.decode())
     print(f"cellblock: wrote {public_path} (public) and {secret_path} (secret, mode 0600)", file=sys.stderr)
     print(

@@ -148,3 +148,18 @@ def test_peek_reads_tag_and_id_and_nothing_else() -> None:
     assert peek(codec.encode(m.ExecuteRequest(id="r1", code="x"))) == ("execute", "r1")
     assert peek([b"CB/1", b"\xc1"]) == ("", "")
     assert peek([b"XX", b""]) == ("", "")
+
+
+def test_cli_keys_new_writes_a_pair_and_names_what_it_cannot_write(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from supervisor.tools.cli import main as cli
+
+    assert cli(["keys", "new", str(tmp_path / "agent")]) == 0
+    printed = capsys.readouterr()
+    assert load_public(str(tmp_path / "agent.key")) == printed.out.strip().encode()
+    assert cli(["keys", "new", str(tmp_path / "agent")]) == 1
+    assert "exists; keys are never overwritten" in capsys.readouterr().err
+    assert cli(["keys", "new", str(tmp_path / "no-such-dir" / "agent")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "no-such-dir" in err and "No such file or directory" in err
